@@ -1,0 +1,45 @@
+# The course's commands. `make run` and `make test` set everything up on first use.
+VENV   ?= .venv
+PYTHON := $(VENV)/bin/python
+READY  := $(VENV)/.installed
+ARGS   ?=
+
+# stage file by number: $(call stage_file,3) -> stages/stage03_autograd.py
+stage_file = $(wildcard stages/stage$(shell printf '%02d' $(1) 2>/dev/null)_*.py)
+
+.PHONY: help setup run smoke test diff gradcheck clean
+
+help:
+	@echo "make run [STAGE=N] [ARGS='...']  run the course (or one stage), one epoch each on the default data"
+	@echo "make test                       run the test suite"
+	@echo "make smoke                      every stage for 20 steps on synthetic data"
+	@echo "make diff FROM=2 TO=3           the lesson between two stages, as a unified diff"
+	@echo "make gradcheck                  finite differences against the analytic gradients"
+	@echo "make setup                      create $(VENV) and install the pinned packages"
+
+$(READY): requirements.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+setup: $(READY)
+
+run: $(READY)
+	$(PYTHON) -m common.course $(if $(STAGE),--stages $(STAGE)) --epochs 1 $(ARGS)
+
+smoke: $(READY)
+	$(PYTHON) -m common.course --epochs 1 --max-steps 20 --data synthetic $(ARGS)
+
+test: $(READY)
+	$(PYTHON) -m pytest $(ARGS)
+
+diff:
+	@test -n "$(call stage_file,$(FROM))" || { echo "make diff: no stage FROM=$(FROM) (try FROM=2 TO=3)"; exit 2; }
+	@test -n "$(call stage_file,$(TO))" || { echo "make diff: no stage TO=$(TO) (try FROM=2 TO=3)"; exit 2; }
+	@git --no-pager diff --no-index $(call stage_file,$(FROM)) $(call stage_file,$(TO)); test $$? -le 1
+
+gradcheck: $(READY)
+	$(PYTHON) -m common.gradcheck $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

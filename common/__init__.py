@@ -1,0 +1,1 @@
+"""What does not change between stages: data, reference weights, seeding, CLI options, tools."""

@@ -1,0 +1,1 @@
+"""The course: one training program per stage, each differing from the previous by one idea."""

@@ -1,0 +1,235 @@
+"""Stage 1: the CIFAR-10 convnet in numpy alone, every forward and backward written by hand.
+
+The network of PyTorch's "Training a Classifier" tutorial, trained with SGD and momentum:
+conv(3->6, 5x5) -> relu -> maxpool 2 -> conv(6->16, 5x5) -> relu -> maxpool 2 -> flatten
+-> linear 400->120 -> relu -> 120->84 -> relu -> 84->10, softmax cross-entropy.
+
+Changes from stage 0 (nothing):
+- Everything is written here, so that every later stage can be read as "this hand-written
+  piece is now done by PyTorch". The model is a plain dict of arrays, the convolution is
+  "im2col" (every 5x5 window becomes a row, then one matrix product does all the work),
+  each op has a backward function that turns the gradient of its output into gradients of
+  its inputs, and the update is SGD with momentum exactly as `torch.optim.SGD` defines it:
+  buf = momentum * buf + grad (the first buf is the grad itself), param -= lr * buf.
+- Images are normalised by hand to [-1, 1], as the tutorial's
+  `Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))` does after `ToTensor()`.
+
+Run: python -m stages.stage01_numpy --epochs 1
+"""
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from common.cli import parse_args
+from common.data import load_data
+from common.run import StageRun
+from common.seed import seed_everything
+from common.weights import reference_params
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+EVAL_BATCH_SIZE = 1000
+
+
+# ---------------------------------------------------------------- model
+def build(params, dtype="float32"):
+    """The model is a dict: the parameters, their momentum buffers and the dtype they use."""
+    dtype = DTYPES[dtype]
+    params = {name: np.array(value, dtype=dtype) for name, value in params.items()}
+    return {"params": params, "momentum_buffers": {}, "dtype": dtype}
+
+
+def conv2d(x, weight, bias):
+    """(N, C, H, W) conv (O, C, k, k) -> (N, O, H-k+1, W-k+1); stride 1, no padding."""
+    n, c = x.shape[:2]
+    out_channels, _, k, _ = weight.shape
+    # every k x k window as a row of a matrix; one matrix product then does the whole layer
+    windows = sliding_window_view(x, (k, k), axis=(2, 3))  # (N, C, OH, OW, k, k), a view
+    oh, ow = windows.shape[2:4]
+    cols = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * k * k)
+    out = cols @ weight.reshape(out_channels, -1).T + bias  # (N*OH*OW, O)
+    return out.reshape(n, oh, ow, out_channels).transpose(0, 3, 1, 2), cols
+
+
+def conv2d_backward(dout, cols, weight):
+    """Gradients of the weight and bias, from the windows (cols) the forward kept."""
+    out_channels = weight.shape[0]
+    dout_rows = dout.transpose(0, 2, 3, 1).reshape(-1, out_channels)  # (N*OH*OW, O)
+    dweight = (dout_rows.T @ cols).reshape(weight.shape)
+    dbias = dout_rows.sum(axis=0)
+    return dweight, dbias
+
+
+def conv2d_input_backward(dout, weight):
+    """Gradient of the input: a 'full' convolution of dout with the flipped kernel."""
+    n, out_channels, oh, ow = dout.shape
+    k = weight.shape[-1]
+    padded = np.zeros((n, out_channels, oh + 2 * (k - 1), ow + 2 * (k - 1)), dtype=dout.dtype)
+    padded[:, :, k - 1:k - 1 + oh, k - 1:k - 1 + ow] = dout
+    flipped = np.flip(weight, axis=(2, 3)).transpose(1, 0, 2, 3)  # (C, O, k, k)
+    dx, _ = conv2d(padded, flipped, np.zeros(flipped.shape[0], dtype=dout.dtype))
+    return dx
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def relu_backward(dout, out):
+    return dout * (out > 0)
+
+
+def max_pool2x2(x):
+    """2x2 max-pool with stride 2; also returns which of the 4 inputs won, for the backward."""
+    n, c, h, w = x.shape
+    windows = x.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    winner = windows.argmax(axis=-1)  # the first maximum on ties, as PyTorch picks
+    out = np.take_along_axis(windows, winner[..., None], axis=-1)[..., 0]
+    return out, winner
+
+
+def max_pool2x2_backward(dout, winner):
+    """Only the winning input of each window gets the gradient; no full-size mask is built."""
+    n, c, oh, ow = dout.shape
+    dwindows = np.zeros((n, c, oh, ow, 4), dtype=dout.dtype)
+    np.put_along_axis(dwindows, winner[..., None], dout[..., None], axis=-1)
+    return dwindows.reshape(n, c, oh, ow, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, 2 * oh, 2 * ow)
+
+
+def linear(x, weight, bias):
+    return x @ weight.T + bias
+
+
+def linear_backward(dout, x, weight):
+    """Gradients of the weight, the bias and the input x."""
+    return dout.T @ x, dout.sum(axis=0), dout @ weight
+
+
+def forward_with_cache(params, x):
+    """The network; `cache` keeps what each backward function needs."""
+    p = params
+    c1, cols1 = conv2d(x, p["conv1.weight"], p["conv1.bias"])  # (N, 6, 28, 28)
+    r1 = relu(c1)
+    m1, winner1 = max_pool2x2(r1)  # (N, 6, 14, 14)
+    c2, cols2 = conv2d(m1, p["conv2.weight"], p["conv2.bias"])  # (N, 16, 10, 10)
+    r2 = relu(c2)
+    m2, winner2 = max_pool2x2(r2)  # (N, 16, 5, 5)
+    flat = m2.reshape(len(x), -1)  # (N, 400)
+    h1 = relu(linear(flat, p["fc1.weight"], p["fc1.bias"]))  # (N, 120)
+    h2 = relu(linear(h1, p["fc2.weight"], p["fc2.bias"]))  # (N, 84)
+    logits = linear(h2, p["fc3.weight"], p["fc3.bias"])  # (N, 10)
+    cache = dict(cols1=cols1, r1=r1, winner1=winner1, cols2=cols2, r2=r2, winner2=winner2,
+                 flat=flat, h1=h1, h2=h2, pooled_shape=m2.shape)
+    return logits, cache
+
+
+def forward(model, x):
+    logits, _ = forward_with_cache(model["params"], np.asarray(x, dtype=model["dtype"]))
+    return logits
+
+
+# ---------------------------------------------------------------- loss and step
+def cross_entropy(logits, y):
+    """Mean softmax cross-entropy and its gradient with respect to the logits."""
+    n = len(y)
+    shifted = logits - logits.max(axis=1, keepdims=True)  # exp() of this cannot overflow
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -log_probs[np.arange(n), y].mean()
+    dlogits = np.exp(log_probs)  # softmax
+    dlogits[np.arange(n), y] -= 1
+    return loss, dlogits / n
+
+
+def backward(params, cache, dlogits):
+    """The chain rule, op by op, from the loss back to every parameter."""
+    p, c, grads = params, cache, {}
+    # backward
+    grads["fc3.weight"], grads["fc3.bias"], dh2 = linear_backward(dlogits, c["h2"], p["fc3.weight"])
+    dh2 = relu_backward(dh2, c["h2"])
+    grads["fc2.weight"], grads["fc2.bias"], dh1 = linear_backward(dh2, c["h1"], p["fc2.weight"])
+    dh1 = relu_backward(dh1, c["h1"])
+    grads["fc1.weight"], grads["fc1.bias"], dflat = linear_backward(dh1, c["flat"], p["fc1.weight"])
+    dm2 = dflat.reshape(c["pooled_shape"])
+    dr2 = max_pool2x2_backward(dm2, c["winner2"])
+    dc2 = relu_backward(dr2, c["r2"])
+    grads["conv2.weight"], grads["conv2.bias"] = conv2d_backward(dc2, c["cols2"], p["conv2.weight"])
+    dm1 = conv2d_input_backward(dc2, p["conv2.weight"])
+    dr1 = max_pool2x2_backward(dm1, c["winner1"])
+    dc1 = relu_backward(dr1, c["r1"])
+    # the input images need no gradient, so conv1 stops at its weight and bias
+    grads["conv1.weight"], grads["conv1.bias"] = conv2d_backward(dc1, c["cols1"], p["conv1.weight"])
+    return grads
+
+
+def sgd_momentum_update(model, grads, lr, momentum):
+    """torch.optim.SGD's rule: buf = momentum * buf + grad (first buf = grad); p -= lr * buf."""
+    buffers = model["momentum_buffers"]
+    for name, grad in grads.items():
+        buffers[name] = grad.copy() if name not in buffers else momentum * buffers[name] + grad
+        model["params"][name] -= lr * buffers[name]
+
+
+def train_step(model, x, y, lr, momentum):
+    """One step of SGD with momentum; returns the loss before the update and the gradients."""
+    x, y = np.asarray(x, dtype=model["dtype"]), np.asarray(y)
+    # forward
+    logits, cache = forward_with_cache(model["params"], x)
+    loss, dlogits = cross_entropy(logits, y)
+    # backward
+    grads = backward(model["params"], cache, dlogits)
+    # update
+    sgd_momentum_update(model, grads, lr, momentum)
+    return loss, grads
+
+
+def get_params(model):
+    return {name: value.copy() for name, value in model["params"].items()}
+
+
+# ---------------------------------------------------------------- data
+def normalise(images, dtype):
+    """uint8 (N, 32, 32, 3) -> (N, 3, 32, 32) in [-1, 1]: ToTensor() then Normalize(0.5, 0.5)."""
+    x = images.transpose(0, 3, 1, 2).astype(dtype) / 255
+    return (x - 0.5) / 0.5
+
+
+def batches(images, labels, batch_size, dtype, rng):
+    """One epoch of shuffled mini-batches, normalised one batch at a time."""
+    order = rng.permutation(len(images))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield normalise(images[idx], dtype), labels[idx]
+
+
+# ---------------------------------------------------------------- training and evaluation
+def train_one_epoch(model, data, args, rng, run):
+    for x, y in batches(data.train_x, data.train_y, args.batch_size, DTYPES[args.dtype], rng):
+        loss, _ = train_step(model, x, y, args.lr, args.momentum)
+        if not run.step(loss):
+            return
+
+
+def evaluate(model, images, labels, args):
+    """Fraction of test images whose highest logit is the true class."""
+    correct = 0
+    for start in range(0, len(images), EVAL_BATCH_SIZE):
+        x = normalise(images[start:start + EVAL_BATCH_SIZE], DTYPES[args.dtype])
+        predicted = forward(model, x).argmax(axis=1)
+        correct += int((predicted == labels[start:start + EVAL_BATCH_SIZE]).sum())
+    return correct / len(images)
+
+
+def main(argv=None):
+    args = parse_args(__file__, __doc__, argv)
+    with StageRun(__file__, args) as run:
+        seed_everything(args.seed)
+        data = load_data(args.data, args.data_dir, args.seed)
+        model = build(reference_params(args.seed), dtype=args.dtype)
+        rng = np.random.default_rng(args.seed)
+        steps_per_epoch = -(-len(data.train_y) // args.batch_size)
+        for _ in run.epochs(steps_per_epoch):
+            train_one_epoch(model, data, args, rng, run)
+            run.log_accuracy(evaluate(model, data.test_x, data.test_y, args))
+    return run.summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Every stage computes what an independent PyTorch autograd reference computes, and what the
+stage before it computes: logits, loss, gradients, and parameters after several steps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ALL_STAGES, CONSECUTIVE_STAGES
+from torch_reference import reference_step, reference_trajectory
+
+from common.harness import (TOLERANCES, load_stage, one_step, relative_error, sample_batches, to_numpy,
+                            trajectory, worst_relative_error)
+
+DTYPES = ("float64", "float32")
+BATCH_SIZES = (1, 4, 7)  # a single image, the tutorial's batch, and an odd one
+TRAJECTORY_STEPS = 5
+LR, MOMENTUM = 0.01, 0.9  # a larger lr than the tutorial's, so that 5 steps move the weights visibly
+
+
+def assert_close(actual, expected, dtype: str, what: str) -> None:
+    error = relative_error(actual, expected)
+    assert error <= TOLERANCES[dtype].rtol, f"{what}: relative error {error:.2e} > {TOLERANCES[dtype].rtol:.0e}"
+
+
+def assert_dicts_close(actual: dict, expected: dict, dtype: str, what: str) -> None:
+    name, error = worst_relative_error(actual, expected)
+    assert error <= TOLERANCES[dtype].rtol, f"{what} of {name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+def test_one_step_matches_pytorch_autograd(stage_name, dtype, batch_size, params):
+    [(x, y)] = sample_batches(1, batch_size, seed=batch_size)
+    got = one_step(load_stage(stage_name), params, x, y, dtype, LR, MOMENTUM)
+    logits, loss, grads = reference_step(params, x, y, dtype)
+    assert_close(got["logits"], logits, dtype, "forward: logits")
+    assert_close(got["loss"], loss, dtype, "forward: loss")
+    assert_dicts_close(got["grads"], grads, dtype, "backward: gradient")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+def test_computes_in_the_requested_dtype(stage_name, dtype, params):
+    stage = load_stage(stage_name)
+    [(x, _)] = sample_batches(1, 2)
+    logits = stage.forward(stage.build(params, dtype=dtype), x)
+    assert str(logits.dtype).endswith(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+def test_momentum_trajectory_matches_torch_optim(stage_name, dtype, params):
+    batches = sample_batches(TRAJECTORY_STEPS, 4, seed=1)
+    got = trajectory(load_stage(stage_name), params, batches, dtype, LR, MOMENTUM)
+    losses, final = reference_trajectory(params, batches, LR, MOMENTUM, dtype)
+    assert_close(got["losses"], losses, dtype, "losses along the way")
+    assert_dicts_close(got["params"], final, dtype, f"parameters after {TRAJECTORY_STEPS} steps")
+    moved = relative_error(final["fc1.weight"], params["fc1.weight"])
+    assert moved > 100 * TOLERANCES[dtype].rtol, "the steps must move the weights for this test to mean anything"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("previous,current", CONSECUTIVE_STAGES)
+def test_stage_matches_the_stage_before(previous, current, dtype, params):
+    batches = sample_batches(TRAJECTORY_STEPS, 7, seed=2)
+    x, y = batches[0]
+    before, after = (one_step(load_stage(s), params, x, y, dtype, LR, MOMENTUM) for s in (previous, current))
+    assert_close(after["logits"], before["logits"], dtype, "logits")
+    assert_dicts_close(after["grads"], before["grads"], dtype, "gradient")
+    before, after = (trajectory(load_stage(s), params, batches, dtype, LR, MOMENTUM) for s in (previous, current))
+    assert_close(after["losses"], before["losses"], dtype, "losses")
+    assert_dicts_close(after["params"], before["params"], dtype, "parameters")
+
+
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+def test_get_params_uses_the_canonical_names_and_shapes(stage_name, params):
+    stage = load_stage(stage_name)
+    got = stage.get_params(stage.build(params, dtype="float64"))
+    assert list(got) == list(params)
+    for name, value in got.items():
+        np.testing.assert_array_equal(to_numpy(value), params[name])
+
+
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+def test_build_does_not_change_the_callers_arrays(stage_name, params):
+    stage = load_stage(stage_name)
+    original = {k: v.copy() for k, v in params.items()}
+    model = stage.build(params, dtype="float64")
+    stage.train_step(model, *sample_batches(1, 4)[0], LR, MOMENTUM)
+    for name in params:
+        np.testing.assert_array_equal(params[name], original[name])
+
+
+def test_the_harness_notices_a_tiny_error(params):
+    """The comparisons above could fail: a gradient off by one part in 1e9 is caught in float64."""
+    [(x, y)] = sample_batches(1, 4)
+    _, _, grads = reference_step(params, x, y, "float64")
+    wrong = dict(grads, **{"conv1.bias": grads["conv1.bias"] * (1 + 1e-9)})
+    name, error = worst_relative_error(wrong, grads)
+    assert name == "conv1.bias" and error > TOLERANCES["float64"].rtol

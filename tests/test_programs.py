@@ -1,0 +1,97 @@
+"""Each stage as a program: it trains end to end, leaves a record, and rejects bad input in one line."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ALL_STAGES, ROOT
+
+from common import course
+from common.harness import load_stage
+
+SMOKE = ["--data", "synthetic", "--epochs", "1", "--max-steps", "20"]
+
+
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+def test_stage_trains_end_to_end_and_leaves_a_record(stage_name, tmp_path, capsys):
+    summary = load_stage(stage_name).main(SMOKE + ["--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "final training loss" in out and "test accuracy" in out and "time" in out
+    assert summary["steps"] == 20 and 0.0 <= summary["test_accuracy"] <= 1.0
+    record = tmp_path / stage_name.split(".")[1]
+    [run_dir] = list(record.iterdir())
+    assert json.loads((run_dir / "options.json").read_text())["max_steps"] == 20
+    with open(run_dir / "losses.csv") as f:
+        assert len(list(csv.DictReader(f))) == 20
+    assert (run_dir / "accuracy.csv").exists() and (run_dir / "curves.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+def test_help_names_every_default(stage_name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_stage(stage_name).main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "Changes from stage" in out and "(default: 4)" in out and "(default: 0.001)" in out
+
+
+BAD_INPUT = [  # (arguments, expected exit code, a piece of the message)
+    (["--batch-size", "0"], 2, "--batch-size: must be a positive integer"),
+    (["--epochs", "-1"], 2, "--epochs: must be a positive integer"),
+    (["--lr", "0"], 2, "--lr: must be a positive number"),
+    (["--lr", "nan"], 2, "--lr: must be a positive number"),
+    (["--lr", "fast"], 2, "not a number"),
+    (["--momentum", "-0.5"], 2, "--momentum: must be zero or more"),
+    (["--max-steps", "0"], 2, "--max-steps: must be a positive integer"),
+    (["--dtype", "float16"], 2, "invalid choice: 'float16'"),
+    (["--data", "imagenet"], 2, "invalid choice: 'imagenet'"),
+    (["--data-dir", "/nonexistent/cifar"], 2, "no such folder"),
+    (["--data", "synthetic", "--out", "/proc/no-such-dir"], 2, "cannot write run records"),
+    (["--data", "synthetic", "--lr", "100"], 3, "diverged; try a smaller learning rate"),
+]
+
+
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+@pytest.mark.parametrize("argv,code,message", BAD_INPUT, ids=[" ".join(a) for a, _, _ in BAD_INPUT])
+def test_bad_input_gets_one_line_and_an_exit_code(stage_name, argv, code, message, tmp_path, capsys):
+    argv = argv if "--out" in argv else argv + ["--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        load_stage(stage_name).main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == code
+    assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+def test_a_real_process_prints_no_traceback_on_bad_input():
+    result = subprocess.run([sys.executable, "-m", "stages.stage01_numpy", "--data-dir", "/nonexistent"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("--data-dir /nonexistent: no such folder")
+    assert "Traceback" not in result.stderr
+
+
+def test_synthetic_data_is_learnable(tmp_path):
+    """Chance is 10%; a few hundred steps must do far better, or the synthetic set teaches nothing."""
+    summary = load_stage(1).main(["--data", "synthetic", "--epochs", "1", "--max-steps", "300",
+                                  "--batch-size", "16", "--lr", "0.01", "--out", str(tmp_path)])
+    assert summary["test_accuracy"] > 0.5
+
+
+def test_same_seed_same_losses_in_every_torch_free_and_torch_stage(tmp_path):
+    """With one seed, stages 1-3 see the same weights and batches, so they print the same losses."""
+    summaries = course.main(["--stages", "1", "2", "3", "--out", str(tmp_path)] + SMOKE)
+    losses = [s["final_loss"] for s in summaries]
+    assert max(losses) - min(losses) < 1e-4
+    assert (tmp_path / "course-summary.json").exists()
+
+
+def test_make_diff_shows_the_lesson():
+    result = subprocess.run(["make", "--no-print-directory", "diff", "FROM=2", "TO=3"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "+    loss.backward()" in result.stdout
+    assert "-def conv2d_backward(dout, cols, weight):" in result.stdout
