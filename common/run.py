@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 from collections import deque
@@ -29,9 +30,10 @@ REFRESH_EVERY = 50  # steps between progress-bar text updates: formatting every 
 class StageRun:
     """Use as `with StageRun(__file__, args) as run:` around a stage's whole run."""
 
-    def __init__(self, stage_file: str, args: argparse.Namespace):
+    def __init__(self, stage_file: str, args: argparse.Namespace, main_process: bool = True):
         self.stage = Path(stage_file).stem
         self.args = args
+        self.main_process = main_process  # in a distributed run, only one process prints and writes
         self.step_count = 0
         self.epoch = 0
         self.recent_losses: deque[float] = deque(maxlen=RUNNING_LOSS_STEPS)
@@ -47,7 +49,8 @@ class StageRun:
                 return
             self.epoch = epoch
             self._bar = tqdm(total=steps_per_epoch, desc=f"{self.stage} epoch {epoch}",
-                             unit="step", leave=False, dynamic_ncols=True, file=sys.stderr)
+                             unit="step", leave=False, dynamic_ncols=True, file=sys.stderr,
+                             disable=not self.main_process)
             yield epoch
             self._bar.close()
 
@@ -72,8 +75,16 @@ class StageRun:
         seconds = time.perf_counter() - self._start
         self._accuracy.writerow((self.epoch, self.step_count, f"{accuracy:.6f}", f"{seconds:.2f}"))
         self._accuracy_file.flush()
-        tqdm.write(f"{self.stage} epoch {self.epoch}: running loss {self.running_loss:.4f}, "
+        self._say(f"{self.stage} epoch {self.epoch}: running loss {self.running_loss:.4f}, "
                    f"test accuracy {100 * accuracy:.2f}% ({seconds:.1f}s)")
+
+    def log_per_class(self, per_class: list[float], classes: tuple[str, ...]) -> None:
+        """The tutorial's table: test accuracy for each class, printed and saved as CSV."""
+        if not self.main_process:
+            return
+        with open(self.record_dir / "per_class_accuracy.csv", "w", newline="") as f:
+            csv.writer(f).writerows([("class", "test_accuracy")] + [(c, f"{a:.6f}") for c, a in zip(classes, per_class)])
+        self._say("test accuracy per class:\n" + "\n".join(f"  {c:<12}{100 * a:6.1f}%" for c, a in zip(classes, per_class)))
 
     @property
     def done(self) -> bool:
@@ -87,17 +98,18 @@ class StageRun:
     def __enter__(self) -> "StageRun":
         self._start = time.perf_counter()
         try:
-            self.record_dir = _new_record_dir(Path(self.args.out) / self.stage)
+            self.record_dir = _new_record_dir(Path(self.args.out) / self.stage, self.main_process)
         except CourseError as err:
             self._fail(err)
         # a diverging run overflows on the way to NaN; step() reports that in one line instead
         self._quiet_numpy = np.errstate(over="ignore", invalid="ignore")
         self._quiet_numpy.__enter__()
-        (self.record_dir / "options.json").write_text(json.dumps(vars(self.args), indent=2) + "\n")
-        self._loss_file = open(self.record_dir / "losses.csv", "w", newline="")
+        if self.main_process:
+            (self.record_dir / "options.json").write_text(json.dumps(vars(self.args), indent=2) + "\n")
+        self._loss_file = open(self._record_path("losses.csv"), "w", newline="")
         self._losses = csv.writer(self._loss_file)
         self._losses.writerow(("step", "epoch", "loss"))
-        self._accuracy_file = open(self.record_dir / "accuracy.csv", "w", newline="")
+        self._accuracy_file = open(self._record_path("accuracy.csv"), "w", newline="")
         self._accuracy = csv.writer(self._accuracy_file)
         self._accuracy.writerow(("epoch", "step", "test_accuracy", "seconds"))
         return self
@@ -114,13 +126,21 @@ class StageRun:
         if isinstance(exc, CourseError):
             self._fail(exc)
         if isinstance(exc, KeyboardInterrupt):
-            print(f"\n{self.stage}: interrupted at step {self.step_count}; "
-                  f"the record so far is in {self.record_dir}", file=sys.stderr)
+            self._say(f"\n{self.stage}: interrupted at step {self.step_count}; "
+                      f"the record so far is in {self.record_dir}", file=sys.stderr)
             raise SystemExit(INTERRUPTED)
         return False  # anything else is a bug: let its traceback show
 
+    def _record_path(self, name: str) -> Path:
+        return self.record_dir / name if self.main_process else Path(os.devnull)
+
+    def _say(self, line: str, file=sys.stdout) -> None:
+        if self.main_process:
+            tqdm.write(line, file=file)
+
     def _fail(self, err: CourseError) -> None:
-        print(f"{self.stage}: error: {err}", file=sys.stderr)
+        if self.main_process:
+            print(f"{self.stage}: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code)
 
     def _finish(self) -> None:
@@ -128,6 +148,8 @@ class StageRun:
         accuracy = self.accuracies[-1] if self.accuracies else float("nan")
         self.summary = {"stage": self.stage, "final_loss": self.running_loss, "test_accuracy": accuracy,
                         "seconds": seconds, "steps": self.step_count, "record": str(self.record_dir)}
+        if not self.main_process:
+            return
         (self.record_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
         from common.plots import plot_run  # matplotlib loads only once a run has finished
         plot_run(self.record_dir)
@@ -136,8 +158,10 @@ class StageRun:
               f"test accuracy {100 * accuracy:.2f}%, time {seconds:.1f}s, record {self.record_dir}")
 
 
-def _new_record_dir(stage_dir: Path) -> Path:
+def _new_record_dir(stage_dir: Path, main_process: bool = True) -> Path:
     """runs/<stage>/<timestamp>[-N]/, never reusing a folder, so no earlier record is lost."""
+    if not main_process:  # the other processes of a distributed run keep no record
+        return Path(os.devnull)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
         stage_dir.mkdir(parents=True, exist_ok=True)

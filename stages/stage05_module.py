@@ -66,7 +66,7 @@ def build(params, dtype="float32"):
 
 
 def forward(model, x):
-    return model(torch.as_tensor(x, dtype=model.conv1.weight.dtype))
+    return model(torch.as_tensor(x, dtype=next(model.parameters()).dtype))
 
 
 # ---------------------------------------------------------------- loss and step
@@ -81,7 +81,7 @@ def sgd_momentum_update(model, lr, momentum):
 
 def train_step(model, x, y, lr, momentum):
     """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    x, y = torch.as_tensor(x, dtype=model.conv1.weight.dtype), torch.as_tensor(y)
+    x, y = torch.as_tensor(x, dtype=next(model.parameters()).dtype), torch.as_tensor(y)
     # forward
     loss = F.cross_entropy(model(x), y)
     # backward

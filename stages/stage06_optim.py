@@ -62,7 +62,7 @@ def build(params, dtype="float32"):
 
 
 def forward(model, x):
-    return model(torch.as_tensor(x, dtype=model.conv1.weight.dtype))
+    return model(torch.as_tensor(x, dtype=next(model.parameters()).dtype))
 
 
 # ---------------------------------------------------------------- loss and step
@@ -71,7 +71,7 @@ criterion = nn.CrossEntropyLoss()
 
 def train_step(model, x, y, lr, momentum):
     """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    x, y = torch.as_tensor(x, dtype=model.conv1.weight.dtype), torch.as_tensor(y)
+    x, y = torch.as_tensor(x, dtype=next(model.parameters()).dtype), torch.as_tensor(y)
     opt = model.opt
     for group in opt.param_groups:  # where a scheduler would change them, too
         group.update(lr=lr, momentum=momentum)

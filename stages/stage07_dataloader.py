@@ -1,0 +1,165 @@
+"""Stage 7: PyTorch's data pipeline replaces the hand-written batching and normalisation.
+
+Changes from stage 6:
+- A `Dataset` answers two questions: how many samples (`__len__`) and sample i
+  (`__getitem__`). torchvision's `CIFAR10` is one, used when the data came through
+  torchvision; the offline .npy copy and the synthetic set go through the small
+  `ArrayDataset` below. Both apply the tutorial's transform,
+  `Compose([ToTensor(), Normalize((0.5,) * 3, (0.5,) * 3)])`: ToTensor turns a uint8
+  (32, 32, 3) image into a float32 (3, 32, 32) tensor in [0, 1], Normalize maps it to
+  [-1, 1]. That is exactly what stage 6's `normalise()` computed, bit for bit (a test checks).
+- A `DataLoader` batches the samples (`batch_size`), reshuffles them each epoch
+  (`shuffle=True`), and can prepare batches in `--workers` background processes. Its
+  shuffle is driven by a `torch.Generator` seeded from --seed, so a run is repeatable. The
+  order differs from stage 6's numpy permutation, so the losses along the way differ too;
+  the computation per batch does not.
+- `--workers` defaults to 0 (batches made in the main process). Here the per-image work is
+  tiny (a 32x32 image, no augmentation), so handing batches between processes costs more than
+  it saves; workers pay off when loading or augmenting an image is expensive (decoding JPEGs,
+  random crops) and there are cores to spare.
+
+Run: python -m stages.stage07_dataloader --epochs 1
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from torchvision.datasets import CIFAR10
+
+from common.cli import non_negative_int, parse_args
+from common.data import load_data
+from common.run import StageRun
+from common.seed import seed_everything
+from common.weights import reference_params
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+EVAL_BATCH_SIZE = 1000
+
+
+# ---------------------------------------------------------------- model
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))  # (N, 6, 14, 14)
+        x = self.pool(F.relu(self.conv2(x)))  # (N, 16, 5, 5)
+        x = torch.flatten(x, 1)  # (N, 400)
+        x = F.relu(self.fc1(x))  # (N, 120)
+        x = F.relu(self.fc2(x))  # (N, 84)
+        return self.fc3(x)  # (N, 10)
+
+
+def build(params, dtype="float32"):
+    """A Net in `dtype` holding the given weights, and its optimizer, made after it."""
+    model = Net().to(DTYPES[dtype])
+    model.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
+    model.opt = optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    return model
+
+
+def forward(model, x):
+    return model(torch.as_tensor(x, dtype=next(model.parameters()).dtype))
+
+
+# ---------------------------------------------------------------- loss and step
+criterion = nn.CrossEntropyLoss()
+
+
+def train_step(model, x, y, lr, momentum):
+    """One step of SGD with momentum; returns the loss before the update and the gradients."""
+    x, y = torch.as_tensor(x, dtype=next(model.parameters()).dtype), torch.as_tensor(y)
+    opt = model.opt
+    for group in opt.param_groups:  # where a scheduler would change them, too
+        group.update(lr=lr, momentum=momentum)
+    opt.zero_grad()  # backward() adds to .grad: clear it before this step's backward
+    # forward
+    loss = criterion(model(x), y)
+    # backward
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    # update
+    opt.step()
+    return loss.item(), grads
+
+
+def get_params(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+# ---------------------------------------------------------------- data
+transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+
+
+class ArrayDataset(Dataset):
+    """uint8 images (N, 32, 32, 3) and labels as a Dataset, transformed like torchvision's CIFAR10."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def make_loaders(data, args):
+    if data.root is not None:  # the data came through torchvision: use its Dataset
+        train_set = CIFAR10(data.root, train=True, transform=transform)
+        test_set = CIFAR10(data.root, train=False, transform=transform)
+    else:
+        train_set = ArrayDataset(data.train_x, data.train_y, transform)
+        test_set = ArrayDataset(data.test_x, data.test_y, transform)
+    generator = torch.Generator().manual_seed(args.seed)  # the shuffle order follows --seed
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=generator,
+                              num_workers=args.workers)
+    test_loader = DataLoader(test_set, batch_size=EVAL_BATCH_SIZE, num_workers=args.workers)
+    return train_loader, test_loader
+
+
+# ---------------------------------------------------------------- training and evaluation
+def train_one_epoch(model, train_loader, args, run):
+    for x, y in train_loader:
+        loss, _ = train_step(model, x, y, args.lr, args.momentum)
+        if not run.step(loss):
+            return
+
+
+@torch.no_grad()  # no backward follows, so no graph is needed
+def evaluate(model, test_loader):
+    """Fraction of test images whose highest logit is the true class."""
+    correct = 0
+    for x, y in test_loader:
+        predicted = forward(model, x).argmax(dim=1)
+        correct += int((predicted == y).sum())
+    return correct / len(test_loader.dataset)
+
+
+def add_options(parser):
+    parser.add_argument("--workers", type=non_negative_int, default=0,
+                        help="DataLoader worker processes (0: load in the main process)")
+
+
+def main(argv=None):
+    args = parse_args(__file__, __doc__, argv, add_options)
+    with StageRun(__file__, args) as run:
+        seed_everything(args.seed)
+        data = load_data(args.data, args.data_dir, args.seed)
+        model = build(reference_params(args.seed), dtype=args.dtype)
+        train_loader, test_loader = make_loaders(data, args)
+        for _ in run.epochs(len(train_loader)):
+            train_one_epoch(model, train_loader, args, run)
+            run.log_accuracy(evaluate(model, test_loader))
+    return run.summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Stage 10: nn.DataParallel spreads each batch over all visible GPUs.
+
+Changes from stage 9:
+- With more than one GPU visible (or on request with --data-parallel), the model is wrapped:
+  `model = nn.DataParallel(model)`, after `.to(device)` and before the optimizer is built.
+  On every forward, DataParallel scatters the batch into one chunk per GPU, replicates the
+  module onto each GPU, runs the chunks in parallel threads, and gathers the outputs on
+  device 0; the backward runs through the replicas and sums their gradients into the
+  parameters on device 0, where the optimizer steps. The result is the same as one big
+  forward on one device. On a CPU-only machine it simply calls the module.
+- The wrapper holds the network as `model.module`, so the keys of `model.state_dict()` gain
+  a `module.` prefix. Save and load through the unwrapped module, `unwrap(model)`, so that a
+  checkpoint loads into a plain `Net` (and vice versa). `get_params` and the gradients keep
+  the canonical names the same way. A run now saves its trained weights as model.pt in its
+  record; `Net().load_state_dict(torch.load(path, weights_only=True))` loads them back.
+- PyTorch recommends `DistributedDataParallel` instead, even on one machine: DataParallel is
+  one process driving all GPUs with Python threads (the GIL serialises them), re-copies the
+  whole module to every GPU on every step, and funnels outputs and gradients through GPU 0,
+  which becomes the bottleneck. DDP runs one process per GPU and overlaps an all-reduce of
+  the gradients with the backward (stage 11).
+
+Run: python -m stages.stage10_dataparallel --epochs 1 [--data-parallel]
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from torchvision.datasets import CIFAR10
+
+from common.cli import device_name, non_negative_int, parse_args, probability
+from common.data import load_data
+from common.errors import CourseError
+from common.run import StageRun
+from common.seed import seed_everything
+from common.weights import reference_params
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+EVAL_BATCH_SIZE = 1000
+NUM_CLASSES = 10
+
+
+# ---------------------------------------------------------------- model
+class Net(nn.Module):
+    def __init__(self, dropout=0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+        self.dropout = nn.Dropout(dropout)  # a no-op in eval mode, and at p = 0
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))  # (N, 6, 14, 14)
+        x = self.pool(F.relu(self.conv2(x)))  # (N, 16, 5, 5)
+        x = torch.flatten(x, 1)  # (N, 400)
+        x = self.dropout(F.relu(self.fc1(x)))  # (N, 120)
+        x = self.dropout(F.relu(self.fc2(x)))  # (N, 84)
+        return self.fc3(x)  # (N, 10)
+
+
+def build(params, dtype="float32", dropout=0.0, device="cpu", data_parallel=False):
+    """A Net in `dtype` on `device` holding the given weights, and its optimizer, made after it."""
+    model = Net(dropout).to(device=device, dtype=DTYPES[dtype])  # in place: model is moved
+    model.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
+    if data_parallel:
+        model = nn.DataParallel(model)  # after .to(device); the parameters stay those of model.module
+    model.opt = optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    return model
+
+
+def unwrap(model):
+    """The Net itself, inside a DataParallel wrapper or not: what to save and load."""
+    return model.module if isinstance(model, nn.DataParallel) else model
+
+
+def forward(model, x):
+    param = next(model.parameters())
+    return model(torch.as_tensor(x, dtype=param.dtype, device=param.device))
+
+
+# ---------------------------------------------------------------- loss and step
+criterion = nn.CrossEntropyLoss()
+
+
+def train_step(model, x, y, lr, momentum):
+    """One step of SGD with momentum; returns the loss before the update and the gradients."""
+    param = next(model.parameters())
+    x, y = torch.as_tensor(x, dtype=param.dtype, device=param.device), torch.as_tensor(y, device=param.device)
+    opt = model.opt
+    for group in opt.param_groups:  # where a scheduler would change them, too
+        group.update(lr=lr, momentum=momentum)
+    opt.zero_grad()  # backward() adds to .grad: clear it before this step's backward
+    # forward
+    loss = criterion(model(x), y)
+    # backward
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in unwrap(model).named_parameters()}
+    # update
+    opt.step()
+    return loss.item(), grads
+
+
+def get_params(model):
+    return {name: p.detach().clone() for name, p in unwrap(model).named_parameters()}
+
+
+# ---------------------------------------------------------------- data
+transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+
+
+class ArrayDataset(Dataset):
+    """uint8 images (N, 32, 32, 3) and labels as a Dataset, transformed like torchvision's CIFAR10."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def make_loaders(data, args, device):
+    if data.root is not None:  # the data came through torchvision: use its Dataset
+        train_set = CIFAR10(data.root, train=True, transform=transform)
+        test_set = CIFAR10(data.root, train=False, transform=transform)
+    else:
+        train_set = ArrayDataset(data.train_x, data.train_y, transform)
+        test_set = ArrayDataset(data.test_x, data.test_y, transform)
+    generator = torch.Generator().manual_seed(args.seed)  # the shuffle order follows --seed
+    pin_memory = device.type == "cuda"  # page-locked batches can be copied to the GPU asynchronously
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=generator,
+                              num_workers=args.workers, pin_memory=pin_memory)
+    test_loader = DataLoader(test_set, batch_size=EVAL_BATCH_SIZE, num_workers=args.workers, pin_memory=pin_memory)
+    return train_loader, test_loader
+
+
+# ---------------------------------------------------------------- training and evaluation
+def train_one_epoch(model, train_loader, device, args, run):
+    model.train()  # dropout on
+    for x, y in train_loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors
+        loss, _ = train_step(model, x, y, args.lr, args.momentum)
+        if not run.step(loss):
+            return
+
+
+@torch.no_grad()  # no backward follows, so no graph is needed
+def evaluate(model, test_loader, device):
+    """Fraction of test images whose highest logit is the true class, overall and per class."""
+    model.eval()  # dropout off: every prediction uses the whole network
+    correct, total = torch.zeros(NUM_CLASSES, device=device), torch.zeros(NUM_CLASSES, device=device)
+    for x, y in test_loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        predicted = forward(model, x).argmax(dim=1)
+        correct += torch.bincount(y[predicted == y], minlength=NUM_CLASSES)
+        total += torch.bincount(y, minlength=NUM_CLASSES)
+    return (correct.sum() / total.sum()).item(), (correct / total.clamp(min=1)).tolist()
+
+
+def choose_device(name):
+    """auto: the first GPU if there is one, else the CPU; a GPU that is not there is an error."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CourseError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
+                          "use --device cpu")
+    return device
+
+
+def add_options(parser):
+    parser.add_argument("--workers", type=non_negative_int, default=0,
+                        help="DataLoader worker processes (0: load in the main process)")
+    parser.add_argument("--dropout", type=probability, default=0.0,
+                        help="dropout probability before fc2 and fc3 (0: the reference network)")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (a GPU if there is one), cpu, cuda or cuda:N")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="wrap the model in nn.DataParallel even with one GPU or none")
+
+
+def main(argv=None):
+    args = parse_args(__file__, __doc__, argv, add_options)
+    with StageRun(__file__, args) as run:
+        seed_everything(args.seed)
+        device = choose_device(args.device)
+        data_parallel = args.data_parallel or (device.type == "cuda" and torch.cuda.device_count() > 1)
+        print(f"device: {device}" + (", wrapped in nn.DataParallel" if data_parallel else ""))
+        data = load_data(args.data, args.data_dir, args.seed)
+        model = build(reference_params(args.seed), dtype=args.dtype, dropout=args.dropout, device=device,
+                      data_parallel=data_parallel)
+        train_loader, test_loader = make_loaders(data, args, device)
+        for _ in run.epochs(len(train_loader)):
+            train_one_epoch(model, train_loader, device, args, run)
+            accuracy, per_class = evaluate(model, test_loader, device)
+            run.log_accuracy(accuracy)
+        run.log_per_class(per_class, data.classes)
+        torch.save(unwrap(model).state_dict(), run.record_dir / "model.pt")  # keys without "module."
+    return run.summary
+
+
+if __name__ == "__main__":
+    main()
