@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ALL_STAGES, ROOT
+import torch
+from conftest import ALL_STAGES, ROOT, stage_number
 
 from common import course
 from common.harness import load_stage
@@ -64,6 +65,18 @@ def test_bad_input_gets_one_line_and_an_exit_code(stage_name, argv, code, messag
     assert exit_info.value.code == code
     assert message in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+DEVICE_STAGES = [p for p in ALL_STAGES if stage_number(p.values[0]) >= 9]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
+@pytest.mark.parametrize("stage_name", DEVICE_STAGES)
+def test_asking_for_a_missing_gpu_is_one_line_and_exit_code_2(stage_name, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_stage(stage_name).main(["--device", "cuda", "--data", "synthetic", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no such CUDA device" in err and "Traceback" not in err
 
 
 def test_a_real_process_prints_no_traceback_on_bad_input():

@@ -1,0 +1,240 @@
+"""Stage 11, beyond the ten: DistributedDataParallel, one process per device, launched by torchrun.
+
+Changes from stage 10:
+- One process per GPU (or several CPU processes), started by torchrun:
+    torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
+  torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process,
+  and `dist.init_process_group(backend)` reads them to join the group: "nccl" between GPUs,
+  "gloo" on CPUs. Started with plain `python -m`, the stage makes a group of one process.
+  Several machines: run the same torchrun on each with `--nnodes N --node-rank K
+  --master-addr HOST --master-port PORT` (or `--rdzv-backend c10d --rdzv-endpoint HOST:PORT`).
+- `DistributedDataParallel(model)` replaces `DataParallel`: every process holds a full
+  replica; during `loss.backward()` the gradients are averaged across processes by an
+  all-reduce (overlapped with the backward, bucket by bucket), so every replica takes the
+  same optimizer step and the replicas stay identical. Each process on half of a batch
+  therefore computes exactly what one process computes on the whole batch (a test checks).
+- A `DistributedSampler` gives each process its own share of the training set, and
+  `sampler.set_epoch(epoch)` reshuffles it differently every epoch, the same way on every
+  process. --batch-size is per process: a step sees batch-size x world-size images.
+- Only rank 0 prints, draws the progress bar and writes the record and model.pt; every
+  process evaluates the (small) test set itself, which needs no communication.
+- The device is `cuda:LOCAL_RANK` with --device auto on a GPU machine: one GPU per process.
+
+Run: torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
+"""
+import os
+import socket
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision import transforms
+from torchvision.datasets import CIFAR10
+
+from common.cli import device_name, non_negative_int, parse_args, probability
+from common.data import load_data
+from common.errors import CourseError
+from common.run import StageRun
+from common.seed import seed_everything
+from common.weights import reference_params
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+EVAL_BATCH_SIZE = 1000
+NUM_CLASSES = 10
+
+
+# ---------------------------------------------------------------- model
+class Net(nn.Module):
+    def __init__(self, dropout=0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+        self.dropout = nn.Dropout(dropout)  # a no-op in eval mode, and at p = 0
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))  # (N, 6, 14, 14)
+        x = self.pool(F.relu(self.conv2(x)))  # (N, 16, 5, 5)
+        x = torch.flatten(x, 1)  # (N, 400)
+        x = self.dropout(F.relu(self.fc1(x)))  # (N, 120)
+        x = self.dropout(F.relu(self.fc2(x)))  # (N, 84)
+        return self.fc3(x)  # (N, 10)
+
+
+def build(params, dtype="float32", dropout=0.0, device="cpu"):
+    """A Net in `dtype` on `device` holding the given weights, and its optimizer, made after it."""
+    model = Net(dropout).to(device=device, dtype=DTYPES[dtype])  # in place: model is moved
+    model.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
+    if dist.is_initialized():  # inside a process group: keep this replica in step with the others
+        device_ids = [device] if torch.device(device).type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=device_ids)
+    model.opt = optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    return model
+
+
+def unwrap(model):
+    """The Net itself, inside a DistributedDataParallel wrapper or not: what to save and load."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def forward(model, x):
+    param = next(model.parameters())
+    return model(torch.as_tensor(x, dtype=param.dtype, device=param.device))
+
+
+# ---------------------------------------------------------------- loss and step
+criterion = nn.CrossEntropyLoss()
+
+
+def train_step(model, x, y, lr, momentum):
+    """One step of SGD with momentum; returns the loss before the update and the gradients."""
+    param = next(model.parameters())
+    x, y = torch.as_tensor(x, dtype=param.dtype, device=param.device), torch.as_tensor(y, device=param.device)
+    opt = model.opt
+    for group in opt.param_groups:  # where a scheduler would change them, too
+        group.update(lr=lr, momentum=momentum)
+    opt.zero_grad()  # backward() adds to .grad: clear it before this step's backward
+    # forward
+    loss = criterion(model(x), y)
+    # backward
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in unwrap(model).named_parameters()}
+    # update
+    opt.step()
+    return loss.item(), grads
+
+
+def get_params(model):
+    return {name: p.detach().clone() for name, p in unwrap(model).named_parameters()}
+
+
+# ---------------------------------------------------------------- data
+transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+
+
+class ArrayDataset(Dataset):
+    """uint8 images (N, 32, 32, 3) and labels as a Dataset, transformed like torchvision's CIFAR10."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def make_loaders(data, args, device):
+    if data.root is not None:  # the data came through torchvision: use its Dataset
+        train_set = CIFAR10(data.root, train=True, transform=transform)
+        test_set = CIFAR10(data.root, train=False, transform=transform)
+    else:
+        train_set = ArrayDataset(data.train_x, data.train_y, transform)
+        test_set = ArrayDataset(data.test_x, data.test_y, transform)
+    sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed)  # this process's share
+    pin_memory = device.type == "cuda"  # page-locked batches can be copied to the GPU asynchronously
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
+                              num_workers=args.workers, pin_memory=pin_memory)
+    test_loader = DataLoader(test_set, batch_size=EVAL_BATCH_SIZE, num_workers=args.workers, pin_memory=pin_memory)
+    return train_loader, test_loader, sampler
+
+
+# ---------------------------------------------------------------- training and evaluation
+def train_one_epoch(model, train_loader, device, args, run):
+    model.train()  # dropout on
+    for x, y in train_loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors
+        loss, _ = train_step(model, x, y, args.lr, args.momentum)
+        if not run.step(loss):
+            return
+
+
+@torch.no_grad()  # no backward follows, so no graph is needed
+def evaluate(model, test_loader, device):
+    """Fraction of test images whose highest logit is the true class, overall and per class."""
+    model.eval()  # dropout off: every prediction uses the whole network
+    correct, total = torch.zeros(NUM_CLASSES, device=device), torch.zeros(NUM_CLASSES, device=device)
+    for x, y in test_loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        predicted = forward(model, x).argmax(dim=1)
+        correct += torch.bincount(y[predicted == y], minlength=NUM_CLASSES)
+        total += torch.bincount(y, minlength=NUM_CLASSES)
+    return (correct.sum() / total.sum()).item(), (correct / total.clamp(min=1)).tolist()
+
+
+def choose_device(name):
+    """auto: this process's GPU if there are GPUs, else the CPU; a GPU that is not there is an error."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CourseError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
+                          "use --device cpu")
+    return device
+
+
+@contextmanager
+def process_group(device):
+    """Join torchrun's process group (or make a group of one process), and leave it at the end."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "RANK" in os.environ:  # started by torchrun, which describes the group in the environment
+        dist.init_process_group(backend)
+    else:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def add_options(parser):
+    parser.add_argument("--workers", type=non_negative_int, default=0,
+                        help="DataLoader worker processes (0: load in the main process)")
+    parser.add_argument("--dropout", type=probability, default=0.0,
+                        help="dropout probability before fc2 and fc3 (0: the reference network)")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (a GPU if there is one), cpu, cuda or cuda:N")
+
+
+def main(argv=None):
+    args = parse_args(__file__, __doc__, argv, add_options)
+    rank = int(os.environ.get("RANK", "0"))
+    with StageRun(__file__, args, main_process=rank == 0) as run:
+        seed_everything(args.seed)
+        device = choose_device(args.device)
+        with process_group(device):
+            if rank == 0:
+                print(f"device: {device}, DistributedDataParallel over {dist.get_world_size()} process(es)")
+            data = load_data(args.data, args.data_dir, args.seed, verbose=rank == 0)
+            model = build(reference_params(args.seed), dtype=args.dtype, dropout=args.dropout, device=device)
+            train_loader, test_loader, sampler = make_loaders(data, args, device)
+            for epoch in run.epochs(len(train_loader)):
+                sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
+                train_one_epoch(model, train_loader, device, args, run)
+                accuracy, per_class = evaluate(unwrap(model), test_loader, device)
+                run.log_accuracy(accuracy)
+            run.log_per_class(per_class, data.classes)
+            if rank == 0:
+                torch.save(unwrap(model).state_dict(), run.record_dir / "model.pt")  # keys without "module."
+    return run.summary
+
+
+if __name__ == "__main__":
+    main()

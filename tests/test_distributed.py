@@ -1,0 +1,86 @@
+"""Stage 11: two processes under gloo, each on half of every batch, take the very steps that one
+process (stage 6) takes on the whole batches."""
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from common.harness import load_stage, sample_batches, to_numpy, worst_relative_error
+from common.weights import reference_params
+
+pytestmark = pytest.mark.stage11
+
+WORLD_SIZE = 2
+STEPS, BATCH_SIZE = 5, 8  # each process sees 4 images a step
+LR, MOMENTUM = 0.01, 0.9
+DISTRIBUTED_RTOL = 1e-9  # float64; the all-reduce sums two halves in another order than one batch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(rank: int, port: int, out_dir: str) -> None:
+    """One process: join the group, train on its half of each batch, save what it saw."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        stage = load_stage(11)
+        model = stage.build(reference_params(0), dtype="float64")
+        half = slice(rank * BATCH_SIZE // WORLD_SIZE, (rank + 1) * BATCH_SIZE // WORLD_SIZE)
+        saved = {}
+        for step, (x, y) in enumerate(sample_batches(STEPS, BATCH_SIZE, seed=5)):
+            loss, grads = stage.train_step(model, x[half], y[half], LR, MOMENTUM)
+            saved[f"loss/{step}"] = np.array(loss)
+            saved.update({f"grad/{step}/{k}": to_numpy(v) for k, v in grads.items()})
+        saved.update({f"param/{k}": to_numpy(v) for k, v in stage.get_params(model).items()})
+        np.savez(f"{out_dir}/rank{rank}.npz", **saved)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ddp")
+    mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, start_method="spawn")
+    return [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(WORLD_SIZE)]
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    """Stage 6 on the whole batches, step by step."""
+    stage = load_stage(6)
+    model = stage.build(reference_params(0), dtype="float64")
+    steps = [stage.train_step(model, x, y, LR, MOMENTUM) for x, y in sample_batches(STEPS, BATCH_SIZE, seed=5)]
+    return steps, stage.get_params(model)
+
+
+def section(saved: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
+
+
+def test_every_step_uses_the_whole_batch_gradient(ranks, single_process):
+    steps, _ = single_process
+    for rank, saved in enumerate(ranks):
+        for step, (_, grads) in enumerate(steps):
+            name, error = worst_relative_error(section(saved, f"grad/{step}/"), grads)
+            assert error <= DISTRIBUTED_RTOL, f"rank {rank}, step {step}: gradient of {name} off by {error:.1e}"
+
+
+def test_the_half_batch_losses_average_to_the_whole_batch_loss(ranks, single_process):
+    steps, _ = single_process
+    for step, (loss, _) in enumerate(steps):
+        mean_loss = np.mean([float(saved[f"loss/{step}"]) for saved in ranks])
+        assert abs(mean_loss - loss) <= DISTRIBUTED_RTOL * abs(loss)
+
+
+def test_parameters_after_five_steps_are_the_single_process_ones(ranks, single_process):
+    _, final = single_process
+    for rank, saved in enumerate(ranks):
+        name, error = worst_relative_error(section(saved, "param/"), final)
+        assert error <= DISTRIBUTED_RTOL, f"rank {rank}: {name} off by {error:.1e}"

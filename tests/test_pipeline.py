@@ -1,0 +1,127 @@
+"""Stages 7-10: the data pipeline, train/eval modes, device transfer and DataParallel."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from common.data import make_synthetic
+from common.harness import TOLERANCES, load_stage, relative_error, sample_batches, to_numpy, trajectory
+
+
+@pytest.mark.stage7
+def test_the_tutorial_transform_equals_the_hand_written_normalisation():
+    images = make_synthetic(0, n_train=16, n_test=1).train_x
+    by_hand = load_stage(1).normalise(images, np.float32)
+    transform = load_stage(7).transform
+    by_torchvision = torch.stack([transform(image) for image in images])
+    assert by_torchvision.dtype == torch.float32
+    assert np.array_equal(by_torchvision.numpy(), by_hand), "bit for bit, not just close"
+
+
+@pytest.mark.stage7
+def test_the_loader_batches_and_its_shuffle_follows_the_seed(tmp_path):
+    stage = load_stage(7)
+    data = make_synthetic(0, n_train=40, n_test=10)
+    args = stage.parse_args(stage.__file__, stage.__doc__, ["--batch-size", "8", "--seed", "3"], stage.add_options)
+    orders = []
+    for _ in range(2):
+        train_loader, test_loader = stage.make_loaders(data, args)
+        x, y = next(iter(train_loader))
+        assert x.shape == (8, 3, 32, 32) and y.dtype == torch.int64
+        orders.append(torch.cat([y for _, y in train_loader]))
+    assert torch.equal(orders[0], orders[1])
+    assert sorted(orders[0].tolist()) == sorted(data.train_y.tolist())
+    assert len(test_loader.dataset) == 10
+
+
+@pytest.mark.stage8
+def test_dropout_differs_in_train_mode_and_vanishes_in_eval_mode(params):
+    stage = load_stage(8)
+    [(x, _)] = sample_batches(1, 4)
+    reference = to_numpy(stage.forward(stage.build(params, dtype="float64"), x))
+    model = stage.build(params, dtype="float64", dropout=0.5)
+    model.train()
+    first, second = to_numpy(stage.forward(model, x)), to_numpy(stage.forward(model, x))
+    assert relative_error(first, second) > 1e-3
+    model.eval()
+    first, second = to_numpy(stage.forward(model, x)), to_numpy(stage.forward(model, x))
+    assert np.array_equal(first, second)
+    assert relative_error(first, reference) <= TOLERANCES["float64"].rtol
+
+
+@pytest.mark.stage8
+def test_evaluate_reports_per_class_accuracy(params):
+    stage = load_stage(8)
+    data = make_synthetic(0, n_train=10, n_test=200)
+    args = stage.parse_args(stage.__file__, stage.__doc__, [], stage.add_options)
+    _, test_loader = stage.make_loaders(data, args)
+    model = stage.build(params)
+    accuracy, per_class = stage.evaluate(model, test_loader)
+    assert not model.training, "evaluate() leaves the model in eval mode"
+    assert len(per_class) == 10 and 0 <= accuracy <= 1
+    counts = np.bincount(data.test_y, minlength=10)
+    assert np.isclose(accuracy, np.dot(per_class, counts) / counts.sum())
+
+
+@pytest.mark.stage9
+def test_module_to_moves_in_place_but_tensor_to_returns_a_new_tensor(params):
+    """On a CPU-only machine the dtype stands in for the device: .to() treats both alike."""
+    model = load_stage(9).build(params)
+    moved = model.to(torch.float64)
+    assert moved is model and model.conv1.weight.dtype == torch.float64
+    x = torch.zeros(2, 3, 32, 32)
+    x64 = x.to(torch.float64)
+    assert x64 is not x and x.dtype == torch.float32 and x64.dtype == torch.float64
+
+
+@pytest.mark.stage9
+def test_choose_device(monkeypatch):
+    from common.errors import CourseError
+
+    stage = load_stage(9)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert stage.choose_device("auto") == torch.device("cpu")
+    assert stage.choose_device("cpu") == torch.device("cpu")
+    with pytest.raises(CourseError, match="no such CUDA device"):
+        stage.choose_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert stage.choose_device("auto") == torch.device("cuda:0")
+    assert stage.choose_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(CourseError, match="cuda:2: no such CUDA device here \\(2 visible\\)"):
+        stage.choose_device("cuda:2")
+
+
+@pytest.mark.stage10
+def test_dataparallel_prefixes_the_state_dict_but_not_the_canonical_names(params):
+    stage = load_stage(10)
+    model = stage.build(params, data_parallel=True)
+    assert isinstance(model, nn.DataParallel)
+    assert all(key.startswith("module.") for key in model.state_dict())
+    assert list(stage.get_params(model)) == list(params)
+    assert list(stage.unwrap(model).state_dict()) == list(params)
+
+
+@pytest.mark.stage10
+def test_dataparallel_computes_what_the_plain_module_computes(params):
+    batches = sample_batches(5, 4, seed=4)
+    plain = trajectory(load_stage(9), params, batches, "float64")
+    stage = load_stage(10)
+    model = stage.build(params, dtype="float64", data_parallel=True)
+    for x, y in batches:
+        stage.train_step(model, x, y, 0.01, 0.9)
+    for name, value in stage.get_params(model).items():
+        assert relative_error(value, plain["params"][name]) <= TOLERANCES["float64"].rtol
+
+
+@pytest.mark.stage10
+def test_a_run_saves_weights_that_load_into_a_plain_net(tmp_path):
+    stage = load_stage(10)
+    summary = stage.main(["--data", "synthetic", "--max-steps", "5", "--data-parallel", "--out", str(tmp_path)])
+    state = torch.load(f"{summary['record']}/model.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in state)
+    net = stage.Net()
+    net.load_state_dict(state)  # raises on any missing or unexpected key
