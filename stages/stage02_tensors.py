@@ -5,8 +5,8 @@ Changes from stage 1:
   dtype (float32 unless asked otherwise: `torch.float32`, `torch.float64`) and a device
   (`cpu` here; `cuda:0` in stage 9), e.g. `params["conv1.weight"].dtype, .device, .shape`.
   Most numpy calls have a twin: `sliding_window_view` -> `Tensor.unfold`, `transpose` ->
-  `permute`, `take_along_axis` -> `max(dim=...)` (which also returns the winners'
-  indices), `put_along_axis` -> `scatter_`, `copy` -> `clone`.
+  `permute`, `np.where` -> `torch.where`, `np.zeros` -> `torch.zeros`, `copy` -> `clone`,
+  `axis=` -> `dim=`.
 - `torch.from_numpy` shares memory with the numpy array, so the weights are copied with
   `torch.tensor` to keep the caller's arrays untouched.
 - Nothing else changes: the forward, the hand-written backward and the momentum update
@@ -39,32 +39,36 @@ def conv2d(x, weight, bias):
     """(N, C, H, W) conv (O, C, k, k) -> (N, O, H-k+1, W-k+1); stride 1, no padding."""
     n, c = x.shape[:2]
     out_channels, _, k, _ = weight.shape
-    # every k x k window as a row of a matrix; one matrix product then does the whole layer
+    # every k x k window becomes a column of one matrix; one matrix product then does the layer
     windows = x.unfold(2, k, 1).unfold(3, k, 1)  # (N, C, OH, OW, k, k), a view
     oh, ow = windows.shape[2:4]
-    cols = windows.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * k * k)
-    out = cols @ weight.reshape(out_channels, -1).T + bias  # (N*OH*OW, O)
-    return out.reshape(n, oh, ow, out_channels).permute(0, 3, 1, 2), cols
+    # rows in (C, k, k) order, as the weight flattens; the copy runs along image rows, so it is fast
+    cols = windows.permute(1, 4, 5, 0, 2, 3).reshape(c * k * k, n * oh * ow)
+    out = weight.reshape(out_channels, -1) @ cols  # (O, N*OH*OW)
+    out += bias[:, None]
+    return out.reshape(out_channels, n, oh, ow).permute(1, 0, 2, 3), cols
 
 
 def conv2d_backward(dout, cols, weight):
     """Gradients of the weight and bias, from the windows (cols) the forward kept."""
     out_channels = weight.shape[0]
-    dout_rows = dout.permute(0, 2, 3, 1).reshape(-1, out_channels)  # (N*OH*OW, O)
-    dweight = (dout_rows.T @ cols).reshape(weight.shape)
-    dbias = dout_rows.sum(dim=0)
+    dout_rows = dout.permute(1, 0, 2, 3).reshape(out_channels, -1)  # (O, N*OH*OW)
+    dweight = (dout_rows @ cols.T).reshape(weight.shape)
+    dbias = dout_rows.sum(dim=1)
     return dweight, dbias
 
 
 def conv2d_input_backward(dout, weight):
-    """Gradient of the input: a 'full' convolution of dout with the flipped kernel."""
+    """Gradient of the input: each window's gradient, added back where the window was taken."""
     n, out_channels, oh, ow = dout.shape
-    k = weight.shape[-1]
-    padded = torch.zeros((n, out_channels, oh + 2 * (k - 1), ow + 2 * (k - 1)), dtype=dout.dtype)
-    padded[:, :, k - 1:k - 1 + oh, k - 1:k - 1 + ow] = dout
-    flipped = torch.flip(weight, dims=(2, 3)).permute(1, 0, 2, 3)  # (C, O, k, k)
-    dx, _ = conv2d(padded, flipped, torch.zeros(flipped.shape[0], dtype=dout.dtype))
-    return dx
+    _, c, k, _ = weight.shape
+    dout_rows = dout.permute(1, 0, 2, 3).reshape(out_channels, -1)  # (O, N*OH*OW)
+    dcols = (weight.reshape(out_channels, -1).T @ dout_rows).reshape(c, k, k, n, oh, ow)
+    dx = torch.zeros((c, n, oh + k - 1, ow + k - 1), dtype=dout.dtype)
+    for i in range(k):  # a loop over the k*k window offsets, never over pixels
+        for j in range(k):
+            dx[:, :, i:i + oh, j:j + ow] += dcols[:, i, j]
+    return dx.permute(1, 0, 2, 3)
 
 
 def relu(x):
@@ -77,18 +81,21 @@ def relu_backward(dout, out):
 
 def max_pool2x2(x):
     """2x2 max-pool with stride 2; also returns which of the 4 inputs won, for the backward."""
-    n, c, h, w = x.shape
-    windows = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
-    out, winner = windows.max(dim=-1)  # the first maximum on ties, as numpy's argmax
+    corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # each window's 4 inputs, as 4 views
+    out, winner = corners[0], torch.zeros(corners[0].shape, dtype=torch.int8)
+    for k in (1, 2, 3):  # strictly greater: on ties the first maximum wins, as in PyTorch
+        better = corners[k] > out
+        out, winner = torch.where(better, corners[k], out), torch.where(better, k, winner)
     return out, winner
 
 
 def max_pool2x2_backward(dout, winner):
-    """Only the winning input of each window gets the gradient; no full-size mask is built."""
+    """Only the winning input of each window gets the gradient."""
     n, c, oh, ow = dout.shape
-    dwindows = torch.zeros((n, c, oh, ow, 4), dtype=dout.dtype)
-    dwindows.scatter_(-1, winner[..., None], dout[..., None])
-    return dwindows.reshape(n, c, oh, ow, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, 2 * oh, 2 * ow)
+    dx = torch.zeros((n, c, 2 * oh, 2 * ow), dtype=dout.dtype)
+    for k, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        dx[:, :, i::2, j::2] = torch.where(winner == k, dout, 0)
+    return dx
 
 
 def linear(x, weight, bias):

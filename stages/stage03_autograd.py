@@ -43,12 +43,14 @@ def conv2d(x, weight, bias):
     """(N, C, H, W) conv (O, C, k, k) -> (N, O, H-k+1, W-k+1); stride 1, no padding."""
     n, c = x.shape[:2]
     out_channels, _, k, _ = weight.shape
-    # every k x k window as a row of a matrix; one matrix product then does the whole layer
+    # every k x k window becomes a column of one matrix; one matrix product then does the layer
     windows = x.unfold(2, k, 1).unfold(3, k, 1)  # (N, C, OH, OW, k, k), a view
     oh, ow = windows.shape[2:4]
-    cols = windows.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * k * k)
-    out = cols @ weight.reshape(out_channels, -1).T + bias  # (N*OH*OW, O)
-    return out.reshape(n, oh, ow, out_channels).permute(0, 3, 1, 2)
+    # rows in (C, k, k) order, as the weight flattens; the copy runs along image rows, so it is fast
+    cols = windows.permute(1, 4, 5, 0, 2, 3).reshape(c * k * k, n * oh * ow)
+    out = weight.reshape(out_channels, -1) @ cols  # (O, N*OH*OW)
+    out += bias[:, None]
+    return out.reshape(out_channels, n, oh, ow).permute(1, 0, 2, 3)
 
 
 def relu(x):
@@ -57,9 +59,12 @@ def relu(x):
 
 def max_pool2x2(x):
     """2x2 max-pool with stride 2."""
-    n, c, h, w = x.shape
-    windows = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
-    return windows.max(dim=-1).values  # the first maximum gets the gradient on ties
+    corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # each window's 4 inputs, as 4 views
+    out = corners[0]
+    for k in (1, 2, 3):  # strictly greater: on ties the first maximum wins, and gets the gradient
+        better = corners[k] > out
+        out = torch.where(better, corners[k], out)
+    return out
 
 
 def linear(x, weight, bias):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from conftest import ALL_STAGES, CONSECUTIVE_STAGES
 from torch_reference import reference_step, reference_trajectory
 
 from common.harness import (TOLERANCES, load_stage, one_step, relative_error, sample_batches, to_numpy,
                             trajectory, worst_relative_error)
 
+HAND_WRITTEN_POOL_STAGES = [p for p in ALL_STAGES if hasattr(load_stage(p.values[0]), "max_pool2x2")]
 DTYPES = ("float64", "float32")
 BATCH_SIZES = (1, 4, 7)  # a single image, the tutorial's batch, and an odd one
 TRAJECTORY_STEPS = 5
@@ -36,6 +39,27 @@ def test_one_step_matches_pytorch_autograd(stage_name, dtype, batch_size, params
     assert_close(got["logits"], logits, dtype, "forward: logits")
     assert_close(got["loss"], loss, dtype, "forward: loss")
     assert_dicts_close(got["grads"], grads, dtype, "backward: gradient")
+
+
+@pytest.mark.parametrize("stage_name", HAND_WRITTEN_POOL_STAGES)
+def test_hand_written_max_pool_sends_the_gradient_where_pytorch_does(stage_name):
+    """Ties are common (flat image regions, relu's zeros); the gradient must go to the first
+    maximum of each window, the one PyTorch picks, or the weights drift apart."""
+    stage = load_stage(stage_name)
+    x = torch.randint(0, 3, (2, 3, 8, 8)).double()  # values 0, 1, 2: most windows hold ties
+    dout = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    x_ref = x.clone().requires_grad_()
+    F.max_pool2d(x_ref, 2).backward(dout)
+    if hasattr(stage, "max_pool2x2_backward"):  # stages 1-2: the backward is written by hand
+        out, winner = stage.max_pool2x2(x.numpy() if stage_name.endswith("numpy") else x)
+        dx = stage.max_pool2x2_backward(dout.numpy() if stage_name.endswith("numpy") else dout, winner)
+    else:  # stage 3: autograd differentiates the hand-written forward
+        x_own = x.clone().requires_grad_()
+        out = stage.max_pool2x2(x_own)
+        out.backward(dout)
+        dx = x_own.grad
+    np.testing.assert_array_equal(to_numpy(out), F.max_pool2d(x, 2).numpy())
+    np.testing.assert_array_equal(to_numpy(dx), x_ref.grad.numpy())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,0 +1,239 @@
+"""Benchmarks of the course, measured side by side in one run, printed as tables and saved as CSV.
+
+1. train_step time of every stage at batch 4 and 64, float32 and float64 (median of repeats
+   after warm-up), with its ratio to stage 6 (idiomatic PyTorch);
+2. training throughput (images/s) of stages 7-10 over one epoch, against a minimal
+   plain-PyTorch loop (the tutorial's: DataLoader, Net, criterion, SGD) on the same data;
+3. achieved GFLOP/s per stage, from the network's FLOP count, against the machine's peak for
+   a large float32 matrix product measured in the same run;
+4. peak memory of one train_step of the numpy stage at batch 256 against stage 6.
+
+Run: python -m benchmarks.bench [--quick] [--out runs/bench]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn, optim
+from tqdm import tqdm
+
+from common.data import make_synthetic
+from common.harness import load_stage, sample_batches, stage_names
+from common.weights import PARAM_SHAPES, reference_params
+
+
+# ---------------------------------------------------------------- FLOPs
+def flops_per_image_forward() -> int:
+    """2 FLOPs (multiply, add) per weight use: conv weights are used once per output pixel."""
+    conv_outputs = {"conv1": 28 * 28, "conv2": 10 * 10}  # output pixels per channel
+    total = 0
+    for name, shape in PARAM_SHAPES.items():
+        if name.endswith(".weight"):
+            total += 2 * int(np.prod(shape)) * conv_outputs.get(name.split(".")[0], 1)
+    return total
+
+
+def flops_per_image_train_step() -> int:
+    """Forward, plus a backward that costs about twice the forward (input and weight gradients)."""
+    return 3 * flops_per_image_forward()
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- 1. train_step times
+def step_time(stage, batch_size: int, dtype: str, repeats: int, warmup: int = 3) -> float:
+    """Median seconds of one train_step, on fresh batches each time."""
+    model = stage.build(reference_params(0), dtype=dtype)
+    batches = sample_batches(warmup + repeats, batch_size, seed=1)
+    times = []
+    for i, (x, y) in enumerate(batches):
+        seconds = _timed(lambda: stage.train_step(model, x, y, 0.001, 0.9))
+        if i >= warmup:
+            times.append(seconds)
+    return statistics.median(times)
+
+
+def bench_steps(repeats: int) -> list[dict]:
+    rows = []
+    configs = [(b, d) for b in (4, 64) for d in ("float32", "float64")]
+    for name in tqdm(stage_names(), desc="train_step times", unit="stage"):
+        stage = load_stage(name)
+        for batch_size, dtype in configs:
+            rows.append({"stage": name.split(".")[1], "batch": batch_size, "dtype": dtype,
+                         "ms": 1000 * step_time(stage, batch_size, dtype, repeats)})
+    reference = {(r["batch"], r["dtype"]): r["ms"] for r in rows if r["stage"].startswith("stage06")}
+    for r in rows:
+        r["vs_stage06"] = r["ms"] / reference[r["batch"], r["dtype"]]
+        r["gflops"] = flops_per_image_train_step() * r["batch"] / (r["ms"] / 1000) / 1e9
+    return rows
+
+
+# ---------------------------------------------------------------- 2. throughput against plain PyTorch
+class PlainNet(nn.Module):
+    """The tutorial's Net, written here once more so the baseline owes nothing to the course."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.pool, self.conv2 = nn.Conv2d(3, 6, 5), nn.MaxPool2d(2, 2), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def plain_pytorch_epoch(data, batch_size: int) -> float:
+    """The tutorial's loop over one epoch of the same data; returns seconds."""
+    stage7 = load_stage(7)  # the same Dataset and transform, so only the loop differs
+    loader = torch.utils.data.DataLoader(stage7.ArrayDataset(data.train_x, data.train_y, stage7.transform),
+                                         batch_size=batch_size, shuffle=True)
+    net = PlainNet()
+    criterion, opt = nn.CrossEntropyLoss(), optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    start = time.perf_counter()
+    for x, y in loader:
+        opt.zero_grad()
+        loss = criterion(net(x), y)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def stage_epoch(stage_number: int, data, batch_size: int) -> float:
+    """One epoch of a stage's own train_one_epoch, timed without data loading set-up."""
+    stage = load_stage(stage_number)
+    args = stage.parse_args(stage.__file__, stage.__doc__, ["--batch-size", str(batch_size), "--device", "cpu"]
+                            if stage_number >= 9 else ["--batch-size", str(batch_size)], stage.add_options)
+    model = stage.build(reference_params(0))
+    loaders = stage.make_loaders(data, args, torch.device("cpu")) if stage_number >= 9 else stage.make_loaders(data, args)
+    run = _SilentRun()
+    start = time.perf_counter()
+    if stage_number >= 9:
+        stage.train_one_epoch(model, loaders[0], torch.device("cpu"), args, run)
+    else:
+        stage.train_one_epoch(model, loaders[0], args, run)
+    return time.perf_counter() - start
+
+
+class _SilentRun:
+    """Stands in for StageRun inside the benchmark: counts nothing, prints nothing."""
+
+    def step(self, loss) -> bool:
+        return True
+
+
+def bench_throughput(n_images: int, batch_size: int, rounds: int) -> list[dict]:
+    data = make_synthetic(0, n_train=n_images, n_test=10)
+    rows = []
+    for label, fn in tqdm([("plain PyTorch loop", lambda: plain_pytorch_epoch(data, batch_size))]
+                          + [(f"stage{n:02d}", lambda n=n: stage_epoch(n, data, batch_size)) for n in (7, 8, 9, 10)],
+                          desc="epoch throughput", unit="loop"):
+        seconds = min(fn() for _ in range(rounds))  # the best of a few: least disturbed by the machine
+        rows.append({"loop": label, "images_per_s": n_images / seconds})
+    baseline = rows[0]["images_per_s"]
+    for r in rows:
+        r["vs_plain"] = r["images_per_s"] / baseline
+    return rows
+
+
+# ---------------------------------------------------------------- 4. peak memory
+MEMORY_PROBE = """
+import resource, sys
+from common.harness import load_stage, sample_batches
+from common.weights import reference_params
+stage = load_stage(int(sys.argv[1]))
+model = stage.build(reference_params(0), dtype="float32")
+(x, y), = sample_batches(1, 256)
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+before = rss_mib()
+stage.train_step(model, x, y, 0.001, 0.9)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(peak - before)
+"""
+
+
+def bench_memory() -> list[dict]:
+    rows = []
+    for number in (1, 6):
+        out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(number)], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parent.parent)
+        rows.append({"stage": f"stage{number:02d}", "batch": 256, "peak_extra_mib": float(out.stdout.split()[-1])})
+    rows[0]["vs_stage06"] = rows[0]["peak_extra_mib"] / rows[1]["peak_extra_mib"]
+    rows[1]["vs_stage06"] = 1.0
+    return rows
+
+
+# ---------------------------------------------------------------- output
+def print_table(title: str, rows: list[dict]) -> None:
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in columns}
+    print(f"\n{title}")
+    print("  ".join(c.rjust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r[c]).rjust(widths[c]) for c in columns))
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller epoch")
+    parser.add_argument("--out", default="runs/bench", help="folder for the CSV files")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy {np.__version__}")
+    peak = matmul_peak_gflops()
+    print(f"peak: a 2048x2048 float32 matrix product runs at {peak:.1f} GFLOP/s; "
+          f"one training image costs {flops_per_image_train_step() / 1e6:.2f} MFLOP")
+    results = {
+        "steps": bench_steps(repeats=10 if args.quick else 40),
+        "throughput": bench_throughput(2000 if args.quick else 8000, 4, rounds=1 if args.quick else 3),
+        "memory": bench_memory(),
+    }
+    for r in results["steps"]:
+        r["of_peak"] = r["gflops"] / peak
+    print_table("train_step (median ms; ratio to stage 6; achieved GFLOP/s and fraction of the matmul peak)",
+                results["steps"])
+    print_table("one epoch at batch 4 (images/s; ratio to the plain PyTorch loop)", results["throughput"])
+    print_table("peak extra memory of one float32 train_step at batch 256 (MiB)", results["memory"])
+    for name, rows in results.items():
+        write_csv(out / f"{name}.csv", rows)
+    print(f"\nCSV files in {out}/")
+    return results
+
+
+if __name__ == "__main__":
+    main()
