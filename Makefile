@@ -7,7 +7,7 @@ ARGS   ?=
 # stage file by number: $(call stage_file,3) -> stages/stage03_autograd.py
 stage_file = $(wildcard stages/stage$(shell printf '%02d' $(1) 2>/dev/null)_*.py)
 
-.PHONY: help setup run smoke test diff gradcheck clean
+.PHONY: help setup run smoke test diff gradcheck bench clean
 
 help:
 	@echo "make run [STAGE=N] [ARGS='...']  run the course (or one stage), one epoch each on the default data"
@@ -15,6 +15,7 @@ help:
 	@echo "make smoke                      every stage for 20 steps on synthetic data"
 	@echo "make diff FROM=2 TO=3           the lesson between two stages, as a unified diff"
 	@echo "make gradcheck                  finite differences against the analytic gradients"
+	@echo "make bench                      speed and memory of every stage, side by side"
 	@echo "make setup                      create $(VENV) and install the pinned packages"
 
 $(READY): requirements.txt
@@ -40,6 +41,9 @@ diff:
 
 gradcheck: $(READY)
 	$(PYTHON) -m common.gradcheck $(ARGS)
+
+bench: $(READY)
+	$(PYTHON) -m benchmarks.bench $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

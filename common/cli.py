@@ -98,9 +98,15 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
 
 
 def parse_args(stage_file: str, description: str | None, argv: Sequence[str] | None = None,
-               add_options: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
-    """Parse a stage's options: `parse_args(__file__, __doc__, argv)`."""
+               add_options: Callable[[argparse.ArgumentParser], None] | None = None,
+               checkpoints: bool = False) -> argparse.Namespace:
+    """Parse a stage's options: `parse_args(__file__, __doc__, argv)`; `checkpoints` adds
+    --checkpoint and --resume, for the stages that save their state_dict (6 onward)."""
     parser = build_parser(stage_file, description)
+    if checkpoints:
+        parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                            help="save model, optimizer, RNG and data order here after every epoch and on Ctrl-C")
+        parser.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in this checkpoint")
     if add_options is not None:
         add_options(parser)
     return parser.parse_args(sys.argv[1:] if argv is None else list(argv))

@@ -232,6 +232,7 @@ def main(argv=None):
         for _ in run.epochs(steps_per_epoch):
             train_one_epoch(model, data, args, rng, run)
             run.log_accuracy(evaluate(model, data.test_x, data.test_y, args))
+        run.save_params(get_params(model))
     return run.summary
 
 

@@ -107,7 +107,7 @@ def batches(images, labels, batch_size, dtype, rng):
 
 # ---------------------------------------------------------------- training and evaluation
 def train_one_epoch(model, data, args, rng, run):
-    for x, y in batches(data.train_x, data.train_y, args.batch_size, DTYPES[args.dtype], rng):
+    for x, y in run.skip_done(batches(data.train_x, data.train_y, args.batch_size, DTYPES[args.dtype], rng)):
         loss, _ = train_step(model, x, y, args.lr, args.momentum)
         if not run.step(loss):
             return
@@ -125,16 +125,18 @@ def evaluate(model, images, labels, args):
 
 
 def main(argv=None):
-    args = parse_args(__file__, __doc__, argv)
+    args = parse_args(__file__, __doc__, argv, checkpoints=True)
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed)
         model = build(reference_params(args.seed), dtype=args.dtype)
         rng = np.random.default_rng(args.seed)
+        run.checkpoint_with(model, model.opt, rng)  # what --checkpoint saves and --resume restores
         steps_per_epoch = -(-len(data.train_y) // args.batch_size)
         for _ in run.epochs(steps_per_epoch):
             train_one_epoch(model, data, args, rng, run)
             run.log_accuracy(evaluate(model, data.test_x, data.test_y, args))
+        run.save_params(get_params(model))
     return run.summary
 
 

@@ -127,7 +127,7 @@ def make_loaders(data, args):
 
 # ---------------------------------------------------------------- training and evaluation
 def train_one_epoch(model, train_loader, args, run):
-    for x, y in train_loader:
+    for x, y in run.skip_done(train_loader):
         loss, _ = train_step(model, x, y, args.lr, args.momentum)
         if not run.step(loss):
             return
@@ -149,15 +149,17 @@ def add_options(parser):
 
 
 def main(argv=None):
-    args = parse_args(__file__, __doc__, argv, add_options)
+    args = parse_args(__file__, __doc__, argv, add_options, checkpoints=True)
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed)
         model = build(reference_params(args.seed), dtype=args.dtype)
         train_loader, test_loader = make_loaders(data, args)
+        run.checkpoint_with(model, model.opt, train_loader.generator)  # what --checkpoint saves and --resume restores
         for _ in run.epochs(len(train_loader)):
             train_one_epoch(model, train_loader, args, run)
             run.log_accuracy(evaluate(model, test_loader))
+        run.save_params(get_params(model))
     return run.summary
 
 

@@ -142,7 +142,7 @@ def make_loaders(data, args, device):
 # ---------------------------------------------------------------- training and evaluation
 def train_one_epoch(model, train_loader, device, args, run):
     model.train()  # dropout on
-    for x, y in train_loader:
+    for x, y in run.skip_done(train_loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors
         loss, _ = train_step(model, x, y, args.lr, args.momentum)
         if not run.step(loss):
@@ -185,7 +185,7 @@ def add_options(parser):
 
 
 def main(argv=None):
-    args = parse_args(__file__, __doc__, argv, add_options)
+    args = parse_args(__file__, __doc__, argv, add_options, checkpoints=True)
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         device = choose_device(args.device)
@@ -195,12 +195,14 @@ def main(argv=None):
         model = build(reference_params(args.seed), dtype=args.dtype, dropout=args.dropout, device=device,
                       data_parallel=data_parallel)
         train_loader, test_loader = make_loaders(data, args, device)
+        run.checkpoint_with(model, model.opt, train_loader.generator)  # what --checkpoint saves and --resume restores
         for _ in run.epochs(len(train_loader)):
             train_one_epoch(model, train_loader, device, args, run)
             accuracy, per_class = evaluate(model, test_loader, device)
             run.log_accuracy(accuracy)
         run.log_per_class(per_class, data.classes)
         torch.save(unwrap(model).state_dict(), run.record_dir / "model.pt")  # keys without "module."
+        run.save_params(get_params(model))
     return run.summary
 
 

@@ -150,7 +150,7 @@ def make_loaders(data, args, device):
 # ---------------------------------------------------------------- training and evaluation
 def train_one_epoch(model, train_loader, device, args, run):
     model.train()  # dropout on
-    for x, y in train_loader:
+    for x, y in run.skip_done(train_loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors
         loss, _ = train_step(model, x, y, args.lr, args.momentum)
         if not run.step(loss):
@@ -214,7 +214,7 @@ def add_options(parser):
 
 
 def main(argv=None):
-    args = parse_args(__file__, __doc__, argv, add_options)
+    args = parse_args(__file__, __doc__, argv, add_options, checkpoints=True)
     rank = int(os.environ.get("RANK", "0"))
     with StageRun(__file__, args, main_process=rank == 0) as run:
         seed_everything(args.seed)
@@ -225,6 +225,7 @@ def main(argv=None):
             data = load_data(args.data, args.data_dir, args.seed, verbose=rank == 0)
             model = build(reference_params(args.seed), dtype=args.dtype, dropout=args.dropout, device=device)
             train_loader, test_loader, sampler = make_loaders(data, args, device)
+            run.checkpoint_with(model, model.opt, None)  # what --checkpoint saves and --resume restores
             for epoch in run.epochs(len(train_loader)):
                 sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
                 train_one_epoch(model, train_loader, device, args, run)
@@ -233,6 +234,7 @@ def main(argv=None):
             run.log_per_class(per_class, data.classes)
             if rank == 0:
                 torch.save(unwrap(model).state_dict(), run.record_dir / "model.pt")  # keys without "module."
+        run.save_params(get_params(model))
     return run.summary
 
 

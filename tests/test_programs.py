@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import ALL_STAGES, ROOT, stage_number
@@ -77,6 +78,45 @@ def test_asking_for_a_missing_gpu_is_one_line_and_exit_code_2(stage_name, tmp_pa
         load_stage(stage_name).main(["--device", "cuda", "--data", "synthetic", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "no such CUDA device" in err and "Traceback" not in err
+
+
+BAD_DATA_DIRS = {  # (what to write into an otherwise good .npy folder, a piece of the message)
+    "empty folder": (None, "holds neither"),
+    "images of the wrong shape": (("test_x.npy", np.zeros((10, 3, 32, 32), np.uint8)), "shape (N, 32, 32, 3)"),
+    "images of the wrong dtype": (("test_x.npy", np.zeros((10, 32, 32, 3), np.float32)), "must be uint8"),
+    "too few labels": (("test_y.npy", np.zeros(9, np.int64)), "10 images but 9 labels"),
+    "labels outside 0-9": (("train_y.npy", np.full(20, 12)), "labels must lie in 0-9"),
+    "a corrupt file": (("train_y.npy", b"not numpy"), "not a readable .npy file"),
+}
+
+
+def make_bad_data_dir(folder, case):
+    folder.mkdir()
+    change, _ = BAD_DATA_DIRS[case]
+    if change is None:
+        return folder
+    rng = np.random.default_rng(0)
+    np.save(folder / "train_x.npy", rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8))
+    np.save(folder / "train_y.npy", rng.integers(0, 10, 20))
+    np.save(folder / "test_x.npy", rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
+    np.save(folder / "test_y.npy", rng.integers(0, 10, 10))
+    name, value = change
+    if isinstance(value, bytes):
+        (folder / name).write_bytes(value)
+    else:
+        np.save(folder / name, value)
+    return folder
+
+
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+@pytest.mark.parametrize("case", BAD_DATA_DIRS)
+def test_bad_data_folders_get_one_line_and_exit_code_2(stage_name, case, tmp_path, capsys):
+    folder = make_bad_data_dir(tmp_path / "data", case)
+    with pytest.raises(SystemExit) as exit_info:
+        load_stage(stage_name).main(["--data-dir", str(folder), "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and BAD_DATA_DIRS[case][1] in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_real_process_prints_no_traceback_on_bad_input():
