@@ -7,7 +7,7 @@ ARGS   ?=
 # stage file by number: $(call stage_file,3) -> stages/stage03_autograd.py
 stage_file = $(wildcard stages/stage$(shell printf '%02d' $(1) 2>/dev/null)_*.py)
 
-.PHONY: help setup run smoke test diff gradcheck bench clean
+.PHONY: help setup run smoke test diff gradcheck bench compare site batch-experiment clean
 
 help:
 	@echo "make run [STAGE=N] [ARGS='...']  run the course (or one stage), one epoch each on the default data"
@@ -16,6 +16,9 @@ help:
 	@echo "make diff FROM=2 TO=3           the lesson between two stages, as a unified diff"
 	@echo "make gradcheck                  finite differences against the analytic gradients"
 	@echo "make bench                      speed and memory of every stage, side by side"
+	@echo "make compare                    every stage on the same batches: differences from stage 1, figure"
+	@echo "make site                       the course as a static web page: site/index.html"
+	@echo "make batch-experiment           accuracy per epoch and per second for batch sizes 4..256"
 	@echo "make setup                      create $(VENV) and install the pinned packages"
 
 $(READY): requirements.txt
@@ -45,5 +48,14 @@ gradcheck: $(READY)
 bench: $(READY)
 	$(PYTHON) -m benchmarks.bench $(ARGS)
 
+compare: $(READY)
+	$(PYTHON) -m common.compare $(ARGS)
+
+site: $(READY)
+	$(PYTHON) -m common.site $(ARGS)
+
+batch-experiment: $(READY)
+	$(PYTHON) -m common.batch_experiment $(ARGS)
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache

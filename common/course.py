@@ -39,7 +39,33 @@ def main(argv=None) -> list[dict]:
     print("\n" + format_summary(summaries))
     out = Path(summaries[0]["record"]).parent.parent if summaries else Path("runs")
     (out / "course-summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    figure = plot_course(summaries, out / "course-summary.png")
+    print(f"summary: {out / 'course-summary.json'}, figure: {figure}")
     return summaries
+
+
+def plot_course(summaries: list[dict], path: Path) -> Path:
+    """Every stage's smoothed training loss on one axis, and its test accuracy beside it."""
+    from common.plots import moving_average, plt, read_csv
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    for i, s in enumerate(summaries):
+        losses = read_csv(Path(s["record"]) / "losses.csv")
+        if not losses:
+            continue
+        smooth = moving_average(losses["loss"], 100)
+        color = plt.cm.viridis(i / max(len(summaries) - 1, 1))
+        ax_loss.plot(losses["step"][len(losses["step"]) - len(smooth):], smooth, color=color, lw=1.2, label=s["stage"])
+        ax_acc.barh(s["stage"], 100 * s["test_accuracy"], color=color)
+    ax_loss.set(xlabel="training step", ylabel="cross-entropy loss (mean of 100 steps)", title="training loss per stage (identical stages overlap)")
+    ax_loss.legend(fontsize=7, ncol=2)
+    ax_acc.set(xlabel="test accuracy (%)", xlim=(0, 100), title="test accuracy at the end")
+    ax_acc.invert_yaxis()
+    ax_acc.axvline(10, color="0.6", ls="--", lw=1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

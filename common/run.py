@@ -256,9 +256,9 @@ class StageRun:
     def _record_path(self, name: str) -> Path:
         return self.record_dir / name if self.main_process else Path(os.devnull)
 
-    def _say(self, line: str, file=sys.stdout) -> None:
+    def _say(self, line: str, file=None) -> None:
         if self.main_process:
-            tqdm.write(line, file=file)
+            tqdm.write(line, file=file or sys.stdout)  # looked up now: tests swap sys.stdout
 
     def _fail(self, err: CourseError) -> None:
         if self.main_process:

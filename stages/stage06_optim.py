@@ -15,6 +15,11 @@ Changes from stage 5:
   `opt.param_groups`, the same place a learning-rate scheduler changes them.
 - `opt.zero_grad()` now clears the gradients *before* the backward, the usual idiom: whatever
   ran before the step (an evaluation, a stray backward) cannot leak into it.
+- With an optimizer holding state, a run can be saved and continued: `--checkpoint PATH`
+  saves `model.state_dict()` and `opt.state_dict()` (with the epoch, step, RNG and data order)
+  after every epoch and on Ctrl-C, and `--resume PATH` restores them
+  (`run.checkpoint_with(...)` in main). The loop takes its batches through `run.skip_done()`,
+  which skips the batches a resumed epoch had already trained on.
 
 Run: python -m stages.stage06_optim --epochs 1
 """
