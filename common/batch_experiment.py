@@ -116,7 +116,7 @@ def plot(runs: dict[int, list[dict]], budget: float, source: str, path: Path) ->
         ax.axhline(10, color="0.7", ls=":", lw=1)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Batch size, stage 10 on {source}")
+    fig.suptitle(f"Batch size, stage 10 on {source.split(' from ')[0].split(' via ')[0]}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -85,14 +85,16 @@ def format_table(rows: list[dict], steps: int) -> str:
 
 
 def plot(curves_by_dtype: dict, path: Path) -> None:
-    """Left: the loss curves of all stages (one line, drawn once per stage). Right: each stage's
-    deviation from stage 1 per step, solid in float64, dashed in float32."""
+    """Left: the loss curves of all stages (they coincide). Right: each stage's deviation from
+    stage 1 per step, solid in float64, dashed in float32, with each dtype's tolerance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(13, 5))
+    from matplotlib.lines import Line2D
+
+    fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(13, 6))
     styles = {"float64": "-", "float32": "--"}
     for dtype, curves in curves_by_dtype.items():
         reference = next(iter(curves))
@@ -102,16 +104,16 @@ def plot(curves_by_dtype: dict, path: Path) -> None:
             if dtype == next(iter(curves_by_dtype)):
                 ax_loss.plot(steps, c["loss"], color=color, lw=1.2, label=stage)
             if stage != reference:
-                ax_dev.semilogy(steps, np.maximum(c["deviation"], 1e-18), styles[dtype], color=color, lw=1.2,
-                                label=f"{stage} ({dtype})")
-        ax_dev.axhline(TOLERANCES[dtype].rtol, color="red", ls=styles[dtype], lw=1,
-                       label=f"{dtype} tolerance ({TOLERANCES[dtype].rtol:.0e})")
+                ax_dev.semilogy(steps, np.maximum(c["deviation"], 1e-18), styles[dtype], color=color, lw=1.2)
+        ax_dev.axhline(TOLERANCES[dtype].rtol, color="red", ls=styles[dtype], lw=1)
     ax_loss.set(xlabel="training step", ylabel="cross-entropy loss",
-                title=f"loss per step, every stage ({next(iter(curves_by_dtype))}): the curves coincide")
+                title=f"loss per step ({next(iter(curves_by_dtype))}): all stages on one curve")
     ax_dev.set(xlabel="training step", ylabel=f"max relative parameter difference from {reference}",
-               title="deviation from stage 1 (log scale): float64 solid, float32 dashed", ylim=(1e-18, 1))
-    ax_loss.legend(fontsize=7, ncol=2, loc="upper right")
-    ax_dev.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+               title="deviation from stage 1 (log scale)", ylim=(1e-18, 1))
+    ax_loss.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax_dev.legend(handles=[Line2D([], [], color="0.3", ls=styles[d], label=f"{d}, every stage") for d in curves_by_dtype]
+                  + [Line2D([], [], color="red", ls=styles[d], label=f"{d} tolerance ({TOLERANCES[d].rtol:.0e})")
+                     for d in curves_by_dtype], fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

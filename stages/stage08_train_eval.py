@@ -83,7 +83,7 @@ def train_step(model, x, y, lr, momentum):
     loss = criterion(model(x), y)
     # backward
     loss.backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    grads = {name: p.grad for name, p in model.named_parameters()}  # no copy: zero_grad() sets .grad to None
     # update
     opt.step()
     return loss.item(), grads

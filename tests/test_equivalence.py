@@ -122,3 +122,16 @@ def test_the_harness_notices_a_tiny_error(params):
     wrong = dict(grads, **{"conv1.bias": grads["conv1.bias"] * (1 + 1e-9)})
     name, error = worst_relative_error(wrong, grads)
     assert name == "conv1.bias" and error > TOLERANCES["float64"].rtol
+
+
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+def test_returned_gradients_survive_the_next_step(stage_name, params):
+    """train_step's gradients are the step's own: a later step must not change them in place."""
+    stage = load_stage(stage_name)
+    model = stage.build(params, dtype="float64")
+    (x1, y1), (x2, y2) = sample_batches(2, 4, seed=8)
+    _, grads = stage.train_step(model, x1, y1, LR, MOMENTUM)
+    kept = {k: to_numpy(v) for k, v in grads.items()}
+    stage.train_step(model, x2, y2, LR, MOMENTUM)
+    for name, value in grads.items():
+        assert np.array_equal(to_numpy(value), kept[name]), name
