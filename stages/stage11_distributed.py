@@ -188,6 +188,8 @@ def choose_device(name):
 def process_group(device):
     """Join torchrun's process group (or make a group of one process), and leave it at the end."""
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # so that NCCL's own work for this process lands on its GPU
     if "RANK" in os.environ:  # started by torchrun, which describes the group in the environment
         dist.init_process_group(backend)
     else:

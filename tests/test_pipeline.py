@@ -76,19 +76,28 @@ def test_module_to_moves_in_place_but_tensor_to_returns_a_new_tensor(params):
     assert x64 is not x and x.dtype == torch.float32 and x64.dtype == torch.float64
 
 
+def pretend_gpus(monkeypatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
 @pytest.mark.stage9
-def test_choose_device(monkeypatch):
+def test_choose_device_without_a_gpu(monkeypatch):
     from common.errors import CourseError
 
+    pretend_gpus(monkeypatch, 0)
     stage = load_stage(9)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    assert stage.choose_device("auto") == torch.device("cpu")
-    assert stage.choose_device("cpu") == torch.device("cpu")
+    assert stage.choose_device("auto") == stage.choose_device("cpu") == torch.device("cpu")
     with pytest.raises(CourseError, match="no such CUDA device"):
         stage.choose_device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+@pytest.mark.stage9
+def test_choose_device_with_two_gpus(monkeypatch):
+    from common.errors import CourseError
+
+    pretend_gpus(monkeypatch, 2)
+    stage = load_stage(9)
     assert stage.choose_device("auto") == torch.device("cuda:0")
     assert stage.choose_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(CourseError, match="cuda:2: no such CUDA device here \\(2 visible\\)"):
@@ -125,3 +134,11 @@ def test_a_run_saves_weights_that_load_into_a_plain_net(tmp_path):
     assert not any(key.startswith("module.") for key in state)
     net = stage.Net()
     net.load_state_dict(state)  # raises on any missing or unexpected key
+
+
+@pytest.mark.stage11
+def test_each_distributed_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+    pretend_gpus(monkeypatch, 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    stage = load_stage(11)
+    assert stage.choose_device("auto") == stage.choose_device("cuda") == torch.device("cuda:1")
