@@ -137,6 +137,8 @@ def main(argv=None):
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed)
         model = build(reference_params(args.seed), dtype=args.dtype)
+        print(f"model: {len(list(model.parameters()))} parameter tensors, "
+              f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
         rng = np.random.default_rng(args.seed)
         steps_per_epoch = -(-len(data.train_y) // args.batch_size)
         for _ in run.epochs(steps_per_epoch):

@@ -154,6 +154,8 @@ def main(argv=None):
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed)
         model = build(reference_params(args.seed), dtype=args.dtype)
+        print(f"model: {len(list(model.parameters()))} parameter tensors, "
+              f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
         train_loader, test_loader = make_loaders(data, args)
         run.checkpoint_with(model, model.opt, train_loader.generator)  # what --checkpoint saves and --resume restores
         for _ in run.epochs(len(train_loader)):

@@ -226,6 +226,9 @@ def main(argv=None):
                 print(f"device: {device}, DistributedDataParallel over {dist.get_world_size()} process(es)")
             data = load_data(args.data, args.data_dir, args.seed, verbose=rank == 0)
             model = build(reference_params(args.seed), dtype=args.dtype, dropout=args.dropout, device=device)
+            if rank == 0:
+                print(f"model: {len(list(model.parameters()))} parameter tensors, "
+                      f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
             train_loader, test_loader, sampler = make_loaders(data, args, device)
             run.checkpoint_with(model, model.opt, None)  # what --checkpoint saves and --resume restores
             for epoch in run.epochs(len(train_loader)):
