@@ -124,16 +124,13 @@ def plain_pytorch_epoch(data, batch_size: int) -> float:
 def stage_epoch(stage_number: int, data, batch_size: int) -> float:
     """One epoch of a stage's own train_one_epoch, timed without data loading set-up."""
     stage = load_stage(stage_number)
-    args = stage.parse_args(stage.__file__, stage.__doc__, ["--batch-size", str(batch_size), "--device", "cpu"]
-                            if stage_number >= 9 else ["--batch-size", str(batch_size)], stage.add_options)
+    args = stage.parse_args(stage.__file__, stage.__doc__, ["--batch-size", str(batch_size)], stage.add_options)
     model = stage.build(reference_params(0))
-    loaders = stage.make_loaders(data, args, torch.device("cpu")) if stage_number >= 9 else stage.make_loaders(data, args)
-    run = _SilentRun()
+    takes_device = stage_number >= 9  # from stage 9 on, the device is passed down explicitly
+    device = (torch.device("cpu"),) if takes_device else ()
+    train_loader = stage.make_loaders(data, args, *device)[0]
     start = time.perf_counter()
-    if stage_number >= 9:
-        stage.train_one_epoch(model, loaders[0], torch.device("cpu"), args, run)
-    else:
-        stage.train_one_epoch(model, loaders[0], args, run)
+    stage.train_one_epoch(model, train_loader, *device, args, _SilentRun())
     return time.perf_counter() - start
 
 

@@ -14,31 +14,49 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common.errors import CourseError
 
 FORMAT = 1
 
 
+# torch is imported inside the functions: the numpy stage runs through common/run.py too, and
+# should not have to load torch.
+
+
 def order_state(order):
     """The state of what orders the data: a numpy Generator, a torch.Generator, or None."""
+    if order is None:
+        return None
     if isinstance(order, np.random.Generator):
         return order.bit_generator.state
-    if isinstance(order, torch.Generator):
-        return order.get_state()
-    return None
+    return order.get_state()
 
 
 def set_order_state(order, state) -> None:
     if isinstance(order, np.random.Generator):
         order.bit_generator.state = state
-    elif isinstance(order, torch.Generator):
+    elif order is not None:
         order.set_state(state)
+
+
+def torch_rng_state():
+    """torch's global RNG state (what dropout draws from), to save with a checkpoint."""
+    import torch
+
+    return torch.get_rng_state()
+
+
+def set_torch_rng_state(state) -> None:
+    import torch
+
+    torch.set_rng_state(state)
 
 
 def save(path: Path, state: dict) -> None:
     """Write `state` to `path` atomically: a crash leaves either the old file or the new one."""
+    import torch
+
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
     try:
@@ -52,6 +70,8 @@ def save(path: Path, state: dict) -> None:
 
 def load(path: Path, expected: dict) -> dict:
     """Read a checkpoint and check that it belongs to this run (`expected`: stage, dtype, ...)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CourseError(f"--resume {path}: no such file")

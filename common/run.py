@@ -68,10 +68,7 @@ class StageRun:
         except (RuntimeError, KeyError, ValueError) as err:
             raise CourseError(f"--resume {self.args.resume}: does not fit this model "
                               f"({str(err).splitlines()[0][:120]})") from None
-        torch_rng_state = state["torch_rng"]
-        import torch
-
-        torch.set_rng_state(torch_rng_state)
+        checkpoint.set_torch_rng_state(state["torch_rng"])
         self._resume = state
         self.step_count = state["step"]
         self._say(f"resumed from {self.args.resume}: epoch {state['epoch']}, "
@@ -171,12 +168,10 @@ class StageRun:
     def _save_checkpoint(self, epoch: int, steps_in_epoch: int, order) -> None:
         if not self.main_process or self._tracked is None:
             return
-        import torch
-
         model, opt, _ = self._tracked
         state = dict(self._identity(), model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
                      steps_in_epoch=steps_in_epoch, step=self.step_count, order=order,
-                     torch_rng=torch.get_rng_state(), steps_per_epoch=self._steps_per_epoch)
+                     torch_rng=checkpoint.torch_rng_state(), steps_per_epoch=self._steps_per_epoch)
         checkpoint.save(self.args.checkpoint, state)
 
     def _catch_signals(self) -> None:

@@ -148,3 +148,13 @@ def test_make_diff_shows_the_lesson():
     assert result.returncode == 0, result.stderr
     assert "+    loss.backward()" in result.stdout
     assert "-def conv2d_backward(dout, cols, weight):" in result.stdout
+
+
+@pytest.mark.stage1
+def test_the_numpy_stage_runs_without_loading_torch(tmp_path):
+    code = ("import sys; from stages import stage01_numpy as s; "
+            f"s.main(['--data', 'synthetic', '--max-steps', '5', '--out', {str(tmp_path)!r}]); "
+            "print('torch loaded:', 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "torch loaded: False" in result.stdout
