@@ -1,89 +1,311 @@
-"""Checkpoints that survive interruption: what a run needs to continue bit for bit.
+"""Checkpoints: everything training changes, saved after each whole epoch so a run can go on.
 
-A checkpoint holds the model's and the optimizer's `state_dict()`, the epoch and the steps
-already taken in it, the state of the random number generator that orders the data (taken
-at the start of the epoch, so the same order can be drawn again), and torch's global RNG
-state (dropout) at the moment of saving. It is written atomically: to a temporary file
-first, then renamed over the old one, so an interruption while saving never leaves a
-half-written checkpoint, and the previous one survives until the new one is complete.
-Loading uses `torch.load(..., weights_only=True)`, which refuses to run code from a file.
+A run's state is what its loop changes: the parameters, the momentum buffers (or the
+optimizer that keeps them), the generator that shuffles the data, and torch's global random
+number generator (what dropout draws from). `--checkpoint PATH` writes them after every
+complete epoch; `--resume PATH` puts them back, and training continues with the next epoch,
+ending with exactly the numbers an uninterrupted run would have.
+
+The file is a numpy `.npz` archive: every array under a key of its own, and one JSON text
+(`meta`) describing the rest. It holds no pickled objects, so loading one never runs code,
+and the numpy stage reads and writes it without torch. It is written atomically, to a
+temporary file that is then renamed over the old one, so an interruption or a full disk
+while saving leaves the previous checkpoint as it was.
 """
 from __future__ import annotations
 
+import json
+import numbers
 import os
+import shutil
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from common.errors import CourseError
+from common.errors import BAD_INPUT, CourseError, WRITE_FAILED
+from common.weights import PARAM_SHAPES
 
-FORMAT = 1
+FORMAT = 2
+IDENTITY = ("stage", "dtype", "batch_size", "seed", "steps_per_epoch")  # must match to resume
+HYPERPARAMETERS = ("lr", "momentum", "dropout")  # may change on resume; announced in one line
+
+# torch is looked up, never imported, here: the numpy stage uses this module too.
 
 
-# torch is imported inside the functions: the numpy stage runs through common/run.py too, and
-# should not have to load torch.
+def _torch():
+    return sys.modules.get("torch")
 
 
-def order_state(order):
-    """The state of what orders the data: a numpy Generator, a torch.Generator, or None."""
-    if order is None:
+# ---------------------------------------------------------------- the state of one object
+def describe(obj) -> str:
+    """What kind of training state an object is; the checkpoint stores one entry per object."""
+    torch = _torch()
+    if obj is None:
+        return "none"
+    if isinstance(obj, np.random.Generator):
+        return "numpy generator"
+    if torch is not None:
+        if isinstance(obj, torch.nn.Module):
+            return "module"
+        if isinstance(obj, torch.optim.Optimizer):
+            return "optimizer"
+        if isinstance(obj, torch.Generator):
+            return "torch generator"
+    if isinstance(obj, dict):
+        return "arrays"
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__}")
+
+
+def state_of(obj):
+    kind = describe(obj)
+    if kind == "none":
         return None
-    if isinstance(order, np.random.Generator):
-        return order.bit_generator.state
-    return order.get_state()
+    if kind == "numpy generator":
+        return obj.bit_generator.state
+    if kind in ("module", "optimizer"):
+        return obj.state_dict()
+    if kind == "torch generator":
+        return obj.get_state()
+    return dict(obj)  # arrays: parameters or momentum buffers by name
 
 
-def set_order_state(order, state) -> None:
-    if isinstance(order, np.random.Generator):
-        order.bit_generator.state = state
-    elif order is not None:
-        order.set_state(state)
+def restore(obj, state, where: str) -> None:
+    """Put a saved state back into `obj`, in place, after checking it field by field."""
+    kind = describe(obj)
+    try:
+        if kind == "numpy generator":
+            obj.bit_generator.state = _checked_generator_state(obj, state, where)
+        elif kind == "torch generator":
+            obj.set_state(_checked_tensor(state, where).to("cpu"))
+        elif kind == "module":
+            obj.load_state_dict(_checked_module_state(obj, state, where))
+        elif kind == "optimizer":
+            obj.load_state_dict(_checked_optimizer_state(obj, state, where))
+        elif kind == "arrays":
+            _restore_arrays(obj, state, where)
+    except CourseError:
+        raise
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
+        raise CourseError(f"{where}: does not fit this run ({_first_line(err)})") from None
 
 
-def torch_rng_state():
-    """torch's global RNG state (what dropout draws from), to save with a checkpoint."""
-    import torch
-
-    return torch.get_rng_state()
-
-
-def set_torch_rng_state(state) -> None:
-    import torch
-
-    torch.set_rng_state(state)
+def _checked_generator_state(generator, state, where):
+    if not isinstance(state, dict) or state.get("bit_generator") != generator.bit_generator.state["bit_generator"]:
+        raise CourseError(f"{where}: the data-order generator's state is missing or of another kind")
+    return state
 
 
-def save(path: Path, state: dict) -> None:
-    """Write `state` to `path` atomically: a crash leaves either the old file or the new one."""
-    import torch
+def _checked_tensor(value, where):
+    torch = _torch()
+    if not isinstance(value, torch.Tensor):
+        raise CourseError(f"{where}: expected a tensor, found {type(value).__name__}")
+    return value
 
+
+def _checked_module_state(module, state, where):
+    if not isinstance(state, dict):
+        raise CourseError(f"{where}: the model's state is not a dictionary")
+    own = module.state_dict()
+    if set(state) != set(own):
+        raise CourseError(f"{where}: the model's tensors are {sorted(state)}, this model has {sorted(own)}")
+    for name, value in state.items():
+        _check_like(_checked_tensor(value, f"{where}: {name}"), own[name], f"{where}: {name}")
+    return state
+
+
+def _checked_optimizer_state(optimizer, state, where):
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) \
+            or not isinstance(state.get("param_groups"), list):
+        raise CourseError(f"{where}: the optimizer's state is not an optimizer state_dict")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, entry in state["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            raise CourseError(f"{where}: the optimizer's state names no parameter of this model ({index!r})")
+        for key, value in entry.items():
+            if hasattr(value, "shape") and value.ndim > 0:  # per-parameter buffers, e.g. the momentum
+                _check_like(_checked_tensor(value, where), params[index], f"{where}: optimizer {key} of {index}")
+    return state
+
+
+def _check_like(value, like, where):
+    if tuple(value.shape) != tuple(like.shape) or value.dtype != like.dtype:
+        raise CourseError(f"{where}: {value.dtype} {tuple(value.shape)} where this run has "
+                          f"{like.dtype} {tuple(like.shape)}")
+
+
+def _restore_arrays(target: dict, state, where: str) -> None:
+    """Parameters (a full dict, overwritten in place) or momentum buffers (filled in)."""
+    if not isinstance(state, dict):
+        raise CourseError(f"{where}: expected arrays by name")
+    unknown = set(state) - set(PARAM_SHAPES)
+    if unknown:
+        raise CourseError(f"{where}: unknown parameter names {sorted(unknown)}")
+    if target and set(state) != set(target):
+        raise CourseError(f"{where}: holds {sorted(state)}, this run has {sorted(target)}")
+    torch = _torch()
+    for name, value in state.items():
+        if tuple(value.shape) != PARAM_SHAPES[name]:
+            raise CourseError(f"{where}: {name} has shape {tuple(value.shape)}, not {PARAM_SHAPES[name]}")
+        if name in target:
+            if torch is not None and isinstance(target[name], torch.Tensor):
+                _check_like(value, target[name], f"{where}: {name}")
+                with torch.no_grad():
+                    target[name].copy_(value)
+            else:
+                _check_like(value, target[name], f"{where}: {name}")
+                target[name][...] = value
+        else:
+            target[name] = value
+
+
+# ---------------------------------------------------------------- a tree of state, as JSON and arrays
+# JSON holds numbers, strings, booleans and None as they are; everything else becomes a
+# one-key object: {"dict": [[key, value], ...]}, {"list": [...]}, {"tuple": [...]},
+# {"array": "a3"} (a numpy array stored as a3) or {"tensor": "a3"} (a torch tensor).
+def encode(value, arrays: dict):
+    torch = _torch()
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        key = f"a{len(arrays)}"
+        arrays[key] = value
+        return {"array": key}
+    if torch is not None and isinstance(value, torch.Tensor):
+        key = f"a{len(arrays)}"
+        arrays[key] = value.detach().cpu().numpy()
+        return {"tensor": key}
+    if isinstance(value, dict):
+        return {"dict": [[encode(k, arrays), encode(v, arrays)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {type(value).__name__: [encode(v, arrays) for v in value]}
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint")
+
+
+def decode(value, arrays):
+    if value is None or isinstance(value, (bool, str, int, float)):
+        return value
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ValueError(f"malformed entry {str(value)[:60]}")
+    (kind, content), = value.items()
+    if kind in ("array", "tensor"):
+        if not isinstance(content, str) or content not in arrays:
+            raise ValueError(f"no array {content!r} in the file")
+        array = arrays[content]
+        if array.dtype.hasobject:
+            raise ValueError("object arrays are not allowed")
+        if kind == "array":
+            return np.array(array)
+        torch = _torch()
+        if torch is None:
+            raise ValueError("a tensor in a checkpoint of the numpy stage")
+        return torch.from_numpy(np.array(array))
+    if kind == "dict" and isinstance(content, list) and all(isinstance(p, list) and len(p) == 2 for p in content):
+        return {decode(k, arrays): decode(v, arrays) for k, v in content}
+    if kind in ("list", "tuple") and isinstance(content, list):
+        items = [decode(v, arrays) for v in content]
+        return items if kind == "list" else tuple(items)
+    raise ValueError(f"malformed entry of kind {kind!r}")
+
+
+# ---------------------------------------------------------------- files
+def check_writable(path: Path) -> None:
+    """Refuse before training a checkpoint path that could never be written."""
     path = Path(path)
+    if str(path) in ("", ".") or path.name == "":
+        raise CourseError("--checkpoint: give a file name, e.g. --checkpoint ckpt.npz")
+    if path.is_dir():
+        raise CourseError(f"--checkpoint {path}: is a folder; give a file name inside it")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{path.name}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CourseError(f"--checkpoint {path}: cannot write there ({err.strerror or err})") from None
+
+
+def save(path: Path, meta: dict, objects: list) -> None:
+    """Write a checkpoint atomically: a crash or a full disk leaves the old file or the new one."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    meta = dict(meta, format=FORMAT, state=[{"kind": describe(o), "value": encode(state_of(o), arrays)}
+                                             for o in objects])
+    torch = _torch()
+    if torch is not None:
+        meta["torch_rng"] = encode(torch.get_rng_state(), arrays)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            meta["cuda_rng"] = encode(torch.cuda.get_rng_state_all(), arrays)
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(dict(state, format=FORMAT), temporary)
+        with open(temporary, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(temporary, path)
     except OSError as err:
         temporary.unlink(missing_ok=True)
-        raise CourseError(f"cannot write the checkpoint {path}: {err.strerror or err}") from None
+        raise CourseError(f"cannot write the checkpoint {path}: {err.strerror or err}"
+                          f"{free_space_note(path)}; the previous checkpoint is unchanged", WRITE_FAILED) from None
 
 
-def load(path: Path, expected: dict) -> dict:
-    """Read a checkpoint and check that it belongs to this run (`expected`: stage, dtype, ...)."""
-    import torch
-
+def load(path: Path) -> tuple[dict, list]:
+    """Read a checkpoint: its meta fields (checked for type) and the saved state of each object."""
     path = Path(path)
+    where = f"--resume {path}"
     if not path.is_file():
-        raise CourseError(f"--resume {path}: no such file")
+        raise CourseError(f"{where}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load fails in many ways on a damaged file; all mean "unreadable"
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CourseError(f"--resume {path}: not a readable checkpoint ({reason[:120]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CourseError(f"--resume {path}: not a checkpoint of this course")
-    for key, value in expected.items():
-        if state.get(key) != value:
-            raise CourseError(f"--resume {path}: made with {key} {state.get(key)!r}, "
-                              f"but this run has {value!r}")
-    return state
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+        raise CourseError(f"{where}: not a readable checkpoint ({_first_line(err)})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CourseError(f"{where}: not a checkpoint of this course (format {FORMAT})")
+    _check_fields(meta, where)
+    try:
+        states = [decode(entry["value"], arrays) for entry in meta["state"]]
+        for key in ("torch_rng", "cuda_rng"):
+            if key in meta:
+                meta[key] = decode(meta[key], arrays)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CourseError(f"{where}: damaged ({_first_line(err)})") from None
+    return meta, states
+
+
+FIELD_TYPES = {"stage": str, "dtype": str, "batch_size": int, "seed": int, "steps_per_epoch": int,
+               "epoch": int, "step": int, "state": list, "hyperparameters": dict}
+
+
+def _check_fields(meta: dict, where: str) -> None:
+    for key, kind in FIELD_TYPES.items():
+        if key not in meta:
+            raise CourseError(f"{where}: damaged (no {key!r} field)")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise CourseError(f"{where}: damaged ({key!r} is {type(meta[key]).__name__}, not {kind.__name__})")
+    if meta["epoch"] < 1 or meta["step"] < 0 or meta["steps_per_epoch"] < 1:
+        raise CourseError(f"{where}: damaged (epoch {meta['epoch']}, step {meta['step']})")
+    for entry in meta["state"]:
+        if not isinstance(entry, dict) or set(entry) != {"kind", "value"}:
+            raise CourseError(f"{where}: damaged (a malformed state entry)")
+
+
+def free_space_note(path: Path) -> str:
+    """', 12 MB free on that disk' or nothing, for messages about failed writes."""
+    try:
+        free = shutil.disk_usage(Path(path).resolve().parent).free
+    except OSError:
+        return ""
+    return f" ({free / 2**20:.0f} MB free on that disk)"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."

@@ -1,6 +1,7 @@
 """The command-line options every stage shares, with the tutorial's defaults.
 
-Bad values are rejected by argparse with one line and exit code 2, before anything runs.
+Every value is checked against what the libraries accept before anything runs; a bad one
+stops the run with one line and exit code 2.
 """
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
+from common import signals
 from common.data import SOURCES
 from common.errors import BAD_INPUT
 
 DTYPES = ("float32", "float64")
+MAX_SEED = 2**32 - 1  # numpy's legacy np.random.seed() takes seeds in [0, 2**32)
+MAX_THREADS = 256
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -40,19 +46,18 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    value = _number(int, text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED} (numpy's range), got {text}")
+    return value
+
+
 def probability(text: str) -> float:
     value = _number(float, text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
     return value
-
-
-def device_name(text: str) -> str:
-    """auto, cpu, cuda or cuda:N; whether that device exists is for the stage to find out."""
-    kind, _, index = text.partition(":")
-    if text in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
 
 
 def positive_float(text: str) -> float:
@@ -69,6 +74,35 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def threads(text: str) -> str | int:
+    if text == "auto":
+        return text
+    value = _number(int, text)
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be auto or a whole number from 1 to {MAX_THREADS}, got {text}")
+    return value
+
+
+def file_path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file, got an empty path")
+    return text
+
+
+def device_name(text: str) -> str:
+    """auto, cpu, cuda or cuda:N, where N must be a GPU this machine has."""
+    kind, _, index = text.partition(":")
+    if not (text in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    if kind == "cuda":
+        import torch
+
+        visible = torch.cuda.device_count()
+        if int(index or 0) >= visible:
+            raise argparse.ArgumentTypeError(f"{text}: no such CUDA device here ({visible} visible); use --device cpu")
+    return text
+
+
 def _number(kind: Callable, text: str):
     try:
         return kind(text)
@@ -79,14 +113,15 @@ def _number(kind: Callable, text: str):
 def build_parser(stage_file: str, description: str | None) -> OneLineParser:
     """The shared options; a stage adds its own (e.g. --device) to the parser this returns."""
     parser = OneLineParser(prog=f"python -m stages.{Path(stage_file).stem}", description=description,
-                           epilog="Bad values stop the run with one line and exit code 2.",
+                           epilog="Exit codes: 0 done, 2 bad input, 3 diverged, 4 a write failed "
+                                  "(disk full), 130 interrupted.",
                            formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--epochs", type=positive_int, default=2, help="passes over the training set")
     add("--batch-size", type=positive_int, default=4, help="images per training step")
     add("--lr", type=positive_float, default=0.001, help="learning rate")
     add("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
-    add("--seed", type=int, default=0, help="seed for weights, data order and synthetic data")
+    add("--seed", type=seed, default=0, help="seed for weights, data order and synthetic data")
     add("--dtype", choices=DTYPES, default="float32", help="floating-point precision")
     add("--data", choices=SOURCES, default="auto",
         help="data source: auto = --data-dir, else ./data (downloading), else synthetic")
@@ -94,19 +129,48 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
     add("--max-steps", type=positive_int, default=None,
         help="stop after this many training steps in all (a quick smoke run)")
     add("--out", default="runs", help="folder for run records (options, losses, accuracy, plot)")
+    add("--checkpoint", type=file_path, default=None, metavar="PATH",
+        help="save the run's state here after every whole epoch, to continue it later with --resume")
+    add("--resume", type=file_path, default=None, metavar="PATH",
+        help="continue the run saved in this checkpoint, from the epoch after the one it holds")
+    add("--threads", type=threads, default="auto",
+        help="CPU threads for torch's operators: auto (see the README) or a number")
+    add("--verbose", action="store_true", help="also print the technical details behind the data-source line")
     return parser
 
 
 def parse_args(stage_file: str, description: str | None, argv: Sequence[str] | None = None,
-               add_options: Callable[[argparse.ArgumentParser], None] | None = None,
-               checkpoints: bool = False) -> argparse.Namespace:
-    """Parse a stage's options: `parse_args(__file__, __doc__, argv)`; `checkpoints` adds
-    --checkpoint and --resume, for the stages that save their state_dict (6 onward)."""
+               add_options: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """A stage's first line: `args = parse_args(__file__, __doc__, argv)`. From here on, Ctrl-C
+    and SIGTERM stop the run between two steps (common/signals.py), not in the middle of one."""
+    signals.defer()
+    try:
+        return parse_only(stage_file, description, argv, add_options)
+    except BaseException:
+        signals.restore()
+        raise
+
+
+def parse_only(stage_file: str, description: str | None, argv: Sequence[str] | None = None,
+               add_options: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The options as parse_args() reads them, with no change to signal handling (for tools)."""
     parser = build_parser(stage_file, description)
-    if checkpoints:
-        parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                            help="save model, optimizer, RNG and data order here after every epoch and on Ctrl-C")
-        parser.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in this checkpoint")
     if add_options is not None:
         add_options(parser)
-    return parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    _check_together(parser, args)
+    return args
+
+
+def _check_together(parser: OneLineParser, args: argparse.Namespace) -> None:
+    """What no single option can check alone."""
+    largest = float(np.finfo(args.dtype).max)
+    for name in ("lr", "momentum"):
+        if getattr(args, name) > largest:  # torch cannot even pass such a factor to a float32 kernel
+            parser.error(f"argument --{name}: {getattr(args, name)} does not fit in {args.dtype}")
+    if getattr(args, "data_parallel", False) and getattr(args, "device", "auto") == "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            parser.error("argument --data-parallel: DataParallel splits batches over GPUs; "
+                         "with --device cpu there is nothing to split (drop one of the two)")

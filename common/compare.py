@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.cli import DTYPES, positive_int
-from common.harness import TOLERANCES, load_stage, relative_error, sample_batches, stage_names, to_numpy
+from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches, stage_names, to_numpy
 from common.weights import reference_params
 
 LR, MOMENTUM = 0.001, 0.9  # the tutorial's settings
@@ -30,17 +30,18 @@ LR, MOMENTUM = 0.001, 0.9  # the tutorial's settings
 
 def run_stage(stage, params: dict, batches: list, probe, dtype: str) -> dict:
     """One stage through all batches: per-step losses, gradients and parameters, and timing."""
-    model = stage.build(params, dtype=dtype)
+    d = driver(stage)
+    model = d.build(params, dtype=dtype)
     losses, grads, trajectory, seconds = [], [], [], 0.0
     for x, y in batches:
         start = time.perf_counter()
-        loss, step_grads = stage.train_step(model, x, y, LR, MOMENTUM)
+        loss, step_grads = d.train_step(model, x, y, LR, MOMENTUM)
         seconds += time.perf_counter() - start
         losses.append(float(loss))
         grads.append({k: to_numpy(v) for k, v in step_grads.items()})
-        trajectory.append({k: to_numpy(v) for k, v in stage.get_params(model).items()})
+        trajectory.append({k: to_numpy(v) for k, v in d.get_params(model).items()})
     return {"losses": np.array(losses), "grads": grads, "params": trajectory,
-            "logits": to_numpy(stage.forward(model, probe)), "ms_per_step": 1000 * seconds / len(batches)}
+            "logits": to_numpy(d.forward(model, probe)), "ms_per_step": 1000 * seconds / len(batches)}
 
 
 def worst(actual: dict, expected: dict) -> float:

@@ -1,8 +1,18 @@
-"""Errors a learner can fix themselves: shown as one line, never as a traceback."""
+"""Errors a learner can fix themselves: shown as one line, never as a traceback.
+
+Exit codes of every stage and tool:
+  0    finished (also: a --resume of a run that had already finished)
+  2    bad input: an option, the data, a checkpoint, a device that is not there
+  3    training diverged: the loss became NaN or infinite
+  4    a write failed (a full disk, a folder that became read-only); what was written before stays readable
+  130  interrupted by Ctrl-C (SIGINT) or SIGTERM
+"""
 from __future__ import annotations
 
-BAD_INPUT = 2  # wrong option, missing or corrupt data, unavailable device
-DIVERGED = 3  # the loss became NaN or infinite
+BAD_INPUT = 2
+DIVERGED = 3
+WRITE_FAILED = 4
+INTERRUPTED = 130  # the shell's code for a program stopped by Ctrl-C
 
 
 class CourseError(Exception):

@@ -1,25 +1,33 @@
-"""What surrounds every stage's training loop but is never its lesson.
+"""The run recorder: what every stage's training loop calls, but never what the loop is.
 
-`StageRun` shows a progress bar with the running loss, writes the run's record
-(runs/<stage>/<timestamp>/: options.json, losses.csv, accuracy.csv, params.npz, curves.png),
-stops at --max-steps, turns a diverging loss, a bad input or Ctrl-C into one clear line and
-an exit code, and prints the closing summary. In the stages that have --checkpoint and
---resume (6 onward) it also saves and restores checkpoints (see common/checkpoint.py).
+A stage writes its loop itself, `for epoch in ...:` and `for x, y in ...:`, and calls
 
-Ctrl-C (SIGINT) and SIGTERM are caught and acted on between two training steps, never in the
-middle of one, so a checkpoint saved on the way out is consistent. A second Ctrl-C stops at
-once, without a checkpoint.
+    with StageRun(__file__, args) as run:           # record folder, one-line errors, summary
+        first_epoch = run.resume(model, optimizer, rng)   # --resume: put the saved state back
+        for epoch in range(first_epoch, args.epochs + 1):
+            run.start_epoch(epoch, steps)           # the progress bar
+            ... run.log_step(loss, model) ...       # after each step: losses.csv, grad_norms.csv
+            run.end_epoch(predicted, data)          # accuracy; --checkpoint: saved here
+        run.save_params(model.state_dict())         # params.npz (and model.pt for torch stages)
+
+The record of a run is runs/<stage>/<timestamp>/: options.json, losses.csv (the loss of every
+step, in full precision), grad_norms.csv (each layer's gradient norm at every step),
+accuracy.csv (after each epoch), per_class_accuracy.csv, params.npz, model.pt (torch stages),
+summary.json and curves.png.
+
+Failures become one line and an exit code (common/errors.py): bad input 2, a diverging loss 3,
+a failed write (a full disk) 4, Ctrl-C or SIGTERM 130, acted on between two steps
+(common/signals.py). Every row of losses.csv is on disk as soon as its step ends, and files
+that are written whole (params.npz, summary.json, ...) go to a temporary name first and are
+renamed into place, so a failure never leaves a half-written record behind.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -27,12 +35,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import checkpoint
-from common.errors import BAD_INPUT, DIVERGED, CourseError
+from common import checkpoint, signals
+from common.errors import BAD_INPUT, DIVERGED, INTERRUPTED, WRITE_FAILED, CourseError
+from common.weights import PARAM_SHAPES
 
-INTERRUPTED = 130  # the shell's code for a program stopped by Ctrl-C
 RUNNING_LOSS_STEPS = 100  # the progress bar and the summary average the loss over this many steps
 REFRESH_EVERY = 50  # steps between progress-bar text updates: formatting every step costs time
+LAYERS = tuple(dict.fromkeys(name.split(".")[0] for name in PARAM_SHAPES))  # conv1, conv2, fc1, fc2, fc3
+CHANCE = 0.1  # ten classes
 
 
 class StageRun:
@@ -42,243 +52,349 @@ class StageRun:
         self.stage = Path(stage_file).stem
         self.args = args
         self.main_process = main_process  # in a distributed run, only one process prints and writes
-        self.step_count = 0
+        self.steps = 0  # training steps taken, counting those of a resumed run
         self.epoch = 0
         self.recent_losses: deque[float] = deque(maxlen=RUNNING_LOSS_STEPS)
         self.accuracies: list[float] = []
+        self.per_class: list[float] = []
+        self.classes: tuple[str, ...] = ()
         self.summary: dict = {}
+        self.record_dir = Path(os.devnull)
         self._bar = None
-        self._stop_signal = None  # set by the signal handler, acted on at the next step boundary
-        self._forced_stop = False
-        self._tracked = None  # (model, optimizer, data-order generator) for checkpoints
-        self._resume: dict = {}
-        self._skip = 0  # steps of the resumed epoch already taken before the interruption
+        self._files: dict[str, RecordFile] = {}
+        self._objects: tuple = ()
+        self._resumed: dict = {}
+        self._epoch_first_step = 0
+        self._steps_per_epoch = 0
+        self._saved_epoch = None  # the epoch the last checkpoint holds
+        self._first_epoch_of_run = None
 
-    # ---------------------------------------------------------------- the loop's hooks
-    def checkpoint_with(self, model, opt, order=None) -> None:
-        """What --checkpoint saves and --resume restores: the model, its optimizer and the
-        generator that orders the data (a numpy Generator, a torch.Generator or None)."""
-        self._tracked = (getattr(model, "module", model), opt, order)  # save the unwrapped model
-        if getattr(self.args, "resume", None) is None:
-            return
-        state = checkpoint.load(self.args.resume, self._identity())
-        try:
-            self._tracked[0].load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise CourseError(f"--resume {self.args.resume}: does not fit this model "
-                              f"({str(err).splitlines()[0][:120]})") from None
-        checkpoint.set_torch_rng_state(state["torch_rng"])
-        self._resume = state
-        self.step_count = state["step"]
-        self._say(f"resumed from {self.args.resume}: epoch {state['epoch']}, "
-                  f"{state['steps_in_epoch']} steps into it, step {state['step']} in all")
+    # ---------------------------------------------------------------- called from the loop
+    def resume(self, *objects) -> int:
+        """Name the objects that hold the run's state (what --checkpoint saves after each
+        epoch); with --resume, put their saved state back. Returns the epoch to start at."""
+        self._objects = objects
+        if self.args.checkpoint is not None:
+            checkpoint.check_writable(self.args.checkpoint)
+        if self.args.resume is None:
+            return 1
+        meta, states = checkpoint.load(self.args.resume)
+        where = f"--resume {self.args.resume}"
+        this_run = {"stage": self.stage, "dtype": self.args.dtype, "batch_size": self.args.batch_size,
+                    "seed": self.args.seed}
+        for key, value in this_run.items():
+            if meta[key] != value:
+                raise CourseError(f"{where}: made with {key} {meta[key]!r}, but this run has {value!r}")
+        kinds = [checkpoint.describe(o) for o in objects]
+        saved_kinds = [entry["kind"] for entry in meta["state"]]
+        if kinds != saved_kinds:
+            raise CourseError(f"{where}: holds {saved_kinds}, this stage keeps {kinds}")
+        for obj, state in zip(objects, states):
+            checkpoint.restore(obj, state, where)
+        self._restore_rng(meta, where)
+        self._announce_changed_hyperparameters(meta["hyperparameters"], where)
+        self._resumed, self.steps, self._saved_epoch = meta, meta["step"], meta["epoch"]
+        if meta["epoch"] >= self.args.epochs:
+            self._say(f"{where}: that run already finished its {meta['epoch']} epoch(s) "
+                      f"({meta['step']} steps); nothing to train (ask for more with --epochs)")
+            raise SystemExit(0)
+        self._say(f"resumed from {self.args.resume}: {meta['epoch']} epoch(s), {meta['step']} steps done")
+        return meta["epoch"] + 1
 
-    def epochs(self, steps_per_epoch: int):
-        """Yield the epoch numbers, with a progress bar over each epoch's steps; stop at
-        --max-steps; save a checkpoint after each epoch when --checkpoint is given."""
-        first = self._resume.get("epoch", 1)
-        if self._resume and self._resume["steps_per_epoch"] != steps_per_epoch:
-            raise CourseError(f"--resume {self.args.resume}: made with {self._resume['steps_per_epoch']} steps "
-                              f"per epoch, this run has {steps_per_epoch} (other data or batch size?)")
-        for epoch in range(first, self.args.epochs + 1):
-            if self.done:
-                return
-            self.epoch = epoch
-            self._epoch_start_step = self.step_count
-            if epoch == first and self._resume:
-                checkpoint.set_order_state(self._order, self._resume["order"])
-                self._skip = self._resume["steps_in_epoch"]
-                self._epoch_start_step -= self._skip
-            self._epoch_order = checkpoint.order_state(self._order)
-            self._steps_per_epoch = steps_per_epoch
-            self._bar = tqdm(total=steps_per_epoch, initial=self._skip, desc=f"{self.stage} epoch {epoch}",
-                             unit="step", leave=False, dynamic_ncols=True, file=sys.stderr,
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        """The progress bar of the run (made at the first epoch), now at `epoch`."""
+        if self._resumed and steps != self._resumed["steps_per_epoch"]:
+            raise CourseError(f"--resume {self.args.resume}: made with {self._resumed['steps_per_epoch']} "
+                              f"steps per epoch, this run has {steps} (other data?)")
+        self.epoch, self._steps_per_epoch, self._epoch_first_step = epoch, steps, self.steps
+        if self._bar is None:
+            self._first_epoch_of_run = epoch
+            total = (self.args.epochs - epoch + 1) * steps
+            if self.args.max_steps is not None:
+                total = max(0, min(total, self.args.max_steps - self.steps))
+            self._bar = tqdm(total=total, unit="step", leave=False, dynamic_ncols=True, file=sys.stderr,
                              disable=not self.main_process)
-            yield epoch
-            self._bar.close()
-            if getattr(self.args, "checkpoint", None):
-                self._save_checkpoint_after_epoch()
-            self._stop_if_asked()
-
-    def skip_done(self, batches):
-        """This epoch's batches, less those a resumed run had already trained on."""
-        skip, self._skip = self._skip, 0
-        for i, batch in enumerate(batches):
-            if i >= skip:
-                yield batch
-
-    def step(self, loss) -> bool:
-        """Record one training step's loss; False once training should stop (--max-steps)."""
-        loss = float(loss)
-        self.step_count += 1
-        if not math.isfinite(loss):
-            raise CourseError(f"the loss became {loss} at step {self.step_count}: training diverged; "
-                              f"try a smaller learning rate than --lr {self.args.lr}", DIVERGED)
-        self.recent_losses.append(loss)
-        self._losses.writerow((self.step_count, self.epoch, repr(loss)))  # repr: every bit, for comparisons
-        self._bar.update()
-        if self.step_count % REFRESH_EVERY == 0:
-            self._bar.set_postfix(loss=f"{self.running_loss:.4f}", refresh=False)
-            self._loss_file.flush()
+        self._bar.set_description(f"{self.stage} epoch {epoch}/{self.args.epochs}", refresh=False)
         self._stop_if_asked()
-        return not self.done
+
+    def log_step(self, loss: float, gradients=None) -> None:
+        """One training step done: its loss (before the update) and, if given, the gradients
+        it used, as a dict of arrays or tensors, a dict of parameters, or a module."""
+        loss = float(loss)
+        self.steps += 1
+        if not math.isfinite(loss):
+            raise CourseError(self._divergence_message(loss), DIVERGED)
+        if self.steps == 1:
+            self._say(f"loss before any update: {loss:.4f} (random weights over 10 classes should give "
+                      f"about ln 10 = {math.log(10):.3f})")
+        self._files["losses.csv"].write_row((self.steps, self.epoch, repr(loss)))  # repr: every bit
+        if gradients is not None:
+            self._files["grad_norms.csv"].write_row((self.steps, *(f"{n:.6g}" for n in layer_norms(gradients))))
+        self.recent_losses.append(loss)
+        self._bar.update()
+        if self.steps % REFRESH_EVERY == 0:
+            self._bar.set_postfix(loss=f"{self.running_loss:.4f}", refresh=False)
+        self._stop_if_asked()
+
+    def end_epoch(self, predicted, data) -> float:
+        """Score the predicted classes of the test set; with --checkpoint, save the run's state
+        when the epoch was whole. Returns the test accuracy."""
+        predicted, labels = _as_numpy(predicted).astype(np.int64), np.asarray(data.test_y)
+        self.classes = tuple(data.classes)
+        total = np.bincount(labels, minlength=len(self.classes))
+        correct = np.bincount(labels[predicted == labels], minlength=len(self.classes))
+        accuracy = float(correct.sum() / total.sum())
+        self.accuracies.append(accuracy)
+        self.per_class = (correct / np.maximum(total, 1)).tolist()
+        seconds = time.perf_counter() - self._start
+        self._files["accuracy.csv"].write_row((self.epoch, self.steps, f"{accuracy:.6f}", f"{seconds:.2f}"))
+        self._say(f"{self.stage} epoch {self.epoch}: running loss {self.running_loss:.4f}, "
+                  f"test accuracy {100 * accuracy:.2f}% ({seconds:.1f}s)")
+        whole = self.steps - self._epoch_first_step == self._steps_per_epoch
+        if self.args.checkpoint is not None and whole:
+            self._save_checkpoint()
+        self._stop_if_asked()
+        return accuracy
 
     def save_params(self, params: dict) -> None:
-        """The final parameters under their canonical names, as params.npz in the record."""
-        if self.main_process:
-            arrays = {name: value.detach().cpu().numpy() if hasattr(value, "detach") else value
-                      for name, value in params.items()}
-            np.savez(self.record_dir / "params.npz", **arrays)
-
-    def log_accuracy(self, accuracy: float) -> None:
-        """The test accuracy after an epoch."""
-        self.accuracies.append(accuracy)
-        seconds = time.perf_counter() - self._start
-        self._accuracy.writerow((self.epoch, self.step_count, f"{accuracy:.6f}", f"{seconds:.2f}"))
-        self._accuracy_file.flush()
-        self._say(f"{self.stage} epoch {self.epoch}: running loss {self.running_loss:.4f}, "
-                   f"test accuracy {100 * accuracy:.2f}% ({seconds:.1f}s)")
-
-    def log_per_class(self, per_class: list[float], classes: tuple[str, ...]) -> None:
-        """The tutorial's table: test accuracy for each class, printed and saved as CSV."""
+        """The final parameters under their canonical names: params.npz, and for tensors also
+        model.pt, which loads with `Net().load_state_dict(torch.load(path, weights_only=True))`."""
         if not self.main_process:
             return
-        with open(self.record_dir / "per_class_accuracy.csv", "w", newline="") as f:
-            csv.writer(f).writerows([("class", "test_accuracy")] + [(c, f"{a:.6f}") for c, a in zip(classes, per_class)])
-        self._say("test accuracy per class:\n" + "\n".join(f"  {c:<12}{100 * a:6.1f}%" for c, a in zip(classes, per_class)))
-
-    # ---------------------------------------------------------------- checkpoints and signals
-    @property
-    def _order(self):
-        return self._tracked[2] if self._tracked else None
-
-    def _identity(self) -> dict:
-        """What a checkpoint must agree on with the run that resumes it."""
-        return {"stage": self.stage, "dtype": self.args.dtype, "batch_size": self.args.batch_size,
-                "seed": self.args.seed}
-
-    def _save_checkpoint_after_epoch(self) -> None:
-        steps_in_epoch = self.step_count - self._epoch_start_step
-        if steps_in_epoch >= self._steps_per_epoch:  # complete: the next run starts the next epoch
-            self._save_checkpoint(self.epoch + 1, 0, checkpoint.order_state(self._order))
-        else:  # stopped early by --max-steps: the next run continues this epoch
-            self._save_checkpoint(self.epoch, steps_in_epoch, self._epoch_order)
-
-    def _save_checkpoint(self, epoch: int, steps_in_epoch: int, order) -> None:
-        if not self.main_process or self._tracked is None:
-            return
-        model, opt, _ = self._tracked
-        state = dict(self._identity(), model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
-                     steps_in_epoch=steps_in_epoch, step=self.step_count, order=order,
-                     torch_rng=checkpoint.torch_rng_state(), steps_per_epoch=self._steps_per_epoch)
-        checkpoint.save(self.args.checkpoint, state)
-
-    def _catch_signals(self) -> None:
-        def request_stop(signum, frame):
-            if self._stop_signal is not None:  # asked twice: stop now, mid-step, without a checkpoint
-                self._forced_stop = True
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-
-        self._old_handlers = {}
-        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old_handlers[sig] = signal.signal(sig, request_stop)
-
-    def _stop_if_asked(self) -> None:
-        if self._stop_signal is not None:
-            raise KeyboardInterrupt
-
-    def _interrupted(self) -> None:
-        what = f"interrupted at step {self.step_count}"
-        if getattr(self.args, "checkpoint", None) and not self._forced_stop and self._bar is not None:
-            steps_in_epoch = self.step_count - self._epoch_start_step
-            self._save_checkpoint(self.epoch, steps_in_epoch, self._epoch_order)
-            what += f"; checkpoint saved: continue with --resume {self.args.checkpoint}"
-        self._say(f"\n{self.stage}: {what}; the record so far is in {self.record_dir}", file=sys.stderr)
-        raise SystemExit(INTERRUPTED)
-
-    @property
-    def done(self) -> bool:
-        return self.args.max_steps is not None and self.step_count >= self.args.max_steps
+        arrays = {name: _as_numpy(value) for name, value in params.items()}
+        write_whole(self.record_dir / "params.npz", lambda f: np.savez(f, **arrays))
+        torch = sys.modules.get("torch")
+        if torch is not None and any(isinstance(v, torch.Tensor) for v in params.values()):
+            state = {name: value.detach().cpu().clone() for name, value in params.items()}
+            write_whole(self.record_dir / "model.pt", lambda f: torch.save(state, f))
 
     @property
     def running_loss(self) -> float:
         return sum(self.recent_losses) / max(len(self.recent_losses), 1)
 
+    # ---------------------------------------------------------------- checkpoints and signals
+    def _save_checkpoint(self) -> None:
+        if not self.main_process:
+            return
+        meta = {"stage": self.stage, "dtype": self.args.dtype, "batch_size": self.args.batch_size,
+                "seed": self.args.seed, "steps_per_epoch": self._steps_per_epoch, "epoch": self.epoch,
+                "step": self.steps, "hyperparameters": self._hyperparameters()}
+        checkpoint.save(self.args.checkpoint, meta, list(self._objects))
+        self._saved_epoch = self.epoch
+
+    def _hyperparameters(self) -> dict:
+        return {key: getattr(self.args, key) for key in checkpoint.HYPERPARAMETERS if hasattr(self.args, key)}
+
+    def _announce_changed_hyperparameters(self, saved: dict, where: str) -> None:
+        """A resume may change --lr, --momentum or --dropout (to lower the learning rate, say):
+        the new values apply from the next step, and the run says so in one line."""
+        now = self._hyperparameters()
+        changed = [f"--{k} {now[k]} (was {saved[k]})" for k in now if k in saved and saved[k] != now[k]]
+        if changed:
+            self._say(f"{where}: continuing with {', '.join(changed)}")
+        torch = sys.modules.get("torch")
+        for obj in self._objects:  # load_state_dict() brought back the old values: the command line wins
+            if torch is not None and isinstance(obj, torch.optim.Optimizer):
+                for group in obj.param_groups:
+                    group.update(lr=self.args.lr, momentum=self.args.momentum)
+
+    def _restore_rng(self, meta: dict, where: str) -> None:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
+        try:
+            if "torch_rng" in meta:
+                torch.set_rng_state(meta["torch_rng"])
+            if "cuda_rng" in meta and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(meta["cuda_rng"])
+        except (RuntimeError, TypeError) as err:
+            raise CourseError(f"{where}: damaged random-number state ({err})") from None
+
+    def _divergence_message(self, loss: float) -> str:
+        blame = f"try a smaller --lr than {self.args.lr}"
+        if getattr(self.args, "momentum", 0) >= 1:
+            blame = (f"--momentum {self.args.momentum} is 1 or more, so the update never decays; "
+                     "use a momentum below 1")
+        return f"the loss became {loss} at step {self.steps}: training diverged; {blame}"
+
+    def _stop_if_asked(self) -> None:
+        if signals.pending() is not None:
+            raise KeyboardInterrupt
+
+    def _interrupted_message(self) -> str:
+        what = f"interrupted by {signals.name(signals.pending())} at step {self.steps}"
+        if self.args.checkpoint is not None:
+            if self._saved_epoch is not None:
+                what += (f"; {self.args.checkpoint} holds epoch {self._saved_epoch}: "
+                         f"--resume {self.args.checkpoint} continues from epoch {self._saved_epoch + 1}")
+            else:
+                what += "; no checkpoint yet (one is saved after each whole epoch)"
+        return f"{what}; the record so far is in {self.record_dir}"
+
     # ---------------------------------------------------------------- around the run
     def __enter__(self) -> "StageRun":
         self._start = time.perf_counter()
+        signals.defer()
         try:
-            self.record_dir = _new_record_dir(Path(self.args.out) / self.stage, self.main_process)
-        except CourseError as err:
-            self._fail(err)
-        # a diverging run overflows on the way to NaN; step() reports that in one line instead
+            self._stop_if_asked()
+            if self.main_process:
+                self.record_dir = new_record_dir(Path(self.args.out) / self.stage)
+                write_whole(self.record_dir / "options.json",
+                            lambda f: f.write((json.dumps(vars(self.args), indent=2) + "\n").encode()))
+            for name, header in (("losses.csv", ("step", "epoch", "loss")),
+                                 ("grad_norms.csv", ("step",) + LAYERS),
+                                 ("accuracy.csv", ("epoch", "step", "test_accuracy", "seconds"))):
+                self._files[name] = RecordFile(self.record_dir / name if self.main_process else None, header)
+        except BaseException as err:
+            self.__exit__(type(err), err, err.__traceback__)
+            raise
+        # a diverging run overflows on the way to NaN; log_step() reports that in one line instead
         self._quiet_numpy = np.errstate(over="ignore", invalid="ignore")
         self._quiet_numpy.__enter__()
-        self._catch_signals()
-        if self.main_process:
-            (self.record_dir / "options.json").write_text(json.dumps(vars(self.args), indent=2) + "\n")
-        self._loss_file = open(self._record_path("losses.csv"), "w", newline="")
-        self._losses = csv.writer(self._loss_file)
-        self._losses.writerow(("step", "epoch", "loss"))
-        self._accuracy_file = open(self._record_path("accuracy.csv"), "w", newline="")
-        self._accuracy = csv.writer(self._accuracy_file)
-        self._accuracy.writerow(("epoch", "step", "test_accuracy", "seconds"))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self._bar is not None:
-            self._bar.close()
-        self._loss_file.close()  # flushes: the record so far survives any ending
-        self._accuracy_file.close()
-        self._quiet_numpy.__exit__(None, None, None)
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        if exc is None:
-            self._finish()
-            return False
-        if isinstance(exc, CourseError):
-            self._fail(exc)
-        if isinstance(exc, KeyboardInterrupt):
-            try:
-                self._interrupted()
-            except CourseError as err:  # the checkpoint could not be written
-                self._fail(err)
-        return False  # anything else is a bug: let its traceback show
-
-    def _record_path(self, name: str) -> Path:
-        return self.record_dir / name if self.main_process else Path(os.devnull)
-
-    def _say(self, line: str, file=None) -> None:
-        if self.main_process:
-            tqdm.write(line, file=file or sys.stdout)  # looked up now: tests swap sys.stdout
-
-    def _fail(self, err: CourseError) -> None:
-        if self.main_process:
-            print(f"{self.stage}: error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code)
+        try:
+            if self._bar is not None:
+                self._bar.close()
+            if hasattr(self, "_quiet_numpy"):
+                self._quiet_numpy.__exit__(None, None, None)
+            if exc is None:
+                self._finish()
+                if signals.pending() is not None:  # arrived while the summary was written: it is complete
+                    self._end(f"{signals.name(signals.pending())} while finishing: the record is complete "
+                              f"in {self.record_dir}", INTERRUPTED)
+                return False
+            if isinstance(exc, KeyboardInterrupt):
+                self._mark_incomplete("interrupted")
+                self._end(self._interrupted_message(), INTERRUPTED)
+            if isinstance(exc, CourseError):
+                self._mark_incomplete("failed")
+                self._end(f"error: {exc}", exc.exit_code)
+            if isinstance(exc, OSError) and exc.errno is not None:  # a write outside the helpers here
+                self._mark_incomplete("failed")
+                path = exc.filename or self.record_dir
+                self._end(f"error: cannot write {path}: {exc.strerror}{checkpoint.free_space_note(Path(path))}",
+                          WRITE_FAILED)
+            return False  # anything else is a bug: let its traceback show
+        finally:
+            for f in self._files.values():
+                f.close()
+            signals.restore()
 
     def _finish(self) -> None:
         seconds = time.perf_counter() - self._start
         accuracy = self.accuracies[-1] if self.accuracies else float("nan")
         self.summary = {"stage": self.stage, "final_loss": self.running_loss, "test_accuracy": accuracy,
-                        "seconds": seconds, "steps": self.step_count, "record": str(self.record_dir)}
+                        "seconds": seconds, "steps": self.steps, "record": str(self.record_dir),
+                        "complete": True}
         if not self.main_process:
             return
-        (self.record_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        if self.per_class:
+            rows = "class,test_accuracy\n" + "".join(f"{c},{a:.6f}\n" for c, a in zip(self.classes, self.per_class))
+            write_whole(self.record_dir / "per_class_accuracy.csv", lambda f: f.write(rows.encode()))
+            self._say("test accuracy per class: " + ", ".join(f"{c} {100 * a:.1f}%"
+                                                              for c, a in zip(self.classes, self.per_class)))
+        write_whole(self.record_dir / "summary.json",
+                    lambda f: f.write((json.dumps(self.summary, indent=2) + "\n").encode()))
         from common.plots import plot_run  # matplotlib loads only once a run has finished
-        plot_run(self.record_dir)
+
+        try:
+            plot_run(self.record_dir)
+        except OSError as err:
+            (self.record_dir / "curves.png").unlink(missing_ok=True)
+            raise CourseError(f"cannot write {self.record_dir / 'curves.png'}: {err.strerror}"
+                              f"{checkpoint.free_space_note(self.record_dir)}", WRITE_FAILED) from None
         print(f"{self.stage}: final training loss {self.running_loss:.4f} "
               f"(mean of the last {len(self.recent_losses)} steps), "
               f"test accuracy {100 * accuracy:.2f}%, time {seconds:.1f}s, record {self.record_dir}")
+        if self.args.max_steps is not None and self.steps == self.args.max_steps and accuracy < 2 * CHANCE:
+            print(f"{self.stage}: {self.steps} steps were too few to learn anything (chance is "
+                  f"{100 * CHANCE:.0f}%): at lr {self.args.lr} the loss stays near ln 10 for the first few "
+                  "hundred steps on CIFAR-10; drop --max-steps to train whole epochs")
+
+    def _mark_incomplete(self, why: str) -> None:
+        """An ended run leaves summary.json saying it is incomplete, and why."""
+        if not self.main_process or self.record_dir == Path(os.devnull) or not self.record_dir.exists():
+            return
+        summary = {"stage": self.stage, "complete": False, "ended": why, "steps": self.steps,
+                   "record": str(self.record_dir)}
+        try:
+            write_whole(self.record_dir / "summary.json",
+                        lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
+        except CourseError:
+            pass  # the disk is full: the message about that is the one to show
+
+    def _say(self, line: str, file=None) -> None:
+        if self.main_process:
+            tqdm.write(line, file=file or sys.stdout)  # looked up now: tests swap sys.stdout
+
+    def _end(self, message: str, code: int) -> None:
+        if self.main_process:
+            print(f"{self.stage}: {message}", file=sys.stderr)
+        raise SystemExit(code)
 
 
-def _new_record_dir(stage_dir: Path, main_process: bool = True) -> Path:
+# ---------------------------------------------------------------- writing that survives failures
+class RecordFile:
+    """A CSV file written one row at a time, each row on disk when write_row() returns; a
+    failed write is undone, so the file always ends with a complete row."""
+
+    def __init__(self, path: Path | None, header: tuple):
+        self.path, self._fd, self._size = path, None, 0
+        if path is not None:
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            except OSError as err:
+                raise _write_failed(path, err) from None
+            self.write_row(header)
+
+    def write_row(self, row) -> None:
+        if self._fd is None:
+            return
+        data = (",".join(str(v) for v in row) + "\n").encode()
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError as err:
+            try:
+                os.ftruncate(self._fd, self._size)  # drop the partial row: shrinking needs no space
+            except OSError:
+                pass
+            raise _write_failed(self.path, err) from None
+        self._size += len(data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def write_whole(path: Path, write) -> None:
+    """Write a file through a temporary name, renamed into place once complete: a reader never
+    sees half a file, and a failure leaves no temporary file behind."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            write(f)
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise _write_failed(path, err) from None
+    except RuntimeError as err:  # torch.save reports a failed write as a RuntimeError
+        temporary.unlink(missing_ok=True)
+        raise _write_failed(path, OSError(str(err).splitlines()[0])) from None
+
+
+def _write_failed(path: Path, err: OSError) -> CourseError:
+    reason = err.strerror or str(err)
+    return CourseError(f"cannot write {path}: {reason}{checkpoint.free_space_note(path)}; "
+                       "everything written before is intact", WRITE_FAILED)
+
+
+def new_record_dir(stage_dir: Path) -> Path:
     """runs/<stage>/<timestamp>[-N]/, never reusing a folder, so no earlier record is lost."""
-    if not main_process:  # the other processes of a distributed run keep no record
-        return Path(os.devnull)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
         stage_dir.mkdir(parents=True, exist_ok=True)
@@ -293,3 +409,42 @@ def _new_record_dir(stage_dir: Path, main_process: bool = True) -> Path:
         raise CourseError(f"cannot write run records under --out {stage_dir.parent}: {err.strerror}",
                           BAD_INPUT) from None
     raise CourseError(f"cannot find a free record folder in {stage_dir}", BAD_INPUT)
+
+
+# ---------------------------------------------------------------- gradients and arrays
+def layer_norms(gradients) -> list[float]:
+    """The L2 norm of each layer's gradient, weight and bias together, in LAYERS order."""
+    grads = _named_gradients(gradients)
+    squares = dict.fromkeys(LAYERS, 0.0)
+    torch = sys.modules.get("torch")
+    if torch is not None and grads and isinstance(next(iter(grads.values())), torch.Tensor):
+        names = list(grads)
+        norms = torch.stack(torch._foreach_norm([grads[n] for n in names])).tolist()  # one call, not ten
+        values = dict(zip(names, norms))
+    else:
+        values = {n: float(np.sqrt(np.vdot(g, g))) for n, g in grads.items()}
+    for name, norm in values.items():
+        squares[name.split(".")[0]] += norm**2
+    return [math.sqrt(squares[layer]) for layer in LAYERS]
+
+
+def _named_gradients(gradients) -> dict:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(gradients, torch.nn.Module):
+        items = gradients.named_parameters()
+    else:
+        items = gradients.items()
+    grads = {}
+    for name, value in items:
+        name = name.removeprefix("module.")  # DataParallel and DDP keep the network as .module
+        if torch is not None and isinstance(value, torch.Tensor) and value.requires_grad:
+            value = value.grad  # a parameter: its gradient lives in .grad
+        if value is not None:
+            grads[name] = value.detach() if hasattr(value, "detach") else value
+    return grads
+
+
+def _as_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)

@@ -13,9 +13,16 @@ Changes from stage 0 (nothing):
   buf = momentum * buf + grad (the first buf is the grad itself), param -= lr * buf.
 - Images are normalised by hand to [-1, 1], as the tutorial's
   `Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))` does after `ToTensor()`.
+- The training loop is in `train_one_epoch` and `main`, in plain sight. Everything training
+  changes is the run's state: the parameters, the momentum buffers and the generator that
+  shuffles the data. `run.resume(...)` names them, so that `--checkpoint PATH` can save them
+  after every epoch and `--resume PATH` can put them back (common/checkpoint.py); `run` also
+  draws the progress bar and writes the run's record (common/run.py).
 
 Run: python -m stages.stage01_numpy --epochs 1
 """
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -30,13 +37,6 @@ EVAL_BATCH_SIZE = 1000
 
 
 # ---------------------------------------------------------------- model
-def build(params, dtype="float32"):
-    """The model is a dict: the parameters, their momentum buffers and the dtype they use."""
-    dtype = DTYPES[dtype]
-    params = {name: np.array(value, dtype=dtype) for name, value in params.items()}
-    return {"params": params, "momentum_buffers": {}, "dtype": dtype}
-
-
 def conv2d(x, weight, bias):
     """(N, C, H, W) conv (O, C, k, k) -> (N, O, H-k+1, W-k+1); stride 1, no padding."""
     n, c = x.shape[:2]
@@ -127,8 +127,9 @@ def forward_with_cache(params, x):
     return logits, cache
 
 
-def forward(model, x):
-    logits, _ = forward_with_cache(model["params"], np.asarray(x, dtype=model["dtype"]))
+def forward(params, x):
+    """The logits alone, for predictions."""
+    logits, _ = forward_with_cache(params, x)
     return logits
 
 
@@ -147,7 +148,6 @@ def cross_entropy(logits, y):
 def backward(params, cache, dlogits):
     """The chain rule, op by op, from the loss back to every parameter."""
     p, c, grads = params, cache, {}
-    # backward
     grads["fc3.weight"], grads["fc3.bias"], dh2 = linear_backward(dlogits, c["h2"], p["fc3.weight"])
     dh2 = relu_backward(dh2, c["h2"])
     grads["fc2.weight"], grads["fc2.bias"], dh1 = linear_backward(dh2, c["h1"], p["fc2.weight"])
@@ -165,29 +165,12 @@ def backward(params, cache, dlogits):
     return grads
 
 
-def sgd_momentum_update(model, grads, lr, momentum):
+def sgd_momentum_update(params, momentum_buffers, grads, lr, momentum):
     """torch.optim.SGD's rule: buf = momentum * buf + grad (first buf = grad); p -= lr * buf."""
-    buffers = model["momentum_buffers"]
     for name, grad in grads.items():
-        buffers[name] = grad.copy() if name not in buffers else momentum * buffers[name] + grad
-        model["params"][name] -= lr * buffers[name]
-
-
-def train_step(model, x, y, lr, momentum):
-    """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    x, y = np.asarray(x, dtype=model["dtype"]), np.asarray(y)
-    # forward
-    logits, cache = forward_with_cache(model["params"], x)
-    loss, dlogits = cross_entropy(logits, y)
-    # backward
-    grads = backward(model["params"], cache, dlogits)
-    # update
-    sgd_momentum_update(model, grads, lr, momentum)
-    return loss, grads
-
-
-def get_params(model):
-    return {name: value.copy() for name, value in model["params"].items()}
+        buf = momentum_buffers.get(name)
+        momentum_buffers[name] = grad.copy() if buf is None else momentum * buf + grad
+        params[name] -= lr * momentum_buffers[name]
 
 
 # ---------------------------------------------------------------- data
@@ -206,21 +189,24 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def train_one_epoch(model, data, args, rng, run):
-    for x, y in batches(data.train_x, data.train_y, args.batch_size, DTYPES[args.dtype], rng):
-        loss, _ = train_step(model, x, y, args.lr, args.momentum)
-        if not run.step(loss):
+def train_one_epoch(params, momentum_buffers, train_batches, args, run):
+    for x, y in train_batches:
+        logits, cache = forward_with_cache(params, x)
+        loss, dlogits = cross_entropy(logits, y)
+        grads = backward(params, cache, dlogits)
+        sgd_momentum_update(params, momentum_buffers, grads, args.lr, args.momentum)
+        run.log_step(loss, grads)  # the progress bar; the loss and each layer's gradient norm, on disk
+        if run.steps == args.max_steps:
             return
 
 
-def evaluate(model, images, labels, args):
-    """Fraction of test images whose highest logit is the true class."""
-    correct = 0
+def evaluate(params, images, dtype):
+    """The predicted class of every test image: the one with the highest logit."""
+    predicted = []
     for start in range(0, len(images), EVAL_BATCH_SIZE):
-        x = normalise(images[start:start + EVAL_BATCH_SIZE], DTYPES[args.dtype])
-        predicted = forward(model, x).argmax(axis=1)
-        correct += int((predicted == labels[start:start + EVAL_BATCH_SIZE]).sum())
-    return correct / len(images)
+        x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
+        predicted.append(forward(params, x).argmax(axis=1))
+    return np.concatenate(predicted)
 
 
 def main(argv=None):
@@ -228,13 +214,19 @@ def main(argv=None):
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed)
-        model = build(reference_params(args.seed), dtype=args.dtype)
-        rng = np.random.default_rng(args.seed)
-        steps_per_epoch = -(-len(data.train_y) // args.batch_size)
-        for _ in run.epochs(steps_per_epoch):
-            train_one_epoch(model, data, args, rng, run)
-            run.log_accuracy(evaluate(model, data.test_x, data.test_y, args))
-        run.save_params(get_params(model))
+        dtype = DTYPES[args.dtype]
+        params = {name: value.astype(dtype) for name, value in reference_params(args.seed).items()}
+        momentum_buffers = {}  # one per parameter, made by the first update
+        rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
+        first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
+        for epoch in range(first_epoch, args.epochs + 1):
+            run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
+            train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
+            train_one_epoch(params, momentum_buffers, train_batches, args, run)
+            run.end_epoch(evaluate(params, data.test_x, dtype), data)  # prints the test accuracy
+            if run.steps == args.max_steps:
+                break
+        run.save_params(params)
     return run.summary
 
 

@@ -12,12 +12,14 @@ Changes from stage 2:
   (The older route, `p.data -= lr * buf`, edits the numbers behind autograd's back: it
   works here, but it also skips autograd's checks, so a wrong in-place change goes unseen.
   `no_grad()` is the supported way.)
-- `.grad` accumulates: each `backward()` adds to it. So it is zeroed explicitly after the
-  update, or the next step would use the sum of two steps' gradients.
+- `.grad` accumulates: each `backward()` adds to it. So `zero_grad(params)` sets it to None
+  at the start of every step, or the step would use the sum of its gradient and the last.
 - Evaluation runs under `torch.no_grad()` too: no graph is needed when no backward follows.
 
 Run: python -m stages.stage03_autograd --epochs 1
 """
+import math
+
 import numpy as np
 import torch
 
@@ -32,13 +34,6 @@ EVAL_BATCH_SIZE = 1000
 
 
 # ---------------------------------------------------------------- model
-def build(params, dtype="float32"):
-    """The model is a dict: the parameters, their momentum buffers and the dtype they use."""
-    dtype = DTYPES[dtype]
-    params = {name: torch.tensor(value, dtype=dtype, requires_grad=True) for name, value in params.items()}
-    return {"params": params, "momentum_buffers": {}, "dtype": dtype}
-
-
 def conv2d(x, weight, bias):
     """(N, C, H, W) conv (O, C, k, k) -> (N, O, H-k+1, W-k+1); stride 1, no padding."""
     n, c = x.shape[:2]
@@ -71,9 +66,9 @@ def linear(x, weight, bias):
     return x @ weight.T + bias
 
 
-def forward(model, x):
+def forward(params, x):
     """The network; autograd records every op on the way, for loss.backward()."""
-    p, x = model["params"], torch.as_tensor(x, dtype=model["dtype"])
+    p = params
     h = max_pool2x2(relu(conv2d(x, p["conv1.weight"], p["conv1.bias"])))  # (N, 6, 14, 14)
     h = max_pool2x2(relu(conv2d(h, p["conv2.weight"], p["conv2.bias"])))  # (N, 16, 5, 5)
     h = h.reshape(len(x), -1)  # (N, 400)
@@ -91,32 +86,19 @@ def cross_entropy(logits, y):
     return -log_probs[torch.arange(n), y].mean()
 
 
-def sgd_momentum_update(model, grads, lr, momentum):
+def zero_grad(params):
+    """backward() adds to .grad: set it to None, so this step's gradient starts from nothing."""
+    for p in params.values():
+        p.grad = None
+
+
+def sgd_momentum_update(params, momentum_buffers, lr, momentum):
     """torch.optim.SGD's rule: buf = momentum * buf + grad (first buf = grad); p -= lr * buf."""
-    buffers = model["momentum_buffers"]
     with torch.no_grad():  # the update is not part of the model: autograd must not record it
-        for name, grad in grads.items():
-            buffers[name] = grad.clone() if name not in buffers else momentum * buffers[name] + grad
-            model["params"][name] -= lr * buffers[name]
-
-
-def train_step(model, x, y, lr, momentum):
-    """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    x, y = torch.as_tensor(x, dtype=model["dtype"]), torch.as_tensor(y)
-    # forward
-    loss = cross_entropy(forward(model, x), y)
-    # backward
-    loss.backward()
-    grads = {name: p.grad.clone() for name, p in model["params"].items()}
-    # update
-    sgd_momentum_update(model, grads, lr, momentum)
-    for p in model["params"].values():
-        p.grad.zero_()  # backward() adds to .grad: clear it for the next step
-    return loss.item(), grads
-
-
-def get_params(model):
-    return {name: value.detach().clone() for name, value in model["params"].items()}
+        for name, p in params.items():
+            buf = momentum_buffers.get(name)
+            momentum_buffers[name] = p.grad.clone() if buf is None else momentum * buf + p.grad
+            p -= lr * momentum_buffers[name]
 
 
 # ---------------------------------------------------------------- data
@@ -135,22 +117,25 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def train_one_epoch(model, data, args, rng, run):
-    for x, y in batches(data.train_x, data.train_y, args.batch_size, DTYPES[args.dtype], rng):
-        loss, _ = train_step(model, x, y, args.lr, args.momentum)
-        if not run.step(loss):
+def train_one_epoch(params, momentum_buffers, train_batches, args, run):
+    for x, y in train_batches:
+        zero_grad(params)
+        loss = cross_entropy(forward(params, x), y)
+        loss.backward()  # fills p.grad of every parameter
+        sgd_momentum_update(params, momentum_buffers, args.lr, args.momentum)
+        run.log_step(loss.item(), params)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
-def evaluate(model, images, labels, args):
-    """Fraction of test images whose highest logit is the true class."""
-    correct = 0
+def evaluate(params, images, dtype):
+    """The predicted class of every test image: the one with the highest logit."""
+    predicted = []
     for start in range(0, len(images), EVAL_BATCH_SIZE):
-        x = normalise(images[start:start + EVAL_BATCH_SIZE], DTYPES[args.dtype])
-        predicted = forward(model, x).argmax(dim=1)
-        correct += int((predicted == torch.from_numpy(labels[start:start + EVAL_BATCH_SIZE])).sum())
-    return correct / len(images)
+        x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
+        predicted.append(forward(params, x).argmax(dim=1))
+    return torch.cat(predicted)
 
 
 def main(argv=None):
@@ -158,13 +143,20 @@ def main(argv=None):
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed)
-        model = build(reference_params(args.seed), dtype=args.dtype)
-        rng = np.random.default_rng(args.seed)
-        steps_per_epoch = -(-len(data.train_y) // args.batch_size)
-        for _ in run.epochs(steps_per_epoch):
-            train_one_epoch(model, data, args, rng, run)
-            run.log_accuracy(evaluate(model, data.test_x, data.test_y, args))
-        run.save_params(get_params(model))
+        dtype = DTYPES[args.dtype]
+        params = {name: torch.tensor(value, dtype=dtype, requires_grad=True)
+                  for name, value in reference_params(args.seed).items()}
+        momentum_buffers = {}  # one per parameter, made by the first update
+        rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
+        first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
+        for epoch in range(first_epoch, args.epochs + 1):
+            run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
+            train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
+            train_one_epoch(params, momentum_buffers, train_batches, args, run)
+            run.end_epoch(evaluate(params, data.test_x, dtype), data)  # prints the test accuracy
+            if run.steps == args.max_steps:
+                break
+        run.save_params(params)
     return run.summary
 
 

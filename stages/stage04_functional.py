@@ -13,6 +13,8 @@ Changes from stage 3:
 
 Run: python -m stages.stage04_functional --epochs 1
 """
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,16 +30,9 @@ EVAL_BATCH_SIZE = 1000
 
 
 # ---------------------------------------------------------------- model
-def build(params, dtype="float32"):
-    """The model is a dict: the parameters, their momentum buffers and the dtype they use."""
-    dtype = DTYPES[dtype]
-    params = {name: torch.tensor(value, dtype=dtype, requires_grad=True) for name, value in params.items()}
-    return {"params": params, "momentum_buffers": {}, "dtype": dtype}
-
-
-def forward(model, x):
+def forward(params, x):
     """The network, each op one call into torch.nn.functional."""
-    p, x = model["params"], torch.as_tensor(x, dtype=model["dtype"])
+    p = params
     h = F.max_pool2d(F.relu(F.conv2d(x, p["conv1.weight"], p["conv1.bias"])), 2)  # (N, 6, 14, 14)
     h = F.max_pool2d(F.relu(F.conv2d(h, p["conv2.weight"], p["conv2.bias"])), 2)  # (N, 16, 5, 5)
     h = h.reshape(len(x), -1)  # (N, 400)
@@ -47,32 +42,19 @@ def forward(model, x):
 
 
 # ---------------------------------------------------------------- loss and step
-def sgd_momentum_update(model, grads, lr, momentum):
+def zero_grad(params):
+    """backward() adds to .grad: set it to None, so this step's gradient starts from nothing."""
+    for p in params.values():
+        p.grad = None
+
+
+def sgd_momentum_update(params, momentum_buffers, lr, momentum):
     """torch.optim.SGD's rule: buf = momentum * buf + grad (first buf = grad); p -= lr * buf."""
-    buffers = model["momentum_buffers"]
     with torch.no_grad():  # the update is not part of the model: autograd must not record it
-        for name, grad in grads.items():
-            buffers[name] = grad.clone() if name not in buffers else momentum * buffers[name] + grad
-            model["params"][name] -= lr * buffers[name]
-
-
-def train_step(model, x, y, lr, momentum):
-    """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    x, y = torch.as_tensor(x, dtype=model["dtype"]), torch.as_tensor(y)
-    # forward
-    loss = F.cross_entropy(forward(model, x), y)
-    # backward
-    loss.backward()
-    grads = {name: p.grad.clone() for name, p in model["params"].items()}
-    # update
-    sgd_momentum_update(model, grads, lr, momentum)
-    for p in model["params"].values():
-        p.grad.zero_()  # backward() adds to .grad: clear it for the next step
-    return loss.item(), grads
-
-
-def get_params(model):
-    return {name: value.detach().clone() for name, value in model["params"].items()}
+        for name, p in params.items():
+            buf = momentum_buffers.get(name)
+            momentum_buffers[name] = p.grad.clone() if buf is None else momentum * buf + p.grad
+            p -= lr * momentum_buffers[name]
 
 
 # ---------------------------------------------------------------- data
@@ -91,22 +73,25 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def train_one_epoch(model, data, args, rng, run):
-    for x, y in batches(data.train_x, data.train_y, args.batch_size, DTYPES[args.dtype], rng):
-        loss, _ = train_step(model, x, y, args.lr, args.momentum)
-        if not run.step(loss):
+def train_one_epoch(params, momentum_buffers, train_batches, args, run):
+    for x, y in train_batches:
+        zero_grad(params)
+        loss = F.cross_entropy(forward(params, x), y)
+        loss.backward()  # fills p.grad of every parameter
+        sgd_momentum_update(params, momentum_buffers, args.lr, args.momentum)
+        run.log_step(loss.item(), params)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
-def evaluate(model, images, labels, args):
-    """Fraction of test images whose highest logit is the true class."""
-    correct = 0
+def evaluate(params, images, dtype):
+    """The predicted class of every test image: the one with the highest logit."""
+    predicted = []
     for start in range(0, len(images), EVAL_BATCH_SIZE):
-        x = normalise(images[start:start + EVAL_BATCH_SIZE], DTYPES[args.dtype])
-        predicted = forward(model, x).argmax(dim=1)
-        correct += int((predicted == torch.from_numpy(labels[start:start + EVAL_BATCH_SIZE])).sum())
-    return correct / len(images)
+        x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
+        predicted.append(forward(params, x).argmax(dim=1))
+    return torch.cat(predicted)
 
 
 def main(argv=None):
@@ -114,13 +99,20 @@ def main(argv=None):
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed)
-        model = build(reference_params(args.seed), dtype=args.dtype)
-        rng = np.random.default_rng(args.seed)
-        steps_per_epoch = -(-len(data.train_y) // args.batch_size)
-        for _ in run.epochs(steps_per_epoch):
-            train_one_epoch(model, data, args, rng, run)
-            run.log_accuracy(evaluate(model, data.test_x, data.test_y, args))
-        run.save_params(get_params(model))
+        dtype = DTYPES[args.dtype]
+        params = {name: torch.tensor(value, dtype=dtype, requires_grad=True)
+                  for name, value in reference_params(args.seed).items()}
+        momentum_buffers = {}  # one per parameter, made by the first update
+        rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
+        first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
+        for epoch in range(first_epoch, args.epochs + 1):
+            run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
+            train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
+            train_one_epoch(params, momentum_buffers, train_batches, args, run)
+            run.end_epoch(evaluate(params, data.test_x, dtype), data)  # prints the test accuracy
+            if run.steps == args.max_steps:
+                break
+        run.save_params(params)
     return run.summary
 
 

@@ -15,13 +15,14 @@ Changes from stage 4:
   from that same distribution. To initialise differently, use `torch.nn.init` in place under
   `torch.no_grad()` (e.g. `nn.init.kaiming_normal_(model.conv1.weight)`); the older
   `model.conv1.weight.data.normal_()` also works but bypasses autograd's checks.
-- The update loops over `model.parameters()` under `torch.no_grad()`. The momentum buffers
-  are still kept by hand, in a dict keyed by the parameter itself, which is how
-  `torch.optim` keeps its state too.
+- The update loops over `model.named_parameters()` under `torch.no_grad()`. The momentum
+  buffers are still kept by hand, in a dict by parameter name.
 - The dtype is given to the whole module at once: `Net().to(torch.float64)`.
 
 Run: python -m stages.stage05_module --epochs 1
 """
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -57,44 +58,14 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def build(params, dtype="float32"):
-    """A Net in `dtype` holding the given weights, with momentum buffers kept beside it."""
-    model = Net().to(DTYPES[dtype])
-    model.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
-    model.momentum_buffers = {}
-    return model
-
-
-def forward(model, x):
-    return model(torch.as_tensor(x, dtype=next(model.parameters()).dtype))
-
-
 # ---------------------------------------------------------------- loss and step
-def sgd_momentum_update(model, lr, momentum):
+def sgd_momentum_update(model, momentum_buffers, lr, momentum):
     """torch.optim.SGD's rule: buf = momentum * buf + grad (first buf = grad); p -= lr * buf."""
-    buffers = model.momentum_buffers  # keyed by the parameter itself, as torch.optim keys its state
     with torch.no_grad():  # the update is not part of the model: autograd must not record it
-        for p in model.parameters():
-            buffers[p] = p.grad.clone() if p not in buffers else momentum * buffers[p] + p.grad
-            p -= lr * buffers[p]
-
-
-def train_step(model, x, y, lr, momentum):
-    """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    x, y = torch.as_tensor(x, dtype=next(model.parameters()).dtype), torch.as_tensor(y)
-    # forward
-    loss = F.cross_entropy(model(x), y)
-    # backward
-    loss.backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-    # update
-    sgd_momentum_update(model, lr, momentum)
-    model.zero_grad()  # backward() adds to .grad: clear it for the next step
-    return loss.item(), grads
-
-
-def get_params(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
+        for name, p in model.named_parameters():
+            buf = momentum_buffers.get(name)
+            momentum_buffers[name] = p.grad.clone() if buf is None else momentum * buf + p.grad
+            p -= lr * momentum_buffers[name]
 
 
 # ---------------------------------------------------------------- data
@@ -113,22 +84,25 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def train_one_epoch(model, data, args, rng, run):
-    for x, y in batches(data.train_x, data.train_y, args.batch_size, DTYPES[args.dtype], rng):
-        loss, _ = train_step(model, x, y, args.lr, args.momentum)
-        if not run.step(loss):
+def train_one_epoch(model, momentum_buffers, train_batches, args, run):
+    for x, y in train_batches:
+        model.zero_grad()  # every parameter's .grad to None, at once
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        sgd_momentum_update(model, momentum_buffers, args.lr, args.momentum)
+        run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
-def evaluate(model, images, labels, args):
-    """Fraction of test images whose highest logit is the true class."""
-    correct = 0
+def evaluate(model, images, dtype):
+    """The predicted class of every test image: the one with the highest logit."""
+    predicted = []
     for start in range(0, len(images), EVAL_BATCH_SIZE):
-        x = normalise(images[start:start + EVAL_BATCH_SIZE], DTYPES[args.dtype])
-        predicted = forward(model, x).argmax(dim=1)
-        correct += int((predicted == torch.from_numpy(labels[start:start + EVAL_BATCH_SIZE])).sum())
-    return correct / len(images)
+        x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
+        predicted.append(model(x).argmax(dim=1))
+    return torch.cat(predicted)
 
 
 def main(argv=None):
@@ -136,15 +110,22 @@ def main(argv=None):
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed)
-        model = build(reference_params(args.seed), dtype=args.dtype)
+        dtype = DTYPES[args.dtype]
+        model = Net().to(dtype)
+        model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
         print(f"model: {len(list(model.parameters()))} parameter tensors, "
               f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
-        rng = np.random.default_rng(args.seed)
-        steps_per_epoch = -(-len(data.train_y) // args.batch_size)
-        for _ in run.epochs(steps_per_epoch):
-            train_one_epoch(model, data, args, rng, run)
-            run.log_accuracy(evaluate(model, data.test_x, data.test_y, args))
-        run.save_params(get_params(model))
+        momentum_buffers = {}  # one per parameter, made by the first update
+        rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
+        first_epoch = run.resume(model, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
+        for epoch in range(first_epoch, args.epochs + 1):
+            run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
+            train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
+            train_one_epoch(model, momentum_buffers, train_batches, args, run)
+            run.end_epoch(evaluate(model, data.test_x, dtype), data)  # prints the test accuracy
+            if run.steps == args.max_steps:
+                break
+        run.save_params(model.state_dict())
     return run.summary
 
 

@@ -7,12 +7,14 @@ Changes from stage 6:
   `ArrayDataset` below. Both apply the tutorial's transform,
   `Compose([ToTensor(), Normalize((0.5,) * 3, (0.5,) * 3)])`: ToTensor turns a uint8
   (32, 32, 3) image into a float32 (3, 32, 32) tensor in [0, 1], Normalize maps it to
-  [-1, 1]. That is exactly what stage 6's `normalise()` computed, bit for bit (a test checks).
+  [-1, 1]. In float32 that is exactly what stage 6's `normalise()` computed, bit for bit (a
+  test checks). ToTensor always makes float32, so for --dtype float64 the transform ends by
+  converting: a float64 run now trains on images rounded to float32 first.
 - A `DataLoader` batches the samples (`batch_size`), reshuffles them each epoch
   (`shuffle=True`), and can prepare batches in `--workers` background processes. Its
-  shuffle is driven by a `torch.Generator` seeded from --seed, so a run is repeatable. The
-  order differs from stage 6's numpy permutation, so the losses along the way differ too;
-  the computation per batch does not.
+  shuffle is driven by a `torch.Generator` seeded from --seed, so a run is repeatable, and
+  that generator is now part of the run's state. The order differs from stage 6's numpy
+  permutation, so the losses along the way differ too; the computation per batch does not.
 - `--workers` defaults to 0 (batches made in the main process). Here the per-image work is
   tiny (a 32x32 image, no augmentation), so handing batches between processes costs more than
   it saves; workers pay off when loading or augmenting an image is expensive (decoding JPEGs,
@@ -57,45 +59,11 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def build(params, dtype="float32"):
-    """A Net in `dtype` holding the given weights, and its optimizer, made after it."""
-    model = Net().to(DTYPES[dtype])
-    model.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
-    model.opt = optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    return model
-
-
-def forward(model, x):
-    return model(torch.as_tensor(x, dtype=next(model.parameters()).dtype))
-
-
-# ---------------------------------------------------------------- loss and step
-criterion = nn.CrossEntropyLoss()
-
-
-def train_step(model, x, y, lr, momentum):
-    """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    x, y = torch.as_tensor(x, dtype=next(model.parameters()).dtype), torch.as_tensor(y)
-    opt = model.opt
-    for group in opt.param_groups:  # where a scheduler would change them, too
-        group.update(lr=lr, momentum=momentum)
-    opt.zero_grad()  # backward() adds to .grad: clear it before this step's backward
-    # forward
-    loss = criterion(model(x), y)
-    # backward
-    loss.backward()
-    grads = {name: p.grad for name, p in model.named_parameters()}  # no copy: zero_grad() sets .grad to None
-    # update
-    opt.step()
-    return loss.item(), grads
-
-
-def get_params(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
-
-
 # ---------------------------------------------------------------- data
-transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+def make_transform(dtype):
+    """The tutorial's transform, then --dtype: ToTensor() always makes float32."""
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                               transforms.ConvertImageDtype(dtype)])
 
 
 class ArrayDataset(Dataset):
@@ -112,6 +80,7 @@ class ArrayDataset(Dataset):
 
 
 def make_loaders(data, args):
+    transform = make_transform(DTYPES[args.dtype])
     if data.root is not None:  # the data came through torchvision: use its Dataset
         train_set = CIFAR10(data.root, train=True, transform=transform)
         test_set = CIFAR10(data.root, train=False, transform=transform)
@@ -126,21 +95,24 @@ def make_loaders(data, args):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def train_one_epoch(model, train_loader, args, run):
-    for x, y in run.skip_done(train_loader):
-        loss, _ = train_step(model, x, y, args.lr, args.momentum)
-        if not run.step(loss):
+def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
+    for x, y in train_loader:
+        optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, test_loader):
-    """Fraction of test images whose highest logit is the true class."""
-    correct = 0
-    for x, y in test_loader:
-        predicted = forward(model, x).argmax(dim=1)
-        correct += int((predicted == y).sum())
-    return correct / len(test_loader.dataset)
+    """The predicted class of every test image: the one with the highest logit."""
+    predicted = []
+    for x, _ in test_loader:
+        predicted.append(model(x).argmax(dim=1))
+    return torch.cat(predicted)
 
 
 def add_options(parser):
@@ -149,19 +121,25 @@ def add_options(parser):
 
 
 def main(argv=None):
-    args = parse_args(__file__, __doc__, argv, add_options, checkpoints=True)
+    args = parse_args(__file__, __doc__, argv, add_options)
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed)
-        model = build(reference_params(args.seed), dtype=args.dtype)
+        model = Net().to(DTYPES[args.dtype])
+        model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
         print(f"model: {len(list(model.parameters()))} parameter tensors, "
               f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
+        criterion = nn.CrossEntropyLoss()
+        optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args)
-        run.checkpoint_with(model, model.opt, train_loader.generator)  # what --checkpoint saves and --resume restores
-        for _ in run.epochs(len(train_loader)):
-            train_one_epoch(model, train_loader, args, run)
-            run.log_accuracy(evaluate(model, test_loader))
-        run.save_params(get_params(model))
+        first_epoch = run.resume(model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
+        for epoch in range(first_epoch, args.epochs + 1):
+            run.start_epoch(epoch, steps=len(train_loader))
+            train_one_epoch(model, train_loader, criterion, optimizer, args, run)
+            run.end_epoch(evaluate(model, test_loader), data)  # prints the test accuracy
+            if run.steps == args.max_steps:
+                break
+        run.save_params(model.state_dict())
     return run.summary
 
 

@@ -1,4 +1,4 @@
-"""Stage 8: train and eval modes, dropout to show why they exist, and accuracy per class.
+"""Stage 8: train and eval modes, with dropout to show why they exist.
 
 Changes from stage 7:
 - Some layers behave differently while training and while evaluating. Dropout is the classic
@@ -12,8 +12,6 @@ Changes from stage 7:
 - `train_one_epoch` starts with `model.train()`; `evaluate` starts with `model.eval()` and
   keeps running under `torch.no_grad()` (since stage 3): eval mode changes what layers do,
   no_grad stops autograd from recording; an evaluation wants both.
-- `evaluate` also counts correct predictions per class, and the run ends with the tutorial's
-  table of accuracy per class.
 
 Run: python -m stages.stage08_train_eval --epochs 1 --dropout 0.2
 """
@@ -32,7 +30,6 @@ from common.weights import reference_params
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_BATCH_SIZE = 1000
-NUM_CLASSES = 10
 
 
 # ---------------------------------------------------------------- model
@@ -56,45 +53,11 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def build(params, dtype="float32", dropout=0.0):
-    """A Net in `dtype` holding the given weights, and its optimizer, made after it."""
-    model = Net(dropout).to(DTYPES[dtype])
-    model.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
-    model.opt = optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    return model
-
-
-def forward(model, x):
-    return model(torch.as_tensor(x, dtype=next(model.parameters()).dtype))
-
-
-# ---------------------------------------------------------------- loss and step
-criterion = nn.CrossEntropyLoss()
-
-
-def train_step(model, x, y, lr, momentum):
-    """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    x, y = torch.as_tensor(x, dtype=next(model.parameters()).dtype), torch.as_tensor(y)
-    opt = model.opt
-    for group in opt.param_groups:  # where a scheduler would change them, too
-        group.update(lr=lr, momentum=momentum)
-    opt.zero_grad()  # backward() adds to .grad: clear it before this step's backward
-    # forward
-    loss = criterion(model(x), y)
-    # backward
-    loss.backward()
-    grads = {name: p.grad for name, p in model.named_parameters()}  # no copy: zero_grad() sets .grad to None
-    # update
-    opt.step()
-    return loss.item(), grads
-
-
-def get_params(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
-
-
 # ---------------------------------------------------------------- data
-transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+def make_transform(dtype):
+    """The tutorial's transform, then --dtype: ToTensor() always makes float32."""
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                               transforms.ConvertImageDtype(dtype)])
 
 
 class ArrayDataset(Dataset):
@@ -111,6 +74,7 @@ class ArrayDataset(Dataset):
 
 
 def make_loaders(data, args):
+    transform = make_transform(DTYPES[args.dtype])
     if data.root is not None:  # the data came through torchvision: use its Dataset
         train_set = CIFAR10(data.root, train=True, transform=transform)
         test_set = CIFAR10(data.root, train=False, transform=transform)
@@ -125,24 +89,26 @@ def make_loaders(data, args):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def train_one_epoch(model, train_loader, args, run):
+def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
     model.train()  # dropout on
-    for x, y in run.skip_done(train_loader):
-        loss, _ = train_step(model, x, y, args.lr, args.momentum)
-        if not run.step(loss):
+    for x, y in train_loader:
+        optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, test_loader):
-    """Fraction of test images whose highest logit is the true class, overall and per class."""
+    """The predicted class of every test image: the one with the highest logit."""
     model.eval()  # dropout off: every prediction uses the whole network
-    correct, total = torch.zeros(NUM_CLASSES), torch.zeros(NUM_CLASSES)
-    for x, y in test_loader:
-        predicted = forward(model, x).argmax(dim=1)
-        correct += torch.bincount(y[predicted == y], minlength=NUM_CLASSES)
-        total += torch.bincount(y, minlength=NUM_CLASSES)
-    return (correct.sum() / total.sum()).item(), (correct / total.clamp(min=1)).tolist()
+    predicted = []
+    for x, _ in test_loader:
+        predicted.append(model(x).argmax(dim=1))
+    return torch.cat(predicted)
 
 
 def add_options(parser):
@@ -153,21 +119,25 @@ def add_options(parser):
 
 
 def main(argv=None):
-    args = parse_args(__file__, __doc__, argv, add_options, checkpoints=True)
+    args = parse_args(__file__, __doc__, argv, add_options)
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed)
-        model = build(reference_params(args.seed), dtype=args.dtype, dropout=args.dropout)
+        model = Net(args.dropout).to(DTYPES[args.dtype])
+        model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
         print(f"model: {len(list(model.parameters()))} parameter tensors, "
               f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
+        criterion = nn.CrossEntropyLoss()
+        optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args)
-        run.checkpoint_with(model, model.opt, train_loader.generator)  # what --checkpoint saves and --resume restores
-        for _ in run.epochs(len(train_loader)):
-            train_one_epoch(model, train_loader, args, run)
-            accuracy, per_class = evaluate(model, test_loader)
-            run.log_accuracy(accuracy)
-        run.log_per_class(per_class, data.classes)
-        run.save_params(get_params(model))
+        first_epoch = run.resume(model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
+        for epoch in range(first_epoch, args.epochs + 1):
+            run.start_epoch(epoch, steps=len(train_loader))
+            train_one_epoch(model, train_loader, criterion, optimizer, args, run)
+            run.end_epoch(evaluate(model, test_loader), data)  # prints the test accuracy
+            if run.steps == args.max_steps:
+                break
+        run.save_params(model.state_dict())
     return run.summary
 
 

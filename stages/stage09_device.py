@@ -3,15 +3,14 @@
 Changes from stage 8:
 - `--device auto|cpu|cuda|cuda:N`. `main()` turns it into a `torch.device` once (auto: the
   first GPU when `torch.cuda.is_available()`, else the CPU) and hands it to everything that
-  needs it. Asking for a GPU that is not there is a one-line error (exit code 2), never a
-  silent fall-back to the CPU.
+  needs it. Asking for a GPU that is not there is a one-line error (exit code 2, checked with
+  the other options in common/cli.py), never a silent fall-back to the CPU.
 - `model.to(device)` moves a module *in place*: its parameters are replaced by copies on the
   device and the same module object is returned. `x.to(device)` leaves a tensor alone and
   returns a new tensor on the device (or `x` itself when it is already there). Hence
   `x = x.to(device)`, and hence the optimizer is still built after the move (see stage 6).
 - On CUDA, the DataLoader puts batches in page-locked memory (`pin_memory=True`) and the
   copies are `non_blocking=True`, so the next batch travels while the GPU still computes.
-- Counting correct predictions stays on the device; only the final numbers come back.
 
 Run: python -m stages.stage09_device --epochs 1 --device auto
 """
@@ -24,14 +23,12 @@ from torchvision.datasets import CIFAR10
 
 from common.cli import device_name, non_negative_int, parse_args, probability
 from common.data import load_data
-from common.errors import CourseError
 from common.run import StageRun
 from common.seed import seed_everything
 from common.weights import reference_params
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_BATCH_SIZE = 1000
-NUM_CLASSES = 10
 
 
 # ---------------------------------------------------------------- model
@@ -55,47 +52,11 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def build(params, dtype="float32", dropout=0.0, device="cpu"):
-    """A Net in `dtype` on `device` holding the given weights, and its optimizer, made after it."""
-    model = Net(dropout).to(device=device, dtype=DTYPES[dtype])  # in place: model is moved
-    model.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
-    model.opt = optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    return model
-
-
-def forward(model, x):
-    param = next(model.parameters())
-    return model(torch.as_tensor(x, dtype=param.dtype, device=param.device))
-
-
-# ---------------------------------------------------------------- loss and step
-criterion = nn.CrossEntropyLoss()
-
-
-def train_step(model, x, y, lr, momentum):
-    """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    param = next(model.parameters())
-    x, y = torch.as_tensor(x, dtype=param.dtype, device=param.device), torch.as_tensor(y, device=param.device)
-    opt = model.opt
-    for group in opt.param_groups:  # where a scheduler would change them, too
-        group.update(lr=lr, momentum=momentum)
-    opt.zero_grad()  # backward() adds to .grad: clear it before this step's backward
-    # forward
-    loss = criterion(model(x), y)
-    # backward
-    loss.backward()
-    grads = {name: p.grad for name, p in model.named_parameters()}  # no copy: zero_grad() sets .grad to None
-    # update
-    opt.step()
-    return loss.item(), grads
-
-
-def get_params(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
-
-
 # ---------------------------------------------------------------- data
-transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+def make_transform(dtype):
+    """The tutorial's transform, then --dtype: ToTensor() always makes float32."""
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                               transforms.ConvertImageDtype(dtype)])
 
 
 class ArrayDataset(Dataset):
@@ -112,6 +73,7 @@ class ArrayDataset(Dataset):
 
 
 def make_loaders(data, args, device):
+    transform = make_transform(DTYPES[args.dtype])
     if data.root is not None:  # the data came through torchvision: use its Dataset
         train_set = CIFAR10(data.root, train=True, transform=transform)
         test_set = CIFAR10(data.root, train=False, transform=transform)
@@ -127,37 +89,35 @@ def make_loaders(data, args, device):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def train_one_epoch(model, train_loader, device, args, run):
+def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run):
     model.train()  # dropout on
-    for x, y in run.skip_done(train_loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors
-        loss, _ = train_step(model, x, y, args.lr, args.momentum)
-        if not run.step(loss):
+    for x, y in train_loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors, on the device
+        optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
-def evaluate(model, test_loader, device):
-    """Fraction of test images whose highest logit is the true class, overall and per class."""
+def evaluate(model, device, test_loader):
+    """The predicted class of every test image: the one with the highest logit."""
     model.eval()  # dropout off: every prediction uses the whole network
-    correct, total = torch.zeros(NUM_CLASSES, device=device), torch.zeros(NUM_CLASSES, device=device)
-    for x, y in test_loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        predicted = forward(model, x).argmax(dim=1)
-        correct += torch.bincount(y[predicted == y], minlength=NUM_CLASSES)
-        total += torch.bincount(y, minlength=NUM_CLASSES)
-    return (correct.sum() / total.sum()).item(), (correct / total.clamp(min=1)).tolist()
+    predicted = []
+    for x, _ in test_loader:
+        predicted.append(model(x.to(device, non_blocking=True)).argmax(dim=1))
+    return torch.cat(predicted)
 
 
 def choose_device(name):
-    """auto: the first GPU if there is one, else the CPU; a GPU that is not there is an error."""
+    """auto: the first GPU if there is one, else the CPU; cuda: the first GPU. (common/cli.py has
+    already refused a GPU that is not there.)"""
     if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise CourseError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
-                          "use --device cpu")
-    return device
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda:0" if name == "cuda" else name)
 
 
 def add_options(parser):
@@ -170,23 +130,27 @@ def add_options(parser):
 
 
 def main(argv=None):
-    args = parse_args(__file__, __doc__, argv, add_options, checkpoints=True)
+    args = parse_args(__file__, __doc__, argv, add_options)
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         device = choose_device(args.device)
         print(f"device: {device}")
         data = load_data(args.data, args.data_dir, args.seed)
-        model = build(reference_params(args.seed), dtype=args.dtype, dropout=args.dropout, device=device)
+        model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
+        model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
         print(f"model: {len(list(model.parameters()))} parameter tensors, "
               f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
+        criterion = nn.CrossEntropyLoss()
+        optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args, device)
-        run.checkpoint_with(model, model.opt, train_loader.generator)  # what --checkpoint saves and --resume restores
-        for _ in run.epochs(len(train_loader)):
-            train_one_epoch(model, train_loader, device, args, run)
-            accuracy, per_class = evaluate(model, test_loader, device)
-            run.log_accuracy(accuracy)
-        run.log_per_class(per_class, data.classes)
-        run.save_params(get_params(model))
+        first_epoch = run.resume(model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
+        for epoch in range(first_epoch, args.epochs + 1):
+            run.start_epoch(epoch, steps=len(train_loader))
+            train_one_epoch(model, device, train_loader, criterion, optimizer, args, run)
+            run.end_epoch(evaluate(model, device, test_loader), data)  # prints the test accuracy
+            if run.steps == args.max_steps:
+                break
+        run.save_params(model.state_dict())
     return run.summary
 
 

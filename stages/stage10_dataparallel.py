@@ -2,17 +2,16 @@
 
 Changes from stage 9:
 - With more than one GPU visible (or on request with --data-parallel), the model is wrapped:
-  `model = nn.DataParallel(model)`, after `.to(device)` and before the optimizer is built.
-  On every forward, DataParallel scatters the batch into one chunk per GPU, replicates the
-  module onto each GPU, runs the chunks in parallel threads, and gathers the outputs on
-  device 0; the backward runs through the replicas and sums their gradients into the
-  parameters on device 0, where the optimizer steps. The result is the same as one big
-  forward on one device. On a CPU-only machine it simply calls the module.
+  `model = nn.DataParallel(model, device_ids=...)`, after `.to(device)` and before the
+  optimizer is built. On every forward, DataParallel scatters the batch into one chunk per
+  GPU, replicates the module onto each GPU, runs the chunks in parallel threads, and gathers
+  the outputs on device_ids[0]; the backward runs through the replicas and sums their
+  gradients into the parameters on device_ids[0], where the optimizer steps. The result is
+  the same as one big forward on one device. On a CPU-only machine it simply calls the module.
 - The wrapper holds the network as `model.module`, so the keys of `model.state_dict()` gain
-  a `module.` prefix. Save and load through the unwrapped module, `unwrap(model)`, so that a
-  checkpoint loads into a plain `Net` (and vice versa). `get_params` and the gradients keep
-  the canonical names the same way. A run now saves its trained weights as model.pt in its
-  record; `Net().load_state_dict(torch.load(path, weights_only=True))` loads them back.
+  a `module.` prefix. Save and load through the unwrapped module, `raw_model`, so that a
+  checkpoint or the record's model.pt loads into a plain `Net` (and vice versa):
+  `Net().load_state_dict(torch.load(path, weights_only=True))`.
 - PyTorch recommends `DistributedDataParallel` instead, even on one machine: DataParallel is
   one process driving all GPUs with Python threads (the GIL serialises them), re-copies the
   whole module to every GPU on every step, and funnels outputs and gradients through GPU 0,
@@ -30,14 +29,12 @@ from torchvision.datasets import CIFAR10
 
 from common.cli import device_name, non_negative_int, parse_args, probability
 from common.data import load_data
-from common.errors import CourseError
 from common.run import StageRun
 from common.seed import seed_everything
 from common.weights import reference_params
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_BATCH_SIZE = 1000
-NUM_CLASSES = 10
 
 
 # ---------------------------------------------------------------- model
@@ -61,54 +58,11 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def build(params, dtype="float32", dropout=0.0, device="cpu", data_parallel=False):
-    """A Net in `dtype` on `device` holding the given weights, and its optimizer, made after it."""
-    model = Net(dropout).to(device=device, dtype=DTYPES[dtype])  # in place: model is moved
-    model.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
-    if data_parallel:
-        model = nn.DataParallel(model)  # after .to(device); the parameters stay those of model.module
-    model.opt = optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    return model
-
-
-def unwrap(model):
-    """The Net itself, inside a DataParallel wrapper or not: what to save and load."""
-    return model.module if isinstance(model, nn.DataParallel) else model
-
-
-def forward(model, x):
-    param = next(model.parameters())
-    return model(torch.as_tensor(x, dtype=param.dtype, device=param.device))
-
-
-# ---------------------------------------------------------------- loss and step
-criterion = nn.CrossEntropyLoss()
-
-
-def train_step(model, x, y, lr, momentum):
-    """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    param = next(model.parameters())
-    x, y = torch.as_tensor(x, dtype=param.dtype, device=param.device), torch.as_tensor(y, device=param.device)
-    opt = model.opt
-    for group in opt.param_groups:  # where a scheduler would change them, too
-        group.update(lr=lr, momentum=momentum)
-    opt.zero_grad()  # backward() adds to .grad: clear it before this step's backward
-    # forward
-    loss = criterion(model(x), y)
-    # backward
-    loss.backward()
-    grads = {name: p.grad for name, p in unwrap(model).named_parameters()}  # no copy: zero_grad() sets .grad to None
-    # update
-    opt.step()
-    return loss.item(), grads
-
-
-def get_params(model):
-    return {name: p.detach().clone() for name, p in unwrap(model).named_parameters()}
-
-
 # ---------------------------------------------------------------- data
-transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+def make_transform(dtype):
+    """The tutorial's transform, then --dtype: ToTensor() always makes float32."""
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                               transforms.ConvertImageDtype(dtype)])
 
 
 class ArrayDataset(Dataset):
@@ -125,6 +79,7 @@ class ArrayDataset(Dataset):
 
 
 def make_loaders(data, args, device):
+    transform = make_transform(DTYPES[args.dtype])
     if data.root is not None:  # the data came through torchvision: use its Dataset
         train_set = CIFAR10(data.root, train=True, transform=transform)
         test_set = CIFAR10(data.root, train=False, transform=transform)
@@ -140,37 +95,41 @@ def make_loaders(data, args, device):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def train_one_epoch(model, train_loader, device, args, run):
+def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run):
     model.train()  # dropout on
-    for x, y in run.skip_done(train_loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors
-        loss, _ = train_step(model, x, y, args.lr, args.momentum)
-        if not run.step(loss):
+    for x, y in train_loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors, on the device
+        optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
-def evaluate(model, test_loader, device):
-    """Fraction of test images whose highest logit is the true class, overall and per class."""
+def evaluate(model, device, test_loader):
+    """The predicted class of every test image: the one with the highest logit."""
     model.eval()  # dropout off: every prediction uses the whole network
-    correct, total = torch.zeros(NUM_CLASSES, device=device), torch.zeros(NUM_CLASSES, device=device)
-    for x, y in test_loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        predicted = forward(model, x).argmax(dim=1)
-        correct += torch.bincount(y[predicted == y], minlength=NUM_CLASSES)
-        total += torch.bincount(y, minlength=NUM_CLASSES)
-    return (correct.sum() / total.sum()).item(), (correct / total.clamp(min=1)).tolist()
+    predicted = []
+    for x, _ in test_loader:
+        predicted.append(model(x.to(device, non_blocking=True)).argmax(dim=1))
+    return torch.cat(predicted)
 
 
 def choose_device(name):
-    """auto: the first GPU if there is one, else the CPU; a GPU that is not there is an error."""
+    """auto: the first GPU if there is one, else the CPU; cuda: the first GPU. (common/cli.py has
+    already refused a GPU that is not there.)"""
     if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise CourseError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
-                          "use --device cpu")
-    return device
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda:0" if name == "cuda" else name)
+
+
+def gpus_starting_at(device):
+    """Every visible GPU, the model's own first: DataParallel gathers on device_ids[0] and
+    wants the parameters there. (Without GPUs, DataParallel ignores them.)"""
+    return [device.index] + [i for i in range(torch.cuda.device_count()) if i != device.index]
 
 
 def add_options(parser):
@@ -185,26 +144,31 @@ def add_options(parser):
 
 
 def main(argv=None):
-    args = parse_args(__file__, __doc__, argv, add_options, checkpoints=True)
+    args = parse_args(__file__, __doc__, argv, add_options)
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
         device = choose_device(args.device)
         data_parallel = args.data_parallel or (device.type == "cuda" and torch.cuda.device_count() > 1)
         print(f"device: {device}" + (", wrapped in nn.DataParallel" if data_parallel else ""))
         data = load_data(args.data, args.data_dir, args.seed)
-        model = build(reference_params(args.seed), dtype=args.dtype, dropout=args.dropout, device=device,
-                      data_parallel=data_parallel)
+        model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
+        model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
         print(f"model: {len(list(model.parameters()))} parameter tensors, "
               f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
+        if data_parallel:  # after .to(device), before the optimizer
+            model = nn.DataParallel(model, device_ids=gpus_starting_at(device))
+        raw_model = model.module if data_parallel else model  # the Net itself: what to save and load
+        criterion = nn.CrossEntropyLoss()
+        optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args, device)
-        run.checkpoint_with(model, model.opt, train_loader.generator)  # what --checkpoint saves and --resume restores
-        for _ in run.epochs(len(train_loader)):
-            train_one_epoch(model, train_loader, device, args, run)
-            accuracy, per_class = evaluate(model, test_loader, device)
-            run.log_accuracy(accuracy)
-        run.log_per_class(per_class, data.classes)
-        torch.save(unwrap(model).state_dict(), run.record_dir / "model.pt")  # keys without "module."
-        run.save_params(get_params(model))
+        first_epoch = run.resume(raw_model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
+        for epoch in range(first_epoch, args.epochs + 1):
+            run.start_epoch(epoch, steps=len(train_loader))
+            train_one_epoch(model, device, train_loader, criterion, optimizer, args, run)
+            run.end_epoch(evaluate(model, device, test_loader), data)  # prints the test accuracy
+            if run.steps == args.max_steps:
+                break
+        run.save_params(raw_model.state_dict())  # keys without "module."
     return run.summary
 
 

@@ -15,15 +15,16 @@ Changes from stage 10:
   therefore computes exactly what one process computes on the whole batch (a test checks).
 - A `DistributedSampler` gives each process its own share of the training set, and
   `sampler.set_epoch(epoch)` reshuffles it differently every epoch, the same way on every
-  process. --batch-size is per process: a step sees batch-size x world-size images.
-- Only rank 0 prints, draws the progress bar and writes the record and model.pt; every
-  process evaluates the (small) test set itself, which needs no communication.
+  process. --batch-size is per process: a step sees batch-size x world-size images. The
+  order follows from the seed and the epoch alone, so no generator is part of the state.
+- Only rank 0 prints, draws the progress bar and writes the record and the checkpoint; every
+  process evaluates the (small) test set itself, through the unwrapped module, which needs
+  no communication.
 - The device is `cuda:LOCAL_RANK` with --device auto on a GPU machine: one GPU per process.
 
 Run: torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
 """
 import os
-import socket
 from contextlib import contextmanager
 
 import torch
@@ -37,14 +38,12 @@ from torchvision.datasets import CIFAR10
 
 from common.cli import device_name, non_negative_int, parse_args, probability
 from common.data import load_data
-from common.errors import CourseError
 from common.run import StageRun
 from common.seed import seed_everything
 from common.weights import reference_params
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_BATCH_SIZE = 1000
-NUM_CLASSES = 10
 
 
 # ---------------------------------------------------------------- model
@@ -68,55 +67,11 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def build(params, dtype="float32", dropout=0.0, device="cpu"):
-    """A Net in `dtype` on `device` holding the given weights, and its optimizer, made after it."""
-    model = Net(dropout).to(device=device, dtype=DTYPES[dtype])  # in place: model is moved
-    model.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
-    if dist.is_initialized():  # inside a process group: keep this replica in step with the others
-        device_ids = [device] if torch.device(device).type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=device_ids)
-    model.opt = optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    return model
-
-
-def unwrap(model):
-    """The Net itself, inside a DistributedDataParallel wrapper or not: what to save and load."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def forward(model, x):
-    param = next(model.parameters())
-    return model(torch.as_tensor(x, dtype=param.dtype, device=param.device))
-
-
-# ---------------------------------------------------------------- loss and step
-criterion = nn.CrossEntropyLoss()
-
-
-def train_step(model, x, y, lr, momentum):
-    """One step of SGD with momentum; returns the loss before the update and the gradients."""
-    param = next(model.parameters())
-    x, y = torch.as_tensor(x, dtype=param.dtype, device=param.device), torch.as_tensor(y, device=param.device)
-    opt = model.opt
-    for group in opt.param_groups:  # where a scheduler would change them, too
-        group.update(lr=lr, momentum=momentum)
-    opt.zero_grad()  # backward() adds to .grad: clear it before this step's backward
-    # forward
-    loss = criterion(model(x), y)
-    # backward
-    loss.backward()
-    grads = {name: p.grad for name, p in unwrap(model).named_parameters()}  # no copy: zero_grad() sets .grad to None
-    # update
-    opt.step()
-    return loss.item(), grads
-
-
-def get_params(model):
-    return {name: p.detach().clone() for name, p in unwrap(model).named_parameters()}
-
-
 # ---------------------------------------------------------------- data
-transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+def make_transform(dtype):
+    """The tutorial's transform, then --dtype: ToTensor() always makes float32."""
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                               transforms.ConvertImageDtype(dtype)])
 
 
 class ArrayDataset(Dataset):
@@ -133,6 +88,7 @@ class ArrayDataset(Dataset):
 
 
 def make_loaders(data, args, device):
+    transform = make_transform(DTYPES[args.dtype])
     if data.root is not None:  # the data came through torchvision: use its Dataset
         train_set = CIFAR10(data.root, train=True, transform=transform)
         test_set = CIFAR10(data.root, train=False, transform=transform)
@@ -148,40 +104,35 @@ def make_loaders(data, args, device):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def train_one_epoch(model, train_loader, device, args, run):
+def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run):
     model.train()  # dropout on
-    for x, y in run.skip_done(train_loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors
-        loss, _ = train_step(model, x, y, args.lr, args.momentum)
-        if not run.step(loss):
+    for x, y in train_loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors, on the device
+        optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
-def evaluate(model, test_loader, device):
-    """Fraction of test images whose highest logit is the true class, overall and per class."""
+def evaluate(model, device, test_loader):
+    """The predicted class of every test image: the one with the highest logit."""
     model.eval()  # dropout off: every prediction uses the whole network
-    correct, total = torch.zeros(NUM_CLASSES, device=device), torch.zeros(NUM_CLASSES, device=device)
-    for x, y in test_loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        predicted = forward(model, x).argmax(dim=1)
-        correct += torch.bincount(y[predicted == y], minlength=NUM_CLASSES)
-        total += torch.bincount(y, minlength=NUM_CLASSES)
-    return (correct.sum() / total.sum()).item(), (correct / total.clamp(min=1)).tolist()
+    predicted = []
+    for x, _ in test_loader:
+        predicted.append(model(x.to(device, non_blocking=True)).argmax(dim=1))
+    return torch.cat(predicted)
 
 
 def choose_device(name):
-    """auto: this process's GPU if there are GPUs, else the CPU; a GPU that is not there is an error."""
+    """auto or cuda: this process's GPU, cuda:LOCAL_RANK, if there are GPUs; else the CPU."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise CourseError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
-                          "use --device cpu")
-    return device
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
 
 
 @contextmanager
@@ -192,18 +143,12 @@ def process_group(device):
         torch.cuda.set_device(device)  # so that NCCL's own work for this process lands on its GPU
     if "RANK" in os.environ:  # started by torchrun, which describes the group in the environment
         dist.init_process_group(backend)
-    else:
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    else:  # plain python: a group of one, whose rendezvous store lives in this process
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     try:
         yield
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def add_options(parser):
@@ -216,7 +161,7 @@ def add_options(parser):
 
 
 def main(argv=None):
-    args = parse_args(__file__, __doc__, argv, add_options, checkpoints=True)
+    args = parse_args(__file__, __doc__, argv, add_options)
     rank = int(os.environ.get("RANK", "0"))
     with StageRun(__file__, args, main_process=rank == 0) as run:
         seed_everything(args.seed)
@@ -225,21 +170,25 @@ def main(argv=None):
             if rank == 0:
                 print(f"device: {device}, DistributedDataParallel over {dist.get_world_size()} process(es)")
             data = load_data(args.data, args.data_dir, args.seed, verbose=rank == 0)
-            model = build(reference_params(args.seed), dtype=args.dtype, dropout=args.dropout, device=device)
+            model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
+            model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
             if rank == 0:
                 print(f"model: {len(list(model.parameters()))} parameter tensors, "
                       f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
+            model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+            raw_model = model.module  # the Net itself: what to save, load and evaluate
+            criterion = nn.CrossEntropyLoss()
+            optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
             train_loader, test_loader, sampler = make_loaders(data, args, device)
-            run.checkpoint_with(model, model.opt, None)  # what --checkpoint saves and --resume restores
-            for epoch in run.epochs(len(train_loader)):
+            first_epoch = run.resume(raw_model, optimizer)  # the run's state: --checkpoint, --resume
+            for epoch in range(first_epoch, args.epochs + 1):
                 sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
-                train_one_epoch(model, train_loader, device, args, run)
-                accuracy, per_class = evaluate(unwrap(model), test_loader, device)
-                run.log_accuracy(accuracy)
-            run.log_per_class(per_class, data.classes)
-            if rank == 0:
-                torch.save(unwrap(model).state_dict(), run.record_dir / "model.pt")  # keys without "module."
-        run.save_params(get_params(model))
+                run.start_epoch(epoch, steps=len(train_loader))
+                train_one_epoch(model, device, train_loader, criterion, optimizer, args, run)
+                run.end_epoch(evaluate(raw_model, device, test_loader), data)  # prints the test accuracy
+                if run.steps == args.max_steps:
+                    break
+            run.save_params(raw_model.state_dict())  # keys without "module."
     return run.summary
 
 
