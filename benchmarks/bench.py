@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from torch import nn, optim
 from tqdm import tqdm
 
 from common.data import make_synthetic
-from common.harness import load_stage, sample_batches, stage_names
+from common.harness import driver, load_stage, sample_batches, stage_names, stage_options
 from common.weights import PARAM_SHAPES, reference_params
 
 
@@ -61,12 +62,13 @@ def _timed(fn) -> float:
 
 # ---------------------------------------------------------------- 1. train_step times
 def step_time(stage, batch_size: int, dtype: str, repeats: int, warmup: int = 3) -> float:
-    """Median seconds of one train_step, on fresh batches each time."""
-    model = stage.build(reference_params(0), dtype=dtype)
-    batches = sample_batches(warmup + repeats, batch_size, seed=1)
+    """Median seconds of one training step, on fresh batches each time."""
+    d = driver(stage)
+    model = d.build(reference_params(0), dtype=dtype)
+    batches = [d.inputs(model, x, y) for x, y in sample_batches(warmup + repeats, batch_size, seed=1)]
     times = []
     for i, (x, y) in enumerate(batches):
-        seconds = _timed(lambda: stage.train_step(model, x, y, 0.001, 0.9))
+        seconds = _timed(lambda: d.train_step(model, x, y, 0.001, 0.9))
         if i >= warmup:
             times.append(seconds)
     return statistics.median(times)
@@ -106,7 +108,7 @@ class PlainNet(nn.Module):
 def plain_pytorch_epoch(data, batch_size: int) -> float:
     """The tutorial's loop over one epoch of the same data; returns seconds."""
     stage7 = load_stage(7)  # the same Dataset and transform, so only the loop differs
-    loader = torch.utils.data.DataLoader(stage7.ArrayDataset(data.train_x, data.train_y, stage7.transform),
+    loader = torch.utils.data.DataLoader(stage7.ArrayDataset(data.train_x, data.train_y, stage7.make_transform(torch.float32)),
                                          batch_size=batch_size, shuffle=True)
     net = PlainNet()
     criterion, opt = nn.CrossEntropyLoss(), optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
@@ -124,24 +126,14 @@ def plain_pytorch_epoch(data, batch_size: int) -> float:
 def stage_epoch(stage_number: int, data, batch_size: int) -> float:
     """One epoch of a stage's own train_one_epoch, timed without data loading set-up."""
     stage = load_stage(stage_number)
-    args = stage.parse_args(stage.__file__, stage.__doc__, ["--batch-size", str(batch_size)], stage.add_options)
-    model = stage.build(reference_params(0))
-    takes_device = stage_number >= 9  # from stage 9 on, the device is passed down explicitly
-    device = (torch.device("cpu"),) if takes_device else ()
-    train_loader = stage.make_loaders(data, args, *device)[0]
+    d = driver(stage)
+    args = stage_options(stage, ["--batch-size", str(batch_size)])
+    model = d.build(reference_params(0))
+    takes_device = "device" in inspect.signature(stage.make_loaders).parameters
+    train_loader = stage.make_loaders(data, args, *((torch.device("cpu"),) if takes_device else ()))[0]
     start = time.perf_counter()
-    stage.train_one_epoch(model, train_loader, *device, args, _SilentRun())
+    d.train_one_epoch(model, train_loader, 0.001, 0.9)
     return time.perf_counter() - start
-
-
-class _SilentRun:
-    """Stands in for StageRun inside the benchmark: counts nothing, prints nothing."""
-
-    def step(self, loss) -> bool:
-        return True
-
-    def skip_done(self, batches):
-        return batches
 
 
 def bench_throughput(n_images: int, batch_size: int, rounds: int) -> list[dict]:
@@ -166,14 +158,16 @@ MEMORY_PROBE = """
 import resource, sys
 from common.harness import load_stage, sample_batches
 from common.weights import reference_params
-stage = load_stage(int(sys.argv[1]))
-model = stage.build(reference_params(0), dtype="float32")
+from common.harness import driver
+d = driver(int(sys.argv[1]))
+model = d.build(reference_params(0), dtype="float32")
 (x, y), = sample_batches(1, 256)
+x, y = d.inputs(model, x, y)
 def rss_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 before = rss_mib()
-stage.train_step(model, x, y, 0.001, 0.9)
+d.train_step(model, x, y, 0.001, 0.9)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(peak - before)
 """

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from common.cli import positive_float, positive_int
 from common.data import SOURCES, load_data
 from common.errors import CourseError
-from common.harness import load_stage
+from common.harness import driver, load_stage, stage_options
 from common.seed import seed_everything
 from common.weights import reference_params
 
@@ -47,31 +47,35 @@ def train_one_batch_size(data, batch_size: int, lr: float, epochs: int, seconds_
     """Accuracy points [{epoch, seconds, accuracy}] of one run of stage 10, trained for at least
     `epochs` epochs and at least `seconds_budget` seconds."""
     stage = load_stage(STAGE)
+    d = driver(stage)
     seed_everything(seed)
-    args = stage.parse_args(stage.__file__, stage.__doc__, ["--batch-size", str(batch_size), "--seed", str(seed)],
-                            stage.add_options, checkpoints=True)
+    args = stage_options(stage, ["--batch-size", str(batch_size), "--seed", str(seed)])
     device = torch.device("cpu")
-    model = stage.build(reference_params(seed), device=device)
+    model = d.build(reference_params(seed), device=device)
     train_loader, test_loader = stage.make_loaders(data, args, device)
+
+    def accuracy() -> float:
+        predicted = stage.evaluate(model.net, device, test_loader).cpu().numpy()
+        return float((predicted == data.test_y).mean())
+
     steps = len(train_loader)
     evaluate_after = {round(k * steps / EVALS_PER_EPOCH) for k in range(1, EVALS_PER_EPOCH + 1)}
-    points = [{"epoch": 0.0, "seconds": 0.0, "accuracy": stage.evaluate(model, test_loader, device)[0]}]
+    points = [{"epoch": 0.0, "seconds": 0.0, "accuracy": accuracy()}]
     seconds, epoch = 0.0, 0
     with tqdm(desc=f"batch {batch_size:>3} (lr {lr:.4f})", unit="step", leave=False) as bar:
         while epoch < epochs or seconds < seconds_budget:
-            model.train()
+            model.net.train()
             start = time.perf_counter()
             for i, (x, y) in enumerate(train_loader, start=1):
-                loss, _ = stage.train_step(model, x, y, lr, 0.9)
+                loss, _ = d.train_step(model, x, y, lr, 0.9)
                 bar.update()
                 if not math.isfinite(loss):
                     raise CourseError(f"batch size {batch_size}: the loss became {loss} (lr {lr:.4f}); "
                                       "try a smaller --lr")
                 if i in evaluate_after:
                     seconds += time.perf_counter() - start
-                    accuracy = stage.evaluate(model, test_loader, device)[0]
-                    points.append({"epoch": epoch + i / steps, "seconds": seconds, "accuracy": accuracy})
-                    model.train()
+                    points.append({"epoch": epoch + i / steps, "seconds": seconds, "accuracy": accuracy()})
+                    model.net.train()
                     start = time.perf_counter()
             epoch += 1
     return points

@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import STAGES, stage_param
 
-from common.harness import TOLERANCES, load_stage, relative_error, sample_batches, to_numpy
+from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches, to_numpy
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")]
 
-DEVICE_STAGES = [stage_param(n) for n in STAGES if "device" in inspect.signature(load_stage(n).build).parameters]
+DEVICE_STAGES = [stage_param(n) for n in STAGES
+                 if "device" in inspect.signature(load_stage(n).train_one_epoch).parameters]
 
 
 @pytest.fixture(autouse=True)
@@ -26,19 +27,19 @@ def without_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def run_steps(stage, params, batches, dtype, device):
-    model = stage.build(params, dtype=dtype, device=device)
-    logits = to_numpy(stage.forward(model, batches[0][0]))
-    losses = [float(stage.train_step(model, x, y, 0.01, 0.9)[0]) for x, y in batches]
-    return logits, losses, {k: to_numpy(v) for k, v in stage.get_params(model).items()}
+def run_steps(d, params, batches, dtype, device):
+    model = d.build(params, dtype=dtype, device=device)
+    logits = to_numpy(d.forward(model, batches[0][0]))
+    losses = [float(d.train_step(model, x, y, 0.01, 0.9)[0]) for x, y in batches]
+    return logits, losses, {k: to_numpy(v) for k, v in d.get_params(model).items()}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("stage_name", DEVICE_STAGES)
 def test_cuda_equals_cpu(stage_name, dtype, params):
-    stage, batches = load_stage(stage_name), sample_batches(5, 7, seed=6)
-    cpu = run_steps(stage, params, batches, dtype, torch.device("cpu"))
-    cuda = run_steps(stage, params, batches, dtype, torch.device("cuda:0"))
+    d, batches = driver(stage_name), sample_batches(5, 7, seed=6)
+    cpu = run_steps(d, params, batches, dtype, torch.device("cpu"))
+    cuda = run_steps(d, params, batches, dtype, torch.device("cuda:0"))
     rtol = TOLERANCES[dtype].rtol
     assert relative_error(cuda[0], cpu[0]) <= rtol, "logits"
     assert relative_error(cuda[1], cpu[1]) <= rtol, "losses"
@@ -47,7 +48,7 @@ def test_cuda_equals_cpu(stage_name, dtype, params):
 
 
 def test_to_cuda_moves_a_module_in_place_and_copies_a_tensor(params):
-    model = load_stage(9).build(params)
+    model = load_stage(9).Net()
     assert model.to("cuda:0") is model and model.conv1.weight.is_cuda
     x = torch.zeros(2, 3, 32, 32)
     x_cuda = x.to("cuda:0")
@@ -56,11 +57,11 @@ def test_to_cuda_moves_a_module_in_place_and_copies_a_tensor(params):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="DataParallel needs two GPUs to split a batch")
 def test_dataparallel_over_gpus_equals_one_gpu(params):
-    stage, batches = load_stage(10), sample_batches(5, 8, seed=7)
-    one = stage.build(params, dtype="float64", device="cuda:0")
-    many = stage.build(params, dtype="float64", device="cuda:0", data_parallel=True)
+    d, batches = driver(10), sample_batches(5, 8, seed=7)
+    one = d.build(params, dtype="float64", device="cuda:0")
+    many = d.build(params, dtype="float64", device="cuda:0", wrap="data_parallel")
     for x, y in batches:
-        stage.train_step(one, x, y, 0.01, 0.9)
-        stage.train_step(many, x, y, 0.01, 0.9)
-    for name, value in stage.get_params(one).items():
-        assert relative_error(stage.get_params(many)[name], value) <= TOLERANCES["float64"].rtol
+        d.train_step(one, x, y, 0.01, 0.9)
+        d.train_step(many, x, y, 0.01, 0.9)
+    for name, value in d.get_params(one).items():
+        assert relative_error(d.get_params(many)[name], value) <= TOLERANCES["float64"].rtol

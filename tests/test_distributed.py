@@ -9,7 +9,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from common.harness import load_stage, sample_batches, to_numpy, worst_relative_error
+from common.harness import driver, sample_batches, to_numpy, worst_relative_error
 from common.weights import reference_params
 
 pytestmark = pytest.mark.stage11
@@ -30,15 +30,15 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     """One process: join the group, train on its half of each batch, save what it saw."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
     try:
-        stage = load_stage(11)
-        model = stage.build(reference_params(0), dtype="float64")
+        d = driver(11)
+        model = d.build(reference_params(0), dtype="float64", wrap="distributed")
         half = slice(rank * BATCH_SIZE // WORLD_SIZE, (rank + 1) * BATCH_SIZE // WORLD_SIZE)
         saved = {}
         for step, (x, y) in enumerate(sample_batches(STEPS, BATCH_SIZE, seed=5)):
-            loss, grads = stage.train_step(model, x[half], y[half], LR, MOMENTUM)
+            loss, grads = d.train_step(model, x[half], y[half], LR, MOMENTUM)
             saved[f"loss/{step}"] = np.array(loss)
             saved.update({f"grad/{step}/{k}": to_numpy(v) for k, v in grads.items()})
-        saved.update({f"param/{k}": to_numpy(v) for k, v in stage.get_params(model).items()})
+        saved.update({f"param/{k}": to_numpy(v) for k, v in d.get_params(model).items()})
         np.savez(f"{out_dir}/rank{rank}.npz", **saved)
     finally:
         dist.destroy_process_group()
@@ -54,10 +54,10 @@ def ranks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single_process():
     """Stage 6 on the whole batches, step by step."""
-    stage = load_stage(6)
-    model = stage.build(reference_params(0), dtype="float64")
-    steps = [stage.train_step(model, x, y, LR, MOMENTUM) for x, y in sample_batches(STEPS, BATCH_SIZE, seed=5)]
-    return steps, stage.get_params(model)
+    d = driver(6)
+    model = d.build(reference_params(0), dtype="float64")
+    steps = [d.train_step(model, x, y, LR, MOMENTUM) for x, y in sample_batches(STEPS, BATCH_SIZE, seed=5)]
+    return steps, d.get_params(model)
 
 
 def section(saved: dict, prefix: str) -> dict:

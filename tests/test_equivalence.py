@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import ALL_STAGES, CONSECUTIVE_STAGES
 from torch_reference import reference_step, reference_trajectory
 
-from common.harness import (TOLERANCES, load_stage, one_step, relative_error, sample_batches, to_numpy,
+from common.harness import (TOLERANCES, driver, load_stage, one_step, relative_error, sample_batches, to_numpy,
                             trajectory, worst_relative_error)
 
 HAND_WRITTEN_POOL_STAGES = [p for p in ALL_STAGES if hasattr(load_stage(p.values[0]), "max_pool2x2")]
@@ -65,9 +65,9 @@ def test_hand_written_max_pool_sends_the_gradient_where_pytorch_does(stage_name)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stage_name", ALL_STAGES)
 def test_computes_in_the_requested_dtype(stage_name, dtype, params):
-    stage = load_stage(stage_name)
+    d = driver(stage_name)
     [(x, _)] = sample_batches(1, 2)
-    logits = stage.forward(stage.build(params, dtype=dtype), x)
+    logits = d.forward(d.build(params, dtype=dtype), x)
     assert str(logits.dtype).endswith(dtype)
 
 
@@ -98,8 +98,8 @@ def test_stage_matches_the_stage_before(previous, current, dtype, params):
 
 @pytest.mark.parametrize("stage_name", ALL_STAGES)
 def test_get_params_uses_the_canonical_names_and_shapes(stage_name, params):
-    stage = load_stage(stage_name)
-    got = stage.get_params(stage.build(params, dtype="float64"))
+    d = driver(stage_name)
+    got = d.get_params(d.build(params, dtype="float64"))
     assert list(got) == list(params)
     for name, value in got.items():
         np.testing.assert_array_equal(to_numpy(value), params[name])
@@ -107,10 +107,10 @@ def test_get_params_uses_the_canonical_names_and_shapes(stage_name, params):
 
 @pytest.mark.parametrize("stage_name", ALL_STAGES)
 def test_build_does_not_change_the_callers_arrays(stage_name, params):
-    stage = load_stage(stage_name)
+    d = driver(stage_name)
     original = {k: v.copy() for k, v in params.items()}
-    model = stage.build(params, dtype="float64")
-    stage.train_step(model, *sample_batches(1, 4)[0], LR, MOMENTUM)
+    model = d.build(params, dtype="float64")
+    d.train_step(model, *sample_batches(1, 4)[0], LR, MOMENTUM)
     for name in params:
         np.testing.assert_array_equal(params[name], original[name])
 
@@ -127,11 +127,32 @@ def test_the_harness_notices_a_tiny_error(params):
 @pytest.mark.parametrize("stage_name", ALL_STAGES)
 def test_returned_gradients_survive_the_next_step(stage_name, params):
     """train_step's gradients are the step's own: a later step must not change them in place."""
-    stage = load_stage(stage_name)
-    model = stage.build(params, dtype="float64")
+    d = driver(stage_name)
+    model = d.build(params, dtype="float64")
     (x1, y1), (x2, y2) = sample_batches(2, 4, seed=8)
-    _, grads = stage.train_step(model, x1, y1, LR, MOMENTUM)
+    _, grads = d.train_step(model, x1, y1, LR, MOMENTUM)
     kept = {k: to_numpy(v) for k, v in grads.items()}
-    stage.train_step(model, x2, y2, LR, MOMENTUM)
+    d.train_step(model, x2, y2, LR, MOMENTUM)
     for name, value in grads.items():
         assert np.array_equal(to_numpy(value), kept[name]), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+def test_the_stages_own_loop_takes_the_steps_the_driver_takes(stage_name, dtype, params):
+    """The driver composes a step from the stage's pieces; the stage's own train_one_epoch, the
+    loop a learner reads, must take exactly those steps."""
+    d = driver(stage_name)
+    batches = sample_batches(TRAJECTORY_STEPS, 4, seed=9)
+    by_driver, by_loop = d.build(params, dtype=dtype), d.build(params, dtype=dtype)
+    driver_losses = [d.train_step(by_driver, x, y, LR, MOMENTUM)[0] for x, y in batches]
+    loop_losses = d.train_one_epoch(by_loop, batches, LR, MOMENTUM)
+    assert_close(loop_losses, driver_losses, dtype, "losses of the stage's own loop")
+    assert_dicts_close(d.get_params(by_loop), d.get_params(by_driver), dtype, "parameters after its loop")
+
+
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
+def test_the_stages_own_loop_stops_at_max_steps(stage_name, params):
+    d = driver(stage_name)
+    losses = d.train_one_epoch(d.build(params), sample_batches(5, 2, seed=9), LR, MOMENTUM, max_steps=3)
+    assert len(losses) == 3

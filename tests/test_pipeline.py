@@ -7,14 +7,15 @@ import torch
 from torch import nn
 
 from common.data import make_synthetic
-from common.harness import TOLERANCES, load_stage, relative_error, sample_batches, to_numpy, trajectory
+from common.harness import (TOLERANCES, driver, load_stage, relative_error, sample_batches, stage_options, to_numpy,
+                            trajectory)
 
 
 @pytest.mark.stage7
 def test_the_tutorial_transform_equals_the_hand_written_normalisation():
     images = make_synthetic(0, n_train=16, n_test=1).train_x
     by_hand = load_stage(1).normalise(images, np.float32)
-    transform = load_stage(7).transform
+    transform = load_stage(7).make_transform(torch.float32)
     by_torchvision = torch.stack([transform(image) for image in images])
     assert by_torchvision.dtype == torch.float32
     assert np.array_equal(by_torchvision.numpy(), by_hand), "bit for bit, not just close"
@@ -24,7 +25,7 @@ def test_the_tutorial_transform_equals_the_hand_written_normalisation():
 def test_the_loader_batches_and_its_shuffle_follows_the_seed(tmp_path):
     stage = load_stage(7)
     data = make_synthetic(0, n_train=40, n_test=10)
-    args = stage.parse_args(stage.__file__, stage.__doc__, ["--batch-size", "8", "--seed", "3"], stage.add_options)
+    args = stage_options(stage, ["--batch-size", "8", "--seed", "3"])
     orders = []
     for _ in range(2):
         train_loader, test_loader = stage.make_loaders(data, args)
@@ -38,37 +39,38 @@ def test_the_loader_batches_and_its_shuffle_follows_the_seed(tmp_path):
 
 @pytest.mark.stage8
 def test_dropout_differs_in_train_mode_and_vanishes_in_eval_mode(params):
-    stage = load_stage(8)
+    d = driver(8)
     [(x, _)] = sample_batches(1, 4)
-    reference = to_numpy(stage.forward(stage.build(params, dtype="float64"), x))
-    model = stage.build(params, dtype="float64", dropout=0.5)
-    model.train()
-    first, second = to_numpy(stage.forward(model, x)), to_numpy(stage.forward(model, x))
+    reference = to_numpy(d.forward(d.build(params, dtype="float64"), x))
+    model = d.build(params, dtype="float64", dropout=0.5)
+    model.net.train()
+    first, second = to_numpy(d.forward(model, x)), to_numpy(d.forward(model, x))
     assert relative_error(first, second) > 1e-3
-    model.eval()
-    first, second = to_numpy(stage.forward(model, x)), to_numpy(stage.forward(model, x))
+    model.net.eval()
+    first, second = to_numpy(d.forward(model, x)), to_numpy(d.forward(model, x))
     assert np.array_equal(first, second)
     assert relative_error(first, reference) <= TOLERANCES["float64"].rtol
 
 
 @pytest.mark.stage8
-def test_evaluate_reports_per_class_accuracy(params):
+def test_evaluate_predicts_every_test_image_in_eval_mode(params):
     stage = load_stage(8)
-    data = make_synthetic(0, n_train=10, n_test=200)
-    args = stage.parse_args(stage.__file__, stage.__doc__, [], stage.add_options)
-    _, test_loader = stage.make_loaders(data, args)
-    model = stage.build(params)
-    accuracy, per_class = stage.evaluate(model, test_loader)
+    data = make_synthetic(0, n_train=10, n_test=1500)  # more than one evaluation batch
+    _, test_loader = stage.make_loaders(data, stage_options(stage))
+    model = driver(stage).build(params).net
+    model.train()
+    predicted = stage.evaluate(model, test_loader)
     assert not model.training, "evaluate() leaves the model in eval mode"
-    assert len(per_class) == 10 and 0 <= accuracy <= 1
-    counts = np.bincount(data.test_y, minlength=10)
-    assert np.isclose(accuracy, np.dot(per_class, counts) / counts.sum())
+    assert predicted.shape == (1500,) and predicted.dtype == torch.int64
+    with torch.no_grad():
+        expected = model(torch.stack([test_loader.dataset[i][0] for i in range(1500)])).argmax(dim=1)
+    assert torch.equal(predicted, expected)
 
 
 @pytest.mark.stage9
 def test_module_to_moves_in_place_but_tensor_to_returns_a_new_tensor(params):
     """On a CPU-only machine the dtype stands in for the device: .to() treats both alike."""
-    model = load_stage(9).build(params)
+    model = load_stage(9).Net()
     moved = model.to(torch.float64)
     assert moved is model and model.conv1.weight.dtype == torch.float64
     x = torch.zeros(2, 3, 32, 32)
@@ -83,46 +85,50 @@ def pretend_gpus(monkeypatch, count: int) -> None:
 
 @pytest.mark.stage9
 def test_choose_device_without_a_gpu(monkeypatch):
-    from common.errors import CourseError
-
     pretend_gpus(monkeypatch, 0)
     stage = load_stage(9)
     assert stage.choose_device("auto") == stage.choose_device("cpu") == torch.device("cpu")
-    with pytest.raises(CourseError, match="no such CUDA device"):
-        stage.choose_device("cuda")
+    with pytest.raises(SystemExit):  # the command line refuses a GPU that is not there
+        stage_options(stage, ["--device", "cuda"])
 
 
 @pytest.mark.stage9
-def test_choose_device_with_two_gpus(monkeypatch):
-    from common.errors import CourseError
-
+def test_choose_device_with_two_gpus(monkeypatch, capsys):
     pretend_gpus(monkeypatch, 2)
     stage = load_stage(9)
-    assert stage.choose_device("auto") == torch.device("cuda:0")
-    assert stage.choose_device("cuda:1") == torch.device("cuda:1")
-    with pytest.raises(CourseError, match="cuda:2: no such CUDA device here \\(2 visible\\)"):
-        stage.choose_device("cuda:2")
+    assert stage.choose_device("auto") == stage.choose_device("cuda") == torch.device("cuda:0")
+    assert stage.choose_device(stage_options(stage, ["--device", "cuda:1"]).device) == torch.device("cuda:1")
+    with pytest.raises(SystemExit):
+        stage_options(stage, ["--device", "cuda:2"])
+    assert "cuda:2: no such CUDA device here (2 visible)" in capsys.readouterr().err
+
+
+@pytest.mark.stage10
+def test_dataparallel_device_ids_start_at_the_models_gpu(monkeypatch):
+    """DataParallel keeps the parameters on device_ids[0] and gathers there: with the model on
+    cuda:1, device_ids must begin with 1 (its default, every GPU in order, begins with 0)."""
+    pretend_gpus(monkeypatch, 3)
+    stage = load_stage(10)
+    assert stage.gpus_starting_at(torch.device("cuda:1")) == [1, 0, 2]
+    assert stage.gpus_starting_at(torch.device("cuda:0")) == [0, 1, 2]
 
 
 @pytest.mark.stage10
 def test_dataparallel_prefixes_the_state_dict_but_not_the_canonical_names(params):
-    stage = load_stage(10)
-    model = stage.build(params, data_parallel=True)
-    assert isinstance(model, nn.DataParallel)
-    assert all(key.startswith("module.") for key in model.state_dict())
-    assert list(stage.get_params(model)) == list(params)
-    assert list(stage.unwrap(model).state_dict()) == list(params)
+    d = driver(10)
+    model = d.build(params, wrap="data_parallel")
+    assert isinstance(model.net, nn.DataParallel)
+    assert all(key.startswith("module.") for key in model.net.state_dict())
+    assert list(d.get_params(model)) == list(params)
+    assert list(model.net.module.state_dict()) == list(params)
 
 
 @pytest.mark.stage10
 def test_dataparallel_computes_what_the_plain_module_computes(params):
     batches = sample_batches(5, 4, seed=4)
     plain = trajectory(load_stage(9), params, batches, "float64")
-    stage = load_stage(10)
-    model = stage.build(params, dtype="float64", data_parallel=True)
-    for x, y in batches:
-        stage.train_step(model, x, y, 0.01, 0.9)
-    for name, value in stage.get_params(model).items():
+    wrapped = trajectory(load_stage(10), params, batches, "float64", wrap="data_parallel")
+    for name, value in wrapped["params"].items():
         assert relative_error(value, plain["params"][name]) <= TOLERANCES["float64"].rtol
 
 

@@ -52,7 +52,7 @@ BAD_INPUT = [  # (arguments, expected exit code, a piece of the message)
     (["--data", "imagenet"], 2, "invalid choice: 'imagenet'"),
     (["--data-dir", "/nonexistent/cifar"], 2, "no such folder"),
     (["--data", "synthetic", "--out", "/proc/no-such-dir"], 2, "cannot write run records"),
-    (["--data", "synthetic", "--lr", "100"], 3, "diverged; try a smaller learning rate"),
+    (["--data", "synthetic", "--lr", "100"], 3, "training diverged; try a smaller --lr"),
 ]
 
 
