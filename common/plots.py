@@ -84,13 +84,14 @@ def draw_grad_norms(ax: Axes, norms: dict, window: int) -> None:
     if not norms:
         return say_empty(ax, "no training step recorded")
     layers = [column for column in norms if column != "step"]
+    alpha = 0.15 if len(norms["step"]) >= 100 else 0.4  # many steps of five layers pile up: fainter
     for i, layer in enumerate(layers):
-        faint = dict(alpha=0.15, lw=0.4) if window > 1 else dict(lw=1, label=layer)
+        faint = dict(alpha=alpha, lw=0.4) if window > 1 else dict(lw=1, label=layer)
         ax.plot(norms["step"], norms[layer], color=f"C{i}", **faint)
         if window > 1:
             plot_smoothed(ax, norms["step"], norms[layer], window, color=f"C{i}", lw=1.5, label=layer)
     if window > 1:  # two grey entries say what faint and solid mean
-        ax.plot([], [], color="0.5", alpha=0.3, lw=0.5, label="per step")
+        ax.plot([], [], color="0.5", alpha=alpha, lw=0.4, label="per step")
         ax.plot([], [], color="0.5", lw=1.5, label=f"moving average\nof {window} steps")
     whole_steps(ax)
     ax.legend(**OUTSIDE_RIGHT)
@@ -202,18 +203,18 @@ def draw_deviations(ax: Axes, curves_by_dtype: dict, tolerances: dict) -> list[L
     handles = []
     for dtype, curves in curves_by_dtype.items():
         reference, *others = curves
+        style, tolerance = dict(ls=styles[dtype], color=colors[dtype]), dict(ls=styles[dtype], color="red")
+        largest = {stage: max(curves[stage]["deviation"]) for stage in others}
         for stage in others:
             deviation = curves[stage]["deviation"]
-            ax.semilogy(np.arange(1, len(deviation) + 1), np.maximum(deviation, LOG_FLOOR), styles[dtype],
-                        color=colors[dtype], lw=1)
+            ax.semilogy(np.arange(1, len(deviation) + 1), np.maximum(deviation, LOG_FLOOR), lw=1, **style)
         if others:
-            worst = max(others, key=lambda stage: max(curves[stage]["deviation"]))
+            worst = max(largest, key=largest.get)
             zero = f" (0 drawn at {LOG_FLOOR:.0e})" if any(min(curves[s]["deviation"]) == 0 for s in others) else ""
-            handles.append(Line2D([], [], color=colors[dtype], ls=styles[dtype],
-                                  label=f"{dtype}, {len(others)} stages, one line each{zero}: "
-                                        f"largest {max(curves[worst]['deviation']):.1e} ({worst})"))
-        ax.axhline(tolerances[dtype], color="red", ls=styles[dtype], lw=1)
-        handles.append(Line2D([], [], color="red", ls=styles[dtype], label=f"{dtype} tolerance ({tolerances[dtype]:.0e})"))
+            handles.append(Line2D([], [], **style, label=f"{dtype}, {len(others)} stages, one line each{zero}: "
+                                                         f"largest {largest[worst]:.1e} ({worst})"))
+        ax.axhline(tolerances[dtype], lw=1, **tolerance)
+        handles.append(Line2D([], [], **tolerance, label=f"{dtype} tolerance ({tolerances[dtype]:.0e})"))
     ax.set(xlabel="training step", ylabel=f"max relative parameter difference from {reference}",
            title=f"deviation from {reference} (log scale)", ylim=(LOG_FLOOR, 1))
     whole_steps(ax)

@@ -61,7 +61,7 @@ def fake_comparison(stages: int = 11, steps: int = 20, loss_gap: float = 0.0) ->
         curves = {}
         for i in range(stages):
             loss = base + (noise * rng.standard_normal(steps) if i else 0) + (loss_gap if i == stages - 1 else 0)
-            deviation = np.zeros(steps) if i == 0 else noise * (1 + i) * (1 + rng.random(steps))
+            deviation = np.zeros(steps) if i == 0 else noise * (0.5 + rng.random(steps))  # as make compare finds
             curves[f"stage{i + 1:02d}_x"] = {"loss": loss.tolist(), "deviation": deviation.tolist()}
         by_dtype[dtype] = curves
     return by_dtype
@@ -197,18 +197,18 @@ FIGURES = {
 
 
 @pytest.mark.parametrize("make_figure", FIGURES.values(), ids=FIGURES.keys())
-def test_no_legend_covers_data(tmp_path, make_figure):
+def test_every_legend_sits_outside_the_axes_so_it_never_covers_data(tmp_path, make_figure):
     fig = make_figure(tmp_path)
     fig.draw_without_rendering()  # lays the figure out as savefig does
     assert all_legends(fig)
     for legend in all_legends(fig):
         box = legend.get_window_extent()
         for ax in fig.axes:
+            # inside an axes, a legend that misses these data could cover the next run's
+            assert not box.overlaps(ax.get_window_extent()), f"a legend lies on {ax.get_title()!r}"
             for line in ax.get_lines():
                 points = line.get_transform().transform(line.get_xydata())
-                assert box.count_contains(points) == 0, f"the legend covers {line.get_label()!r}"
-            for bar in ax.patches:
-                assert not box.overlaps(bar.get_window_extent()), "the legend covers a bar"
+                assert box.count_contains(points) == 0, f"a legend covers {line.get_label()!r}"
 
 
 # ---------------------------------------------------------------- an interrupted run
