@@ -36,7 +36,8 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """The mean of each run of `window` consecutive values: len(values) - window + 1 of them."""
+    """The mean of every `window` consecutive values (a window longer than the values is cut to
+    their length): len(values) - window + 1 means."""
     window = max(1, min(window, len(values)))
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
@@ -187,7 +188,7 @@ def draw_stage_losses(ax: Axes, curves_by_dtype: dict) -> None:
     spreads = {dtype: (losses.max(axis=0) - losses.min(axis=0)).max() for dtype, losses in losses_by_dtype.items()}
     shown, losses = next(iter(losses_by_dtype.items()))
     ax.plot(np.arange(1, losses.shape[1] + 1), losses.T, color="C0", lw=1.2)
-    # a gap under a thousandth of the curve's height is far thinner than the line drawing it
+    # a gap under a thousandth of the curves' height is thinner than the line drawing them
     coincide = spreads[shown] < 1e-3 * (losses.max() - losses.min())
     ax.set(xlabel="training step", ylabel="cross-entropy loss",
            title=f"loss per step of all {len(losses)} stages ({shown})" + (": the curves coincide" if coincide else "")
