@@ -85,39 +85,13 @@ def format_table(rows: list[dict], steps: int) -> str:
     return "\n".join(lines)
 
 
-def plot(curves_by_dtype: dict, path: Path) -> None:
-    """Left: the loss curves of all stages (they coincide). Right: each stage's deviation from
-    stage 1 per step, solid in float64, dashed in float32, with each dtype's tolerance."""
-    import matplotlib
+def plot(curves_by_dtype: dict, path: Path):
+    """The figure of the comparison (see common.plots.draw_comparison), saved to `path`; returns it."""
+    from common.plots import draw_comparison  # matplotlib loads only once there is a figure to draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from matplotlib.lines import Line2D
-
-    fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(13, 6))
-    styles = {"float64": "-", "float32": "--"}
-    for dtype, curves in curves_by_dtype.items():
-        reference = next(iter(curves))
-        for i, (stage, c) in enumerate(curves.items()):
-            steps = np.arange(1, len(c["loss"]) + 1)
-            color = plt.cm.viridis(i / max(len(curves) - 1, 1))
-            if dtype == next(iter(curves_by_dtype)):
-                ax_loss.plot(steps, c["loss"], color=color, lw=1.2, label=stage)
-            if stage != reference:
-                ax_dev.semilogy(steps, np.maximum(c["deviation"], 1e-18), styles[dtype], color=color, lw=1.2)
-        ax_dev.axhline(TOLERANCES[dtype].rtol, color="red", ls=styles[dtype], lw=1)
-    ax_loss.set(xlabel="training step", ylabel="cross-entropy loss",
-                title=f"loss per step ({next(iter(curves_by_dtype))}): all stages on one curve")
-    ax_dev.set(xlabel="training step", ylabel=f"max relative parameter difference from {reference}",
-               title="deviation from stage 1 (log scale)", ylim=(1e-18, 1))
-    ax_loss.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    ax_dev.legend(handles=[Line2D([], [], color="0.3", ls=styles[d], label=f"{d}, every stage") for d in curves_by_dtype]
-                  + [Line2D([], [], color="red", ls=styles[d], label=f"{d} tolerance ({TOLERANCES[d].rtol:.0e})")
-                     for d in curves_by_dtype], fontsize=8, loc="center right")
-    fig.tight_layout()
+    fig = draw_comparison(curves_by_dtype, {dtype: TOLERANCES[dtype].rtol for dtype in curves_by_dtype})
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def write(out: Path, dtype: str, steps: int, rows: list[dict], curves: dict) -> Path:

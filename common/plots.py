@@ -1,4 +1,11 @@
-"""Figures of a run's record: the training loss per step and the test accuracy per epoch."""
+"""The figures: of a run's record (curves.png: the training loss per step, each layer's gradient
+norm per step when the record has grad_norms.csv, the test accuracy per epoch) and of
+`make compare` (every stage's loss, and its deviation from the first stage).
+
+A figure claims only what its data hold: a moving average is labelled with the window it was
+taken over, accuracies and differences are written out as numbers, and legends sit outside
+the axes, where they cannot hide a curve.
+"""
 from __future__ import annotations
 
 import csv
@@ -7,10 +14,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no window, works without a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402,F401  (common/course.py and the tests draw with pyplot)
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-SMOOTHING_STEPS = 100
+SMOOTHING_STEPS = 100  # the moving-average window of a long run
+CHANCE = 10.0  # percent: one class in ten, guessed at random
+MAX_LABELLED_EPOCHS = 6  # more values than this would overlap: then only some are written
+LOG_FLOOR = 1e-18  # a log axis has no 0: a deviation of exactly 0 is drawn on this bottom edge
+OUTSIDE_RIGHT = dict(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8, frameon=False)
 
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
@@ -21,30 +36,187 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """The mean of every `window` consecutive values (a window longer than the values is cut to
+    their length): len(values) - window + 1 means."""
     window = max(1, min(window, len(values)))
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
-def plot_run(record_dir: Path) -> Path:
-    """curves.png beside the CSVs: loss (raw and smoothed) on the left, accuracy on the right."""
+def smoothing_window(n_steps: int) -> int:
+    """SMOOTHING_STEPS, or a quarter of a run too short for it, so that the averaged curve
+    still spans most of the run; 1 (no averaging) for a run of fewer than 8 steps."""
+    return max(1, min(SMOOTHING_STEPS, n_steps // 4))
+
+
+def plot_smoothed(ax: Axes, steps: np.ndarray, values: np.ndarray, window: int, **style) -> None:
+    """Each point the mean of the `window` steps up to and including it: no step is averaged
+    with steps that came after it."""
+    ax.plot(steps[window - 1:], moving_average(values, window), **style)
+
+
+def whole_steps(ax: Axes) -> None:
+    """Ticks on whole training steps, at round numbers."""
+    ax.xaxis.set_major_locator(MaxNLocator("auto", integer=True, steps=[1, 2, 5, 10]))
+
+
+def say_empty(ax: Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color="0.4")
+    ax.set(xticks=[], yticks=[])
+
+
+# ---------------------------------------------------------------- the panels
+def draw_loss(ax: Axes, losses: dict, window: int) -> None:
+    ax.set(xlabel="training step", ylabel="cross-entropy loss", title="training loss")
+    if not losses:
+        return say_empty(ax, "no training step recorded")
+    short = len(losses["step"]) < 100  # few enough steps that each one can carry a marker
+    ax.plot(losses["step"], losses["loss"], color="0.75", lw=0.6, marker="." if short else None, label="per step")
+    if window > 1:
+        plot_smoothed(ax, losses["step"], losses["loss"], window, color="C0", lw=1.5,
+                      label=f"moving average\nof {window} steps")
+    whole_steps(ax)
+    ax.legend(**OUTSIDE_RIGHT)
+
+
+def draw_grad_norms(ax: Axes, norms: dict, window: int) -> None:
+    """One colour per layer: faint per step, solid as the moving average of `window` steps."""
+    ax.set(xlabel="training step", ylabel="L2 norm of the layer's gradient\n(weight and bias together)",
+           yscale="log", title="gradient norm per layer (log scale)")
+    if not norms:
+        return say_empty(ax, "no training step recorded")
+    layers = [column for column in norms if column != "step"]
+    alpha = 0.15 if len(norms["step"]) >= 100 else 0.4  # many steps of five layers pile up: fainter
+    for i, layer in enumerate(layers):
+        faint = dict(alpha=alpha, lw=0.4) if window > 1 else dict(lw=1, label=layer)
+        ax.plot(norms["step"], norms[layer], color=f"C{i}", **faint)
+        if window > 1:
+            plot_smoothed(ax, norms["step"], norms[layer], window, color=f"C{i}", lw=1.5, label=layer)
+    if window > 1:  # two grey entries say what faint and solid mean
+        ax.plot([], [], color="0.5", alpha=alpha, lw=0.4, label="per step")
+        ax.plot([], [], color="0.5", lw=1.5, label=f"moving average\nof {window} steps")
+    whole_steps(ax)
+    ax.legend(**OUTSIDE_RIGHT)
+
+
+def draw_accuracy(ax: Axes, accuracy: dict) -> None:
+    """One epoch: a bar with its value written large. Several: a line with the values on it."""
+    # a little room above 100% for a value written on a point near the top
+    ax.set(ylim=(0, 104), yticks=range(0, 101, 20), ylabel="test accuracy (%)")
+    if not accuracy:
+        ax.set_title("test accuracy")
+        return say_empty(ax, "no test accuracy:\nno epoch finished")
+    epochs, steps = accuracy["epoch"].astype(int), accuracy["step"].astype(int)
+    percent = 100 * accuracy["test_accuracy"]
+    if len(epochs) == 1:
+        draw_one_accuracy(ax, epochs[0], percent[0])
+    else:
+        draw_accuracies(ax, epochs, percent)
+    if len(epochs) <= MAX_LABELLED_EPOCHS:
+        # the step says when the test ran: before the epoch's end in a --max-steps run
+        ax.set_xticks(epochs, [f"epoch {e}\nstep {s}" for e, s in zip(epochs, steps)])
+    else:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator("auto", integer=True))
+    ax.set_title(f"test accuracy after epoch {epochs[-1]}: {percent[-1]:.2f}%")
+    ax.axhline(CHANCE, color="0.5", ls="--", lw=1)
+    ax.annotate(f"chance\n{CHANCE:.0f}%", xy=(1, CHANCE), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                textcoords="offset points", va="center", fontsize=8, color="0.4")  # beside the axes, off the data
+
+
+def draw_one_accuracy(ax: Axes, epoch: int, percent: float) -> None:
+    ax.bar(epoch, percent, width=1.2, color="C1")  # wide enough to hold its value
+    ax.set_xlim(epoch - 1, epoch + 1)
+    tall = percent > 30  # room for the number inside the bar; a short bar gets it on top
+    ax.text(epoch, percent / 2 if tall else percent + 2, f"{percent:.2f}%", ha="center",
+            va="center" if tall else "bottom", fontsize=20, fontweight="bold", color="white" if tall else "C1")
+
+
+def draw_accuracies(ax: Axes, epochs: np.ndarray, percent: np.ndarray) -> None:
+    ax.plot(epochs, percent, "o-", color="C1")
+    every = -(-len(epochs) // MAX_LABELLED_EPOCHS)  # ceil: the last epoch is always written
+    for e, p in list(zip(epochs, percent))[::-1][::every]:
+        ax.annotate(f"{p:.1f}%", (e, p), ha="center", va="center", fontsize=8,
+                    bbox=dict(boxstyle="round", fc="white", ec="C1"))  # written on the point itself
+    ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+
+
+# ---------------------------------------------------------------- the figures
+def draw_run(record_dir: Path) -> Figure:
+    """The figure of a run: loss, gradient norms (only if the record has them), accuracy."""
     losses = read_csv(record_dir / "losses.csv")
     accuracy = read_csv(record_dir / "accuracy.csv")
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    if losses:
-        ax_loss.plot(losses["step"], losses["loss"], color="0.8", lw=0.5, label="per step")
-        smooth = moving_average(losses["loss"], SMOOTHING_STEPS)
-        ax_loss.plot(losses["step"][len(losses["step"]) - len(smooth):], smooth, color="C0",
-                     label=f"mean of {min(SMOOTHING_STEPS, len(losses['loss']))} steps")
-        ax_loss.legend()
-    ax_loss.set(xlabel="training step", ylabel="cross-entropy loss", title="training loss")
-    if accuracy:
-        ax_acc.plot(accuracy["epoch"], 100 * accuracy["test_accuracy"], "o-", color="C1")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy", ylim=(0, 100))
-    ax_acc.axhline(10, color="0.6", ls="--", lw=1, label="chance (10%)")
-    ax_acc.legend()
-    fig.suptitle(record_dir.parent.name)
-    fig.tight_layout()
+    grad_norms_csv = record_dir / "grad_norms.csv"
+    norms = read_csv(grad_norms_csv) if grad_norms_csv.exists() else None
+    window = smoothing_window(len(losses.get("step", ())))
+    widths = [3, 3, 2] if norms is not None else [3, 2]
+    # a Figure made without pyplot is freed with its last reference: nothing to close
+    fig = Figure(figsize=(4.5 * len(widths) + 1.5, 4.5), layout="constrained")
+    axes = fig.subplots(1, len(widths), width_ratios=widths)
+    draw_loss(axes[0], losses, window)
+    if norms is not None:
+        draw_grad_norms(axes[1], norms, smoothing_window(len(norms.get("step", ()))))
+    draw_accuracy(axes[-1], accuracy)
+    steps = f": {int(losses['step'][-1])} training steps" if losses else ""
+    fig.suptitle(f"{record_dir.parent.name}{steps}")
+    return fig
+
+
+def plot_run(record_dir: Path) -> Path:
+    """curves.png beside the CSVs (see draw_run)."""
     path = record_dir / "curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    draw_run(record_dir).savefig(path, dpi=100)
     return path
+
+
+def draw_comparison(curves_by_dtype: dict, tolerances: dict) -> Figure:
+    """`make compare`'s figure from {dtype: {stage: {"loss": [...], "deviation": [...]}}}, the
+    first stage being the reference, and {dtype: relative tolerance}."""
+    fig = Figure(figsize=(13, 6.5), layout="constrained")
+    ax_loss, ax_dev = fig.subplots(1, 2)
+    draw_stage_losses(ax_loss, curves_by_dtype)
+    handles = draw_deviations(ax_dev, curves_by_dtype, tolerances)
+    fig.legend(handles=handles, loc="outside lower right", ncols=2, fontsize=8)  # below the axes, off the data
+    return fig
+
+
+def draw_stage_losses(ax: Axes, curves_by_dtype: dict) -> None:
+    """Every stage's loss per step in the first dtype, one colour for all: they coincide, so
+    the title gives the largest difference between two stages instead of a legend entry for
+    each of the lines that cannot be told apart."""
+    losses_by_dtype = {dtype: np.array([c["loss"] for c in curves.values()])  # (stages, steps)
+                       for dtype, curves in curves_by_dtype.items()}
+    spreads = {dtype: (losses.max(axis=0) - losses.min(axis=0)).max() for dtype, losses in losses_by_dtype.items()}
+    shown, losses = next(iter(losses_by_dtype.items()))
+    ax.plot(np.arange(1, losses.shape[1] + 1), losses.T, color="C0", lw=1.2)
+    # a gap under a thousandth of the curves' height is thinner than the line drawing them
+    coincide = spreads[shown] < 1e-3 * (losses.max() - losses.min())
+    ax.set(xlabel="training step", ylabel="cross-entropy loss",
+           title=f"loss per step of all {len(losses)} stages ({shown})" + (": the curves coincide" if coincide else "")
+           + "\nlargest difference between two stages at any step:\n"
+           + ", ".join(f"{spread:.1e} in {dtype}" for dtype, spread in spreads.items()))
+    whole_steps(ax)
+
+
+def draw_deviations(ax: Axes, curves_by_dtype: dict, tolerances: dict) -> list[Line2D]:
+    """Each stage's deviation from the first, float64 solid and float32 dashed, and each dtype's
+    tolerance; returns the legend entries, which name each dtype's largest deviation."""
+    styles, colors = {"float64": "-", "float32": "--"}, {"float64": "C0", "float32": "C1"}
+    handles = []
+    for dtype, curves in curves_by_dtype.items():
+        reference, *others = curves
+        style, tolerance = dict(ls=styles[dtype], color=colors[dtype]), dict(ls=styles[dtype], color="red")
+        largest = {stage: max(curves[stage]["deviation"]) for stage in others}
+        for stage in others:
+            deviation = curves[stage]["deviation"]
+            ax.semilogy(np.arange(1, len(deviation) + 1), np.maximum(deviation, LOG_FLOOR), lw=1, **style)
+        if others:
+            worst = max(largest, key=largest.get)
+            zero = f" (0 drawn at {LOG_FLOOR:.0e})" if any(min(curves[s]["deviation"]) == 0 for s in others) else ""
+            handles.append(Line2D([], [], **style, label=f"{dtype}, {len(others)} stages, one line each{zero}: "
+                                                         f"largest {largest[worst]:.1e} ({worst})"))
+        ax.axhline(tolerances[dtype], lw=1, **tolerance)
+        handles.append(Line2D([], [], **tolerance, label=f"{dtype} tolerance ({tolerances[dtype]:.0e})"))
+    ax.set(xlabel="training step", ylabel=f"max relative parameter difference from {reference}",
+           title=f"deviation from {reference} (log scale)", ylim=(LOG_FLOOR, 1))
+    whole_steps(ax)
+    return handles
