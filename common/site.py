@@ -36,6 +36,7 @@ from common.harness import STAGES_DIR
 CONTEXT = 3  # unchanged lines shown around each change; longer unchanged runs are folded
 SIMILAR = 0.5  # two lines at least this alike (difflib's ratio) are one line changed, not two
 MAX_PAIRING = 400  # above this many line pairs in one changed block, pair lines in order (cost)
+MAX_HANG = 20  # a wrapped line continues 4 columns right of its indentation, or of this many columns
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1400px; padding: 0 1rem; color: #222; }
@@ -180,9 +181,10 @@ def pair_lines(a: list[str], b: list[str]) -> list[tuple[int | None, int | None]
 
 
 def code_cell(tokens, number: int, side: str, marked=None) -> str:
-    """A line number and its line; --indent lets a wrapped line continue 4 columns right of its own indentation."""
+    """A line number and its line; --indent lets a wrapped line continue 4 columns right of its
+    own indentation (of at most MAX_HANG columns, so that a narrow cell keeps room for text)."""
     text = "".join(t for _, t in tokens)
-    indent = len(text) - len(text.lstrip(" "))
+    indent = min(len(text) - len(text.lstrip(" ")), MAX_HANG)
     return (f'<td class="num">{number}</td><td class="code {side}" style="--indent: {indent}ch">'
             f"{render_line(tokens, marked)}</td>")
 

@@ -219,7 +219,7 @@ def test_long_code_lines_wrap_between_words_never_inside_one(browser, site, tmp_
     wrapped = 0
     for stage in STAGES:
         page, _ = open_page(browser, site / f"{stage}.html", width=900)  # narrow: many lines must wrap
-        result = page.locator("td.code").evaluate_all(WORDS_CUT)
+        result = page.locator("table.diff td:not(.num)").evaluate_all(WORDS_CUT)
         assert result["cut"] == [], f"{stage}: words cut across two lines: {result['cut'][:5]}"
         wrapped += result["wrapped"]
         if stage == "stage07_dataloader":
