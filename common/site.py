@@ -4,7 +4,8 @@ previous stage, and its figure. No server needed: open site/index.html from disk
 
 The diff shows each stage's docstring once, in the box at the top, and below it only the code:
 removed lines red on the left, added lines green on the right, and within a changed line the
-changed words marked darker. Long lines wrap at spaces, never inside a word.
+changed words marked darker. Long lines wrap at spaces, never inside a word (a word wider than
+its cell scrolls sideways).
 
 The stage figures come from the last *full* course run (runs/course-summary.json, written by
 `make run`: every stage, no --max-steps), whatever ran after it: a smoke or partial run writes
@@ -25,6 +26,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
@@ -91,6 +93,12 @@ def stage_number(path: Path) -> int:
 
 
 # ---------------------------------------------------------------- highlighting
+class Char(NamedTuple):
+    text: str
+    cls: str  # pygments' CSS class
+    marked: bool  # changed from the other version of the line
+
+
 def css_class(ttype) -> str:
     """pygments' CSS class for a token type: that of the nearest type its style sheet names."""
     while ttype not in STANDARD_TYPES:
@@ -115,13 +123,13 @@ def render_line(tokens: list[tuple[str, str]], marked: list[bool] | None = None)
     """HTML of one line: each run of non-space characters in a .word span (it never wraps
     inside), the changed characters in <mark>, and pygments' token spans innermost."""
     chars = [(ch, cls) for cls, text in tokens for ch in text]
-    marked = marked or [False] * len(chars)
+    chars = [Char(ch, cls, m) for (ch, cls), m in zip(chars, marked or [False] * len(chars))]
     out = []
-    for is_space, run in itertools.groupby(zip(chars, marked), key=lambda c: c[0][0] in " \t"):
+    for is_space, run in itertools.groupby(chars, key=lambda c: c.text in " \t"):
         inner = []
-        for is_marked, piece in itertools.groupby(run, key=lambda c: c[1]):
-            spans = "".join(token_span(cls, "".join(ch for (ch, _), _ in group))
-                            for cls, group in itertools.groupby(piece, key=lambda c: c[0][1]))
+        for is_marked, piece in itertools.groupby(run, key=lambda c: c.marked):
+            spans = "".join(token_span(cls, "".join(c.text for c in group))
+                            for cls, group in itertools.groupby(piece, key=lambda c: c.cls))
             inner.append(f"<mark>{spans}</mark>" if is_marked else spans)
         out.append("".join(inner) if is_space else f'<span class="word">{"".join(inner)}</span>')
     return "".join(out)
@@ -244,24 +252,26 @@ def full_course_run(runs: Path) -> dict | None:
         course = json.loads((runs / "course-summary.json").read_text())
     except (OSError, ValueError):
         return None
-    return course if isinstance(course, dict) and course.get("full") is True else None
+    wanted = {"summaries", "finished", "epochs"}
+    return course if isinstance(course, dict) and course.get("full") is True and wanted <= course.keys() else None
 
 
 def stage_figure(name: str, course: dict | None, runs: Path, out: Path) -> str:
     """The stage's curves from the full course run, with which run it was; or how to make one."""
     if course is None:
-        return ('<p class="missing">No full course run yet, so no figure: <code>make run</code> trains every stage '
-                "for one epoch and draws its curves; then <code>make site</code> shows them here. "
-                "(Smoke and single-stage runs are not shown: they are too short or leave stages out.)</p>")
+        return (f'<p class="missing">No full course run found in {html.escape(str(runs))}, so no figure: '
+                "<code>make run</code> trains every stage for one epoch and draws its curves; then "
+                "<code>make site</code> shows them here. "
+                "(Smoke runs and runs of some stages only are not shown: the pages show one whole course.)</p>")
     summary = next((s for s in course["summaries"] if s["stage"] == name), None)
     if summary is None:
-        return f'<p class="missing">The full course run of {course["finished"]} did not include {name}.</p>'
+        return f'<p class="missing">The full course run of {html.escape(course["finished"])} did not include {name}.</p>'
     record = runs / summary["record"]
     epochs = f"{course['epochs']} epoch{'s' if course['epochs'] > 1 else ''}"
     caption = (f"{name}: training loss and test accuracy, from the full course run (make run) that finished "
                f"{course['finished']}: {epochs}, {summary['steps']} steps; record {record}")
     if not (record / "curves.png").exists():
-        return f'<p class="missing">{html.escape(caption)}: but {record / "curves.png"} is missing.</p>'
+        return f'<p class="missing">{html.escape(caption)}: its curves.png is missing.</p>'
     return figure(record / "curves.png", out, f"{name}-curves.png", caption)
 
 
@@ -320,8 +330,8 @@ def index_page(files: list[Path], course: dict | None, runs: Path, out: Path) ->
     commands = "\n".join(f"<tr><td><code>{html.escape(c)}</code></td><td>{html.escape(what)}</td></tr>"
                          for c, what in COMMANDS)
     if course is None:
-        summary = ('<p class="missing">No full course run yet: <code>make run</code>, then <code>make site</code>, '
-                   "puts every stage's curves here and on the stage pages.</p>")
+        summary = (f'<p class="missing">No full course run found in {html.escape(str(runs))}: <code>make run</code>, '
+                   "then <code>make site</code>, puts every stage's curves here and on the stage pages.</p>")
     else:
         summary = figure(runs / "course-summary.png", out, "course-summary.png",
                          f"every stage's training loss and test accuracy: the full course run (make run) that "

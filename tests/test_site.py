@@ -101,7 +101,7 @@ def test_each_stage_page_shows_the_full_course_runs_figure_not_a_later_smoke_run
 def test_without_a_full_run_the_pages_say_how_to_make_one(site_without_a_full_run):
     for path in site_without_a_full_run.glob("*.html"):
         page = path.read_text()
-        assert "No full course run yet" in page and "<code>make run</code>" in page, path.name
+        assert "No full course run found" in page and "<code>make run</code>" in page, path.name
         assert "curves.png" not in page and 'src="figures/course-summary.png"' not in page, path.name
     assert not (site_without_a_full_run / "figures").exists()
 
