@@ -18,7 +18,6 @@ written; a stage that fails stops the course with that stage's own exit code.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import OneLineParser
 from common.errors import BAD_INPUT
 from common.harness import load_stage, stage_names
 
@@ -35,7 +35,7 @@ COINCIDE = 0.005  # curves closer than this fraction of the loss axis's range dr
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(prog="python -m common.course", description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog="python -m common.course", description=__doc__.splitlines()[0],
                                      epilog="Any other option is passed to every stage (see a stage's --help).")
     parser.add_argument("--stages", type=int, nargs="+", default=None,
                         help="stage numbers to run (default: all, in order)")
@@ -106,7 +106,7 @@ def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str]
     name = summary_name(numbers, [stage_number(n) for n in stage_names()], options["max_steps"])
     course = {
         "full": name == "course-summary",  # every stage, no --max-steps: what `make site` shows
-        "stages": numbers, "epochs": options["epochs"], "max_steps": options["max_steps"],
+        "all_stages": "-stages-" not in name, "stages": numbers, "epochs": options["epochs"], "max_steps": options["max_steps"],
         "argv": stage_argv, "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "seconds": round(seconds, 1),
         "summaries": [dict(s, record=Path(os.path.relpath(r, out)).as_posix()) for s, r in zip(summaries, records)],
@@ -125,13 +125,16 @@ def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str]
 
 def describe(course: dict) -> str:
     """The figure's title: which run this was, in the learner's words."""
-    epochs = f"{course['epochs']} epoch{'s' if course['epochs'] > 1 else ''} each"
-    if course["full"]:
-        what = f"the full course: all {len(course['stages'])} stages, {epochs}"
+    stages = [str(n) for n in course["stages"]]
+    if course["all_stages"]:
+        what = f"all {len(stages)} stages"
     else:
-        what = f"stage{'s' if len(course['stages']) > 1 else ''} {', '.join(map(str, course['stages']))}, {epochs}"
+        what = f"stage {stages[0]}" if len(stages) == 1 else f"stages {', '.join(stages[:-1])} and {stages[-1]}"
+    what += f", {course['epochs']} epoch{'s' if course['epochs'] > 1 else ''}{' each' if len(stages) > 1 else ''}"
+    if course["full"]:
+        what = "the full course: " + what
     if course["max_steps"] is not None:
-        what += f", stopped at --max-steps {course['max_steps']}"
+        what = f"a smoke run: {what}, stopped at --max-steps {course['max_steps']}"
     return f"{what} (finished {course['finished'][:16]})"
 
 
@@ -153,7 +156,7 @@ def draw_course(summaries: list[dict], title: str):
     for g, (members, gap) in enumerate(zip(groups, gaps)):
         label = group_label(summaries, members)
         if len(members) > 1:  # one visible line for several stages: say so where the line is named
-            label += f": curves coincide (largest gap {gap:.1g})"
+            label += ": identical curves" if gap == 0 else f": curves coincide (largest gap {gap:.1g})"
         for i in members:
             x, y = curves[i]
             ax_loss.plot(x, y, color=colors[g], lw=1.2, marker="o" if len(x) < 2 else None,

@@ -1,6 +1,8 @@
-"""The course as a static web site: an index (the stage table, how to run the course, what each
-page holds) and a page per stage with its docstring, the side-by-side diff of its code from the
-previous stage, and its figure. No server needed: open site/index.html from disk.
+"""The course as a static web site, from the stage files and the run records in runs/.
+
+An index (the stage table, how to run the course, what each page holds) and a page per stage
+with its docstring, the side-by-side diff of its code from the previous stage, and its figure.
+No server needed: open site/index.html from disk.
 
 The diff shows each stage's docstring once, in the box at the top, and below it only the code:
 removed lines red on the left, added lines green on the right, and within a changed line the
@@ -9,7 +11,7 @@ its cell scrolls sideways).
 
 The stage figures come from the last *full* course run (runs/course-summary.json, written by
 `make run`: every stage, no --max-steps), whatever ran after it: a smoke or partial run writes
-its own course-summary-*.json and never replaces them. Without a full run the pages say how to
+its own course-summary-*.json and leaves the full run's alone. Without a full run the pages say how to
 make one. The figures of `make compare` and `make gradcheck` are shown when they exist.
 
 Run: python -m common.site [--out site] [--runs runs]
@@ -32,6 +34,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 from pygments.token import STANDARD_TYPES
 
+from common.cli import OneLineParser
 from common.errors import BAD_INPUT
 from common.harness import STAGES_DIR
 
@@ -369,7 +372,7 @@ def build(out: Path, runs: Path) -> list[Path]:
 
 
 def main(argv=None) -> list[Path]:
-    parser = argparse.ArgumentParser(prog="python -m common.site", description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog="python -m common.site", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="site", help="folder to write the site into")
     parser.add_argument("--runs", default="runs", help="where `make run`, `make compare` and `make gradcheck` write")

@@ -171,11 +171,12 @@ def test_the_legend_covers_no_curve_and_no_label(figure_of):
 
 
 def test_coinciding_curves_are_named_as_coinciding_in_the_figure(figure_of):
-    same = descending(2000, 0)
+    same, other = descending(2000, 0), descending(2000, 7)
     fig = figure_of({"stage01_numpy": (same, 0.5), "stage02_tensors": (same + 1e-7, 0.5),
-                     "stage03_autograd": (same + 1e-7, 0.5), "stage07_dataloader": (descending(2000, 7), 0.5)})
+                     "stage03_autograd": (same + 1e-7, 0.5), "stage07_dataloader": (other, 0.5),
+                     "stage08_train_eval": (other, 0.5), "stage11_distributed": (descending(2000, 11), 0.5)})
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["stages 1–3: curves coincide (largest gap 1e-07)", "stage 7"]
+    assert labels == ["stages 1–3: curves coincide (largest gap 1e-07)", "stages 7–8: identical curves", "stage 11"]
 
 
 def test_different_curves_are_not_called_coinciding(figure_of):
@@ -192,3 +193,13 @@ def test_the_loss_panel_claims_only_the_window_it_used(figure_of, steps, window)
     assert claim in ax_loss.get_ylabel()
     [line] = ax_loss.get_lines()
     assert len(line.get_xdata()) == steps - window + 1, "one point per window of that many steps"
+
+
+def test_the_summary_title_says_which_kind_of_run_it_was():
+    run = {"all_stages": True, "stages": ALL, "epochs": 1, "finished": "2026-01-01 12:00:00"}
+    assert course.describe(dict(run, full=True, max_steps=None)) == \
+        f"the full course: all {len(ALL)} stages, 1 epoch each (finished 2026-01-01 12:00)"
+    assert course.describe(dict(run, full=False, max_steps=20)).startswith(
+        f"a smoke run: all {len(ALL)} stages, 1 epoch each, stopped at --max-steps 20")
+    assert course.describe(dict(run, full=False, all_stages=False, stages=[3], max_steps=None)).startswith(
+        "stage 3, 1 epoch (")
