@@ -31,12 +31,12 @@ from common.errors import BAD_INPUT
 from common.harness import load_stage, stage_names
 
 SMOOTHING_STEPS = 100  # the loss panel averages this many steps, or a tenth of a shorter run
-COINCIDE = 0.005  # curves closer than this fraction of the loss axis's range draw as one line
+COINCIDE = 0.005  # curves closer than this fraction of the loss axis's range share a colour and a legend entry
 
 
 def parse(argv):
     parser = OneLineParser(prog="python -m common.course", description=__doc__.splitlines()[0],
-                                     epilog="Any other option is passed to every stage (see a stage's --help).")
+                           epilog="Any other option is passed to every stage (see a stage's --help).")
     parser.add_argument("--stages", type=int, nargs="+", default=None,
                         help="stage numbers to run (default: all, in order)")
     args, stage_argv = parser.parse_known_args(argv)
@@ -102,13 +102,13 @@ def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str]
     records = [Path(s["record"]) for s in summaries]
     out = records[0].parent.parent  # runs/<stage>/<timestamp> -> runs
     options = json.loads((records[0] / "options.json").read_text())  # as the stages parsed them
-    numbers = [stage_number(n) for n in names]
-    name = summary_name(numbers, [stage_number(n) for n in stage_names()], options["max_steps"])
+    numbers, all_numbers = [stage_number(n) for n in names], [stage_number(n) for n in stage_names()]
+    name = summary_name(numbers, all_numbers, options["max_steps"])
     course = {
         "full": name == "course-summary",  # every stage, no --max-steps: what `make site` shows
-        "all_stages": "-stages-" not in name, "stages": numbers, "epochs": options["epochs"], "max_steps": options["max_steps"],
-        "argv": stage_argv, "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "seconds": round(seconds, 1),
+        "all_stages": sorted(set(numbers)) == sorted(all_numbers), "stages": numbers,
+        "epochs": options["epochs"], "max_steps": options["max_steps"], "argv": stage_argv,
+        "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(seconds, 1),
         "summaries": [dict(s, record=Path(os.path.relpath(r, out)).as_posix()) for s, r in zip(summaries, records)],
     }
     fig = draw_course(summaries, describe(course))
@@ -177,7 +177,8 @@ def draw_accuracy(ax, summaries: list[dict], colors: list) -> None:
     bars = ax.barh(labels, np.nan_to_num(accuracy), color=colors)
     ax.bar_label(bars, labels=["no test" if np.isnan(a) else f"{a:.2f}%" for a in accuracy], padding=3, fontsize=8)
     ax.axvline(10, color="0.5", ls="--", lw=1)
-    ax.set(xlabel="test accuracy (%); dashed: chance (10%)", xlim=(0, 118), xticks=range(0, 101, 20), title="test accuracy at the end")
+    ax.set(xlabel="test accuracy (%); dashed: chance (10%)", title="test accuracy at the end",
+           xlim=(0, 118), xticks=range(0, 101, 20))  # room beyond 100 for the values
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=8)
 

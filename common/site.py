@@ -217,7 +217,8 @@ def diff_rows(old: str, new: str) -> list[str]:
         if tag == "equal":
             for k in folded(i2 - i1):
                 if k is None:
-                    rows.append(f'<tr class="fold"><td colspan="4">… {i2 - i1 - 2 * CONTEXT} unchanged lines …</td></tr>')
+                    rows.append(f'<tr class="fold"><td colspan="4">… {i2 - i1 - 2 * CONTEXT} unchanged lines …'
+                                '</td></tr>')
                 else:
                     rows.append("<tr>" + code_cell(ta[i1 + k], old_end + i1 + k + 1, "same")
                                 + code_cell(tb[j1 + k], new_end + j1 + k + 1, "same") + "</tr>")
@@ -243,7 +244,8 @@ def folded(n: int) -> list[int | None]:
 def source_rows(source: str) -> list[str]:
     """Table rows of a whole program below its docstring (the first stage has no predecessor)."""
     _, end = docstring_and_end(source)
-    rows = [f'<tr class="fold"><td colspan="2">lines 1–{end}: the module docstring (at the top of the page)</td></tr>'] if end else []
+    rows = [f'<tr class="fold"><td colspan="2">lines 1–{end}: the module docstring (at the top of the page)'
+            '</td></tr>'] if end else []
     rows += [f"<tr>{code_cell(tokens, end + k + 1, 'same')}</tr>" for k, tokens in enumerate(line_tokens(source)[end:])]
     return rows
 
@@ -268,7 +270,8 @@ def stage_figure(name: str, course: dict | None, runs: Path, out: Path) -> str:
                 "(Smoke runs and runs of some stages only are not shown: the pages show one whole course.)</p>")
     summary = next((s for s in course["summaries"] if s["stage"] == name), None)
     if summary is None:
-        return f'<p class="missing">The full course run of {html.escape(course["finished"])} did not include {name}.</p>'
+        return (f'<p class="missing">The full course run of {html.escape(course["finished"])} '
+                f"did not include {name}.</p>")
     record = runs / summary["record"]
     epochs = f"{course['epochs']} epoch{'s' if course['epochs'] > 1 else ''}"
     caption = (f"{name}: training loss and test accuracy, from the full course run (make run) that finished "
@@ -307,6 +310,10 @@ def page(title: str, body: str) -> str:
             f"{body}\n</body></html>\n")
 
 
+def table(classes: str, columns: str, rows: list[str]) -> str:
+    return f'<table class="{classes}">{columns}' + "\n".join(rows) + "</table>"
+
+
 def stage_page(path: Path, previous: Path | None, files: list[Path], course: dict | None, runs: Path,
                out: Path) -> str:
     name, source = path.stem, path.read_text()
@@ -318,9 +325,9 @@ def stage_page(path: Path, previous: Path | None, files: list[Path], course: dic
         body += [f"<h2>The lesson: {previous.stem} → {name}</h2>",
                  f"<p>Left: {previous.stem}, right: {name}; their code below the docstrings. Red: removed, "
                  "green: added; within a changed line the changed words are darker.</p>",
-                 '<table class="diff">' + NUM_CODE * 2 + "\n".join(diff_rows(previous.read_text(), source)) + "</table>"]
+                 table("diff", NUM_CODE * 2, diff_rows(previous.read_text(), source))]
     else:
-        body += ["<h2>The whole program</h2>", '<table class="diff source">' + NUM_CODE + "\n".join(source_rows(source)) + "</table>"]
+        body += ["<h2>The whole program</h2>", table("diff source", NUM_CODE, source_rows(source))]
     body += ["<h2>Training</h2>", stage_figure(name, course, runs, out), compare_figure(runs, out)]
     if previous is None:
         body.append(gradcheck_figure(runs, out))

@@ -155,7 +155,8 @@ def texts(ax) -> list[str]:
 
 
 def test_the_accuracy_bars_carry_their_values(figure_of):
-    fig = figure_of({"stage06_optim": (descending(2000, 0), 0.957), "stage07_dataloader": (descending(2000, 1), 0.9095)})
+    fig = figure_of({"stage06_optim": (descending(2000, 0), 0.957),
+                     "stage07_dataloader": (descending(2000, 1), 0.9095)})
     ax_acc = fig.axes[1]
     assert "95.70%" in texts(ax_acc) and "90.95%" in texts(ax_acc)
 

@@ -196,7 +196,10 @@ WORDS_CUT = """cells => {
     const nodes = []; let text = "";
     const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
     while (walker.nextNode()) { nodes.push([walker.currentNode, text.length]); text += walker.currentNode.data; }
-    const at = offset => { const [node, start] = nodes.findLast(([, start]) => start <= offset); return [node, offset - start]; };
+    const at = offset => {  // the text node holding a character of the cell's text, and the offset in it
+      const [node, start] = nodes.findLast(([, start]) => start <= offset);
+      return [node, offset - start];
+    };
     const tops = range => [...range.getClientRects()].filter(r => r.width > 0).map(r => r.top);
     const whole = document.createRange(); whole.selectNodeContents(cell);
     const lineHeight = parseFloat(getComputedStyle(cell).lineHeight) || 15;
