@@ -1,75 +1,223 @@
-"""Run the course: every stage (or the ones named) in order, then a summary table.
+"""Run the course: every stage (or the ones named) in order, then a summary table and figure.
 
 Options other than --stages go to every stage unchanged, e.g.
   python -m common.course --epochs 1
   python -m common.course --stages 1 3 --max-steps 20 --data synthetic
+
+The summary goes beside the stages' records (--out, default runs/), under a name that says
+what kind of run it was, so that a short or partial run never replaces the summary of a full one:
+  course-summary.json, .png                    every stage, no --max-steps (`make run`)
+  course-summary-smoke.json, .png              every stage, cut short by --max-steps (`make smoke`)
+  course-summary-stages-3.json, .png           some stages only (`make run STAGE=3`)
+  course-summary-stages-1-3-smoke.json, .png   some stages, cut short
+The JSON holds how the course was run and, per stage, its summary and its record folder
+(relative to the JSON's folder); `make site` shows each stage's figure from the full run.
+
+Exit codes: 2, with one line, for an unknown stage, a bad option or a summary that cannot be
+written; a stage that fails stops the course with that stage's own exit code.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+
+from common.cli import OneLineParser
+from common.errors import BAD_INPUT
 from common.harness import load_stage, stage_names
+
+SMOOTHING_STEPS = 100  # the loss panel averages this many steps, or a tenth of a shorter run
+COINCIDE = 0.005  # curves closer than this fraction of the loss axis's range share a colour and a legend entry
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(prog="python -m common.course", description=__doc__.splitlines()[0],
-                                     epilog="Any other option is passed to every stage (see a stage's --help).")
+    parser = OneLineParser(prog="python -m common.course", description=__doc__.splitlines()[0],
+                           epilog="Any other option is passed to every stage (see a stage's --help).")
     parser.add_argument("--stages", type=int, nargs="+", default=None,
                         help="stage numbers to run (default: all, in order)")
-    return parser.parse_known_args(argv)
+    args, stage_argv = parser.parse_known_args(argv)
+    try:
+        names = stage_names() if args.stages is None else [load_stage(n).__name__ for n in args.stages]
+    except ValueError as err:  # an unknown stage number: say so before anything runs
+        parser.exit(BAD_INPUT, f"{parser.prog}: error: {err}\n")
+    return names, stage_argv
+
+
+def stage_number(name: str) -> int:
+    """"stages.stage03_autograd" or "stage03_autograd" -> 3."""
+    return int(name.rpartition(".")[2][5:7])
+
+
+def summary_name(numbers: list[int], all_numbers: list[int], max_steps: int | None) -> str:
+    """The file name (without suffix) of a course summary: only a full run gets the plain name."""
+    name = "course-summary"
+    if sorted(set(numbers)) != sorted(all_numbers):
+        name += "-stages-" + "-".join(str(n) for n in sorted(set(numbers)))
+    if max_steps is not None:
+        name += "-smoke"
+    return name
+
+
+def format_duration(seconds: float) -> str:
+    """42.0s under a minute, 3m 05s above."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m {seconds:02d}s"
 
 
 def format_summary(summaries: list[dict]) -> str:
-    lines = [f"{'stage':<24}{'final loss':>12}{'test accuracy':>15}{'seconds':>10}", "-" * 61]
+    lines = [f"{'stage':<24}{'steps':>8}{'final loss':>12}{'test accuracy':>15}{'seconds':>10}", "-" * 69]
     for s in summaries:
-        lines.append(f"{s['stage']:<24}{s['final_loss']:>12.4f}{100 * s['test_accuracy']:>14.2f}%{s['seconds']:>10.1f}")
+        lines.append(f"{s['stage']:<24}{s['steps']:>8}{s['final_loss']:>12.4f}"
+                     f"{100 * s['test_accuracy']:>14.2f}%{s['seconds']:>10.1f}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> list[dict]:
-    args, stage_argv = parse(sys.argv[1:] if argv is None else argv)
-    names = stage_names() if args.stages is None else [load_stage(n).__name__ for n in args.stages]
+    names, stage_argv = parse(sys.argv[1:] if argv is None else argv)
+    started, start = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
     summaries = []
-    for name in names:
-        print(f"\n=== {name} ===", flush=True)
+    for k, name in enumerate(names, start=1):
+        so_far = format_duration(time.perf_counter() - start)
+        print(f"\n=== stage {k} of {len(names)}: {name.partition('.')[2]} ({so_far} so far) ===", flush=True)
         summaries.append(load_stage(name).main(stage_argv))  # a failing stage exits with its own code
+    seconds = time.perf_counter() - start
     print("\n" + format_summary(summaries))
-    out = Path(summaries[0]["record"]).parent.parent if summaries else Path("runs")
-    (out / "course-summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
-    figure = plot_course(summaries, out / "course-summary.png")
-    print(f"summary: {out / 'course-summary.json'}, figure: {figure}")
+    json_path, png_path = write_summary(summaries, names, stage_argv, started, seconds)
+    print(f"summary: {json_path}, figure: {png_path}")
+    print(f"total time: {format_duration(seconds)} for {len(names)} stage{'s' if len(names) > 1 else ''}")
     return summaries
 
 
-def plot_course(summaries: list[dict], path: Path) -> Path:
-    """Every stage's smoothed training loss on one axis, and its test accuracy beside it."""
-    from common.plots import moving_average, plt, read_csv
+def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str], started: str,
+                  seconds: float) -> tuple[Path, Path]:
+    """course-summary*.json and .png beside the records, named after the kind of run."""
+    from common.plots import plt  # matplotlib loads only once the stages have finished
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
-    for i, s in enumerate(summaries):
-        losses = read_csv(Path(s["record"]) / "losses.csv")
-        if not losses:
-            continue
-        smooth = moving_average(losses["loss"], 100)
-        color = plt.cm.viridis(i / max(len(summaries) - 1, 1))
-        ax_loss.plot(losses["step"][len(losses["step"]) - len(smooth):], smooth, color=color, lw=1.2, label=s["stage"])
-        ax_acc.barh(s["stage"], 100 * s["test_accuracy"], color=color)
-    ax_loss.set(xlabel="training step", ylabel="cross-entropy loss (mean of 100 steps)", title="training loss per stage (identical stages overlap)")
-    ax_loss.legend(fontsize=7, ncol=2)
-    ax_acc.set(xlabel="test accuracy (%)", xlim=(0, 100), title="test accuracy at the end")
-    ax_acc.invert_yaxis()
-    ax_acc.axvline(10, color="0.6", ls="--", lw=1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    records = [Path(s["record"]) for s in summaries]
+    out = records[0].parent.parent  # runs/<stage>/<timestamp> -> runs
+    options = json.loads((records[0] / "options.json").read_text())  # as the stages parsed them
+    numbers, all_numbers = [stage_number(n) for n in names], [stage_number(n) for n in stage_names()]
+    name = summary_name(numbers, all_numbers, options["max_steps"])
+    course = {
+        "full": name == "course-summary",  # every stage, no --max-steps: what `make site` shows
+        "all_stages": sorted(set(numbers)) == sorted(all_numbers), "stages": numbers,
+        "epochs": options["epochs"], "max_steps": options["max_steps"], "argv": stage_argv,
+        "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(seconds, 1),
+        "summaries": [dict(s, record=Path(os.path.relpath(r, out)).as_posix()) for s, r in zip(summaries, records)],
+    }
+    fig = draw_course(summaries, describe(course))
+    try:
+        (out / f"{name}.json").write_text(json.dumps(course, indent=2) + "\n")
+        fig.savefig(out / f"{name}.png", dpi=100)
+    except OSError as err:
+        print(f"python -m common.course: error: cannot write the summary to {out}: {err.strerror}", file=sys.stderr)
+        sys.exit(BAD_INPUT)
+    finally:
+        plt.close(fig)  # pyplot keeps every figure it made until it is closed
+    return out / f"{name}.json", out / f"{name}.png"
+
+
+def describe(course: dict) -> str:
+    """The figure's title: which run this was, in the learner's words."""
+    stages = [str(n) for n in course["stages"]]
+    if course["all_stages"]:
+        what = f"all {len(stages)} stages"
+    else:
+        what = f"stage {stages[0]}" if len(stages) == 1 else f"stages {', '.join(stages[:-1])} and {stages[-1]}"
+    what += f", {course['epochs']} epoch{'s' if course['epochs'] > 1 else ''}{' each' if len(stages) > 1 else ''}"
+    if course["full"]:
+        what = "the full course: " + what
+    if course["max_steps"] is not None:
+        what = f"a smoke run: {what}, stopped at --max-steps {course['max_steps']}"
+    return f"{what} (finished {course['finished'][:16]})"
+
+
+# ---------------------------------------------------------------- the summary figure
+def draw_course(summaries: list[dict], title: str):
+    """Every stage's smoothed training loss on one axis, its test accuracy beside it; stages whose
+    curves coincide share one colour and one legend entry, and the figure says they coincide."""
+    from common.plots import plt, read_csv
+
+    losses = [read_csv(Path(s["record"]) / "losses.csv") for s in summaries]
+    shortest = min((len(l["loss"]) for l in losses if l), default=0)
+    window = max(1, min(SMOOTHING_STEPS, shortest // 10))
+    curves = [trailing_mean(l["step"], l["loss"], window) if l else (np.array([]), np.array([])) for l in losses]
+    groups, gaps = coinciding_groups(curves)
+    colors = [plt.cm.viridis(g / max(len(groups) - 1, 1)) for g in range(len(groups))]
+    color_of = {i: colors[g] for g, members in enumerate(groups) for i in members}
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 5.5), width_ratios=[2, 1], layout="constrained")
+    for g, (members, gap) in enumerate(zip(groups, gaps)):
+        label = group_label(summaries, members)
+        if len(members) > 1:  # one visible line for several stages: say so where the line is named
+            label += ": identical curves" if gap == 0 else f": curves coincide (largest gap {gap:.1g})"
+        for i in members:
+            x, y = curves[i]
+            ax_loss.plot(x, y, color=colors[g], lw=1.2, marker="o" if len(x) < 2 else None,
+                         label=label if i == members[0] else None)
+    what = "loss per step" if window == 1 else f"trailing mean of {window} steps"
+    ax_loss.set(xlabel="training step", ylabel=f"cross-entropy loss ({what})", title="training loss per stage")
+    ax_loss.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    fig.legend(loc="outside lower left", ncol=2, fontsize=8, frameon=False)  # below the axes: never over a curve
+    draw_accuracy(ax_acc, summaries, [color_of[i] for i in range(len(summaries))])
+    fig.suptitle(title)
+    return fig
+
+
+def draw_accuracy(ax, summaries: list[dict], colors: list) -> None:
+    """One bar per stage with its value written beside it, and chance (10%) for scale."""
+    accuracy = [100 * s["test_accuracy"] for s in summaries]
+    labels = [s["stage"] for s in summaries]
+    bars = ax.barh(labels, np.nan_to_num(accuracy), color=colors)
+    ax.bar_label(bars, labels=["no test" if np.isnan(a) else f"{a:.2f}%" for a in accuracy], padding=3, fontsize=8)
+    ax.axvline(10, color="0.5", ls="--", lw=1)
+    ax.set(xlabel="test accuracy (%); dashed: chance (10%)", title="test accuracy at the end",
+           xlim=(0, 118), xticks=range(0, 101, 20))  # room beyond 100 for the values
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=8)
+
+
+def trailing_mean(steps: np.ndarray, losses: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of each `window` consecutive losses, drawn at the last step it covers."""
+    means = np.convolve(losses, np.ones(window) / window, mode="valid")
+    return steps[window - 1:], means
+
+
+def coinciding_groups(curves: list[tuple]) -> tuple[list[list[int]], list[float]]:
+    """Stages whose curves lie within COINCIDE of the axis range of each other, and each group's
+    largest gap (to its first member): the figure draws them in one colour and says so."""
+    values = [y for _, y in curves if len(y)]
+    span = (max(v.max() for v in values) - min(v.min() for v in values)) if values else 0.0
+    groups, gaps = [], []
+    for i, (x, y) in enumerate(curves):
+        for g, members in enumerate(groups):
+            first = curves[members[0]]
+            if len(y) and np.array_equal(first[0], x) and np.abs(first[1] - y).max() <= COINCIDE * span:
+                members.append(i)
+                gaps[g] = max(gaps[g], float(np.abs(first[1] - y).max()))
+                break
+        else:
+            groups.append([i])
+            gaps.append(0.0)
+    return groups, gaps
+
+
+def group_label(summaries: list[dict], members: list[int]) -> str:
+    """"stage 3" or "stages 1-6, 8": numbers, with consecutive runs shortened."""
+    numbers = sorted(stage_number(summaries[i]["stage"]) for i in members)
+    runs, start = [], numbers[0]
+    for a, b in zip(numbers, numbers[1:] + [None]):
+        if b != a + 1:
+            runs.append(str(start) if start == a else f"{start}–{a}")
+            start = b
+    return f"stage{'s' if len(numbers) > 1 else ''} {', '.join(runs)}"
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as err:  # an unknown stage number
-        sys.exit(f"python -m common.course: error: {err}")
+    main()
