@@ -30,7 +30,6 @@ from common.cli import OneLineParser
 from common.errors import BAD_INPUT
 from common.harness import load_stage, stage_names
 
-SMOOTHING_STEPS = 100  # the loss panel averages this many steps, or a tenth of a shorter run
 COINCIDE = 0.005  # curves closer than this fraction of the loss axis's range share a colour and a legend entry
 
 
@@ -142,11 +141,10 @@ def describe(course: dict) -> str:
 def draw_course(summaries: list[dict], title: str):
     """Every stage's smoothed training loss on one axis, its test accuracy beside it; stages whose
     curves coincide share one colour and one legend entry, and the figure says they coincide."""
-    from common.plots import plt, read_csv
+    from common.plots import plt, read_csv, smoothing_window
 
     losses = [read_csv(Path(s["record"]) / "losses.csv") for s in summaries]
-    shortest = min((len(l["loss"]) for l in losses if l), default=0)
-    window = max(1, min(SMOOTHING_STEPS, shortest // 10))
+    window = smoothing_window(min((len(l["loss"]) for l in losses if l), default=0))
     curves = [trailing_mean(l["step"], l["loss"], window) if l else (np.array([]), np.array([])) for l in losses]
     groups, gaps = coinciding_groups(curves)
     colors = [plt.cm.viridis(g / max(len(groups) - 1, 1)) for g in range(len(groups))]
@@ -185,8 +183,9 @@ def draw_accuracy(ax, summaries: list[dict], colors: list) -> None:
 
 def trailing_mean(steps: np.ndarray, losses: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """The mean of each `window` consecutive losses, drawn at the last step it covers."""
-    means = np.convolve(losses, np.ones(window) / window, mode="valid")
-    return steps[window - 1:], means
+    from common.plots import moving_average
+
+    return steps[window - 1:], moving_average(losses, window)
 
 
 def coinciding_groups(curves: list[tuple]) -> tuple[list[list[int]], list[float]]:

@@ -186,7 +186,7 @@ def test_different_curves_are_not_called_coinciding(figure_of):
     assert labels == ["stage 1", "stage 2"]
 
 
-@pytest.mark.parametrize("steps, window", [(2000, 100), (20, 2), (5, 1)])
+@pytest.mark.parametrize("steps, window", [(2000, 100), (20, 5), (5, 1)])
 def test_the_loss_panel_claims_only_the_window_it_used(figure_of, steps, window):
     fig = figure_of({"stage01_numpy": (descending(steps, 0), 0.5)})
     ax_loss = fig.axes[0]
