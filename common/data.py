@@ -220,12 +220,11 @@ def _read_header(path: Path, f) -> tuple[tuple[int, ...], np.dtype]:
     """The shape and dtype a .npy header claims; leaves `f` where the data begins."""
     try:
         version = npy_format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = npy_format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = npy_format.read_array_header_2_0(f)
-        else:  # np.save writes 3.0 only for non-latin-1 text in a header: a structured dtype's field names
+        if version not in ((1, 0), (2, 0)):  # np.save writes 3.0 only for non-latin-1 field names
             raise ValueError(f"format version {version[0]}.{version[1]}; np.save writes plain arrays as 1.0 or 2.0")
+        _check_header_length(path, f, length_bytes=2 if version == (1, 0) else 4)
+        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
     # numpy parses the header (at most 10000 characters) with ast.literal_eval: bad text raises
     # ValueError or SyntaxError, unbalanced brackets tokenize.TokenError, and deep nesting the
     # parser's MemoryError or RecursionError, which here mean "malformed", not "out of memory".
@@ -235,6 +234,17 @@ def _read_header(path: Path, f) -> tuple[tuple[int, ...], np.dtype]:
         raise CourseError(f"{path}: holds Python objects, which would have to be unpickled; "
                           "only plain numeric arrays are read")
     return shape, dtype
+
+
+def _check_header_length(path: Path, f, length_bytes: int) -> None:
+    """numpy reads as many bytes as the header's length field says in one call, and Python sets
+    aside that much memory first: up to 4 GB for a 2.0 header, however small the file."""
+    start = f.tell()
+    length = int.from_bytes(f.read(length_bytes), "little")
+    f.seek(start)
+    if length > os.fstat(f.fileno()).st_size - start - length_bytes:
+        raise CourseError(f"{path}: not a readable .npy file (its header length, {length:,} bytes, "
+                          "runs past the end of the file)")
 
 
 def _check_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, data_bytes: int) -> None:

@@ -181,7 +181,8 @@ def test_verbose_adds_the_technical_reason_and_announce_false_prints_nothing(def
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", failing_cifar10(NO_NETWORK))
     load_data("auto", verbose=True)
-    assert capsys.readouterr().out == FALLBACK_LINE + "data: detail: <urlopen error [Errno -2] Name or service not known>\n"
+    detail = "data: detail: <urlopen error [Errno -2] Name or service not known>\n"
+    assert capsys.readouterr().out == FALLBACK_LINE + detail
     load_data("auto", announce=False, verbose=True)
     assert capsys.readouterr().out == ""
 
@@ -219,7 +220,8 @@ def test_a_damaged_torchvision_folder_is_named_with_its_files(default_root, monk
 
 def test_a_damaged_data_dir_is_refused_naming_its_files(tmp_path):
     write_torchvision_root(tmp_path, small_arrays())  # hand-made pickles: every MD5 differs
-    with pytest.raises(CourseError, match="cifar-10-batches-py is damaged \\(data_batch_1, .*batches.meta: missing") as err:
+    damaged = "cifar-10-batches-py is damaged \\(data_batch_1, .*batches.meta: missing"
+    with pytest.raises(CourseError, match=damaged) as err:
         load_data("auto", tmp_path)
     assert "\n" not in str(err.value)
 
@@ -344,6 +346,23 @@ def test_a_negative_length_in_a_header_is_refused(tmp_path):
     write_npy_header(folder / "train_y.npy", "<i8", (-20,), data=bytes(160))
     with pytest.raises(CourseError, match="train_y.npy: not a readable .npy file \\(negative length"):
         load_data("auto", folder)
+
+
+def test_a_header_length_past_the_end_of_the_file_is_refused_before_it_is_read(tmp_path):
+    import tracemalloc
+
+    folder = write_npy_layout(tmp_path, small_arrays())
+    # A 2.0 header's length field is 4 bytes: this one claims 2 GB of header in a 14-byte file.
+    (folder / "test_y.npy").write_bytes(np.lib.format.magic(2, 0) + (2**31).to_bytes(4, "little") + b"{}")
+    tracemalloc.start()  # numpy and Python report their allocations to tracemalloc
+    try:
+        with pytest.raises(CourseError, match="test_y.npy: not a readable .npy file \\(its header length, "
+                                              "2,147,483,648 bytes, runs past the end of the file\\)"):
+            load_data("auto", folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak:,} bytes allocated"
 
 
 UNPICKLED = []
