@@ -7,23 +7,24 @@ Where the data comes from (`--data auto`, the default), in order:
 2. the torchvision root `./data`, downloaded by torchvision's own `CIFAR10` class if needed;
 3. a built-in synthetic data set, made from the seed in a fraction of a second.
 `--data cifar10` insists on the real thing; `--data synthetic` always works. When `auto` falls
-back to the synthetic set, the printed line says why in plain words; the technical reason is
-kept in `CifarArrays.details` (and printed with `verbose=True`).
+back to the synthetic set, the printed line says why in plain words (no network, a download
+that failed otherwise, or a damaged `cifar-10-batches-py/`); torchvision's own error is kept in
+`CifarArrays.details` and printed with `verbose=True`.
 
 The `.npy` layout, file by file:
 - Training images are either one `train_x.npy` or shards named `train_x_<digits>.npy`, read
   in numeric order (`train_x_2.npy` before `train_x_10.npy`; zero-padding is allowed) and
-  numbered without gaps from 0 or 1. Names that are not `.npy` files (`train_x_1.npy.bak`,
-  `notes.txt`) and `.npy` files not starting with `train_x` are ignored. Refused, with one
-  line, because the intent is unclear: another `.npy` file starting with `train_x`
-  (`train_x_final.npy`), two shards with one number (`train_x_01.npy`, `train_x_1.npy`), a gap
-  in the numbers, or `train_x.npy` beside shards.
+  numbered without gaps from 0 or 1. Files that are clearly not shards are ignored: names not
+  ending in `.npy` (`train_x_1.npy.bak`, `notes.txt`) and `.npy` files whose names do not start
+  with `train_x` (`mean.npy`). Refused with one line, because the intent is unclear: any other
+  `.npy` file starting with `train_x` (`train_x_final.npy`), two shards with one number
+  (`train_x_01.npy` and `train_x_1.npy`), a gap in the numbers, or `train_x.npy` beside shards.
 - Every file's header is read and checked before its data: images must be uint8 with shape
   (N, 32, 32, 3); labels a 1-D array of integers of any width, signedness and byte order,
-  converted to native int64 once their values are checked to lie in 0-9; the data the header
-  describes must fill the rest of the file exactly, so a header promising more than the file
-  holds is refused before anything is allocated. Object (pickled) arrays are refused without
-  being unpickled.
+  converted to native int64 once their values are checked to lie in 0-9. The data the header
+  describes must fill the rest of the file exactly, so a header that promises more than the
+  file holds (or a header length past its end) is refused before numpy allocates anything for
+  it. Object (pickled) arrays are refused without being unpickled.
 """
 from __future__ import annotations
 
@@ -67,8 +68,9 @@ def load_data(source: str = "auto", data_dir: str | os.PathLike | None = None, s
               announce: bool = True, verbose: bool = False) -> CifarArrays:
     """Load CIFAR-10 (or its synthetic stand-in) and check it.
 
-    announce: print one line naming the source (a distributed run passes False on all but one
-    process); verbose: when the real data could not be had, also print the technical reason.
+    announce: print one line naming the source; False prints nothing (for all processes of a
+    distributed run but one). verbose: when `auto` fell back to the synthetic set, also print
+    the technical reason, as a second line.
     """
     if source not in SOURCES:
         raise CourseError(f"unknown data source {source!r}: choose one of {', '.join(SOURCES)}")
