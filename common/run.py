@@ -68,6 +68,7 @@ class StageRun:
         self._steps_per_epoch = 0
         self._saved_epoch = None  # the epoch the last checkpoint holds
         self._first_epoch_of_run = None
+        self._data: dict = {}  # where the data came from, with the technical detail, for the record
 
     # ---------------------------------------------------------------- called from the loop
     def resume(self, *objects) -> int:
@@ -141,6 +142,7 @@ class StageRun:
         when the epoch was whole. Returns the test accuracy."""
         predicted, labels = _as_numpy(predicted).astype(np.int64), np.asarray(data.test_y)
         self.classes = tuple(data.classes)
+        self._data = {"source": data.source, "details": getattr(data, "details", None)}
         total = np.bincount(labels, minlength=len(self.classes))
         correct = np.bincount(labels[predicted == labels], minlength=len(self.classes))
         accuracy = float(correct.sum() / total.sum())
@@ -287,7 +289,7 @@ class StageRun:
         accuracy = self.accuracies[-1] if self.accuracies else float("nan")
         self.summary = {"stage": self.stage, "final_loss": self.running_loss, "test_accuracy": accuracy,
                         "seconds": seconds, "steps": self.steps, "record": str(self.record_dir),
-                        "complete": True}
+                        "complete": True, "data": self._data}
         if not self.main_process:
             return
         if self.per_class:

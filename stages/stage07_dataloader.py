@@ -124,7 +124,7 @@ def main(argv=None):
     args = parse_args(__file__, __doc__, argv, add_options)
     with StageRun(__file__, args) as run:
         seed_everything(args.seed)
-        data = load_data(args.data, args.data_dir, args.seed)
+        data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         model = Net().to(DTYPES[args.dtype])
         model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
         print(f"model: {len(list(model.parameters()))} parameter tensors, "

@@ -135,7 +135,7 @@ def main(argv=None):
         seed_everything(args.seed)
         device = choose_device(args.device)
         print(f"device: {device}")
-        data = load_data(args.data, args.data_dir, args.seed)
+        data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
         model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
         print(f"model: {len(list(model.parameters()))} parameter tensors, "

@@ -150,7 +150,7 @@ def main(argv=None):
         device = choose_device(args.device)
         data_parallel = args.data_parallel or (device.type == "cuda" and torch.cuda.device_count() > 1)
         print(f"device: {device}" + (", wrapped in nn.DataParallel" if data_parallel else ""))
-        data = load_data(args.data, args.data_dir, args.seed)
+        data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
         model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
         print(f"model: {len(list(model.parameters()))} parameter tensors, "

@@ -169,7 +169,7 @@ def main(argv=None):
         with process_group(device):
             if rank == 0:
                 print(f"device: {device}, DistributedDataParallel over {dist.get_world_size()} process(es)")
-            data = load_data(args.data, args.data_dir, args.seed, verbose=rank == 0)
+            data = load_data(args.data, args.data_dir, args.seed, announce=rank == 0, verbose=args.verbose)
             model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
             model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
             if rank == 0:
