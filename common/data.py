@@ -59,7 +59,7 @@ class CifarArrays:
     test_y: np.ndarray
     source: str  # one line for the learner: where the data came from
     root: Path | None = None  # the torchvision root, when the data came through torchvision
-    classes: tuple[str, ...] = field(default=CLASSES)
+    classes: tuple[str, ...] = field(default=CLASSES)  # label k is classes[k]: CIFAR-10's, or the shapes
     fallback: str | None = None  # why the real data was not used, in plain words ("not found and no network")
     details: str | None = None  # the technical reason behind `fallback`, for the run record
 
