@@ -59,7 +59,7 @@ class CifarArrays:
     test_y: np.ndarray
     source: str  # one line for the learner: where the data came from
     root: Path | None = None  # the torchvision root, when the data came through torchvision
-    classes: tuple[str, ...] = field(default=CLASSES)
+    classes: tuple[str, ...] = field(default=CLASSES)  # label k is classes[k]: CIFAR-10's, or the shapes
     fallback: str | None = None  # why the real data was not used, in plain words ("not found and no network")
     details: str | None = None  # the technical reason behind `fallback`, for the run record
 
@@ -227,10 +227,12 @@ def _read_header(path: Path, f) -> tuple[tuple[int, ...], np.dtype]:
         _check_header_length(path, f, length_bytes=2 if version == (1, 0) else 4)
         read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
         shape, _, dtype = read_header(f)
-    # numpy parses the header (at most 10000 characters) with ast.literal_eval: bad text raises
-    # ValueError or SyntaxError, unbalanced brackets tokenize.TokenError, and deep nesting the
-    # parser's MemoryError or RecursionError, which here mean "malformed", not "out of memory".
-    except (ValueError, SyntaxError, tokenize.TokenError, MemoryError, RecursionError) as err:
+    # numpy parses the header (at most 10000 characters) with ast.literal_eval. Malformed text
+    # raises ValueError, TypeError (an unhashable key: "{[]: 1}"), tokenize.TokenError (open
+    # brackets, from numpy's fallback for Python 2 headers), or, when nested too deeply for
+    # Python's parser, MemoryError ("-" * 9000 + "1") or RecursionError ("a." * 4900 + "a"):
+    # here these mean "malformed", not "out of memory". SyntaxError too, should numpy pass it on.
+    except (ValueError, TypeError, tokenize.TokenError, MemoryError, RecursionError, SyntaxError) as err:
         raise CourseError(f"{path}: not a readable .npy file ({_clip(str(err) or type(err).__name__)})") from None
     if dtype.hasobject:
         raise CourseError(f"{path}: holds Python objects, which would have to be unpickled; "

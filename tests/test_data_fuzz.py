@@ -5,7 +5,7 @@ It returns arrays that pass the checks (uint8 images (N, 32, 32, 3), native int6
 another exception, never a MemoryError, and never an allocation much larger than the folder.
 A folder is built healthy, then spoiled by up to three faults drawn from FAULTS; a second test
 aims at the .npy header, where numpy's parser runs; a third runs stage 1 as a learner would.
-Examples: 200, 100, and one draw of two folders (four stage-1 runs). No deadlines: these tests
+Examples: 200, 200, and one draw of two folders (four stage-1 runs). No deadlines: these tests
 never assert on speed. `pytest -m fuzz --hypothesis-show-statistics` shows what was exercised.
 """
 from __future__ import annotations
@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 INTEGER_DTYPES = [f"{order}{kind}{width}" for kind in "iu" for width in (1, 2, 4, 8) for order in "<>"]
 OTHER_DTYPES = ["<f2", "<f4", ">f8", "|b1", "|V3", "|S5", "<U1", ">c8", "<m8[s]", "<M8[D]"]
+# Python's parser may use a few MB on a header of numpy's largest size (10000 characters).
+PARSER_ALLOWANCE = 16 * 2**20
 ABSURD_LENGTHS = [10**5, 10**9, 10**12, 2**62, 2**64 + 3, -1, -(10**6)]
 STRAY_NAMES = ["train_x_1.npy.bak", "train_x_final.npy", "train_x_01.npy", "train_x_9.npy", "train_x.npy",
                "train_x_2.npy", "notes.txt", "mean.npy", "train_y_0.npy", "test_x.npy~"]
@@ -122,6 +124,8 @@ def absurd_header(draw, files):
 REAL_HEADER = "{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }"
 PATHOLOGICAL_HEADERS = [
     b"-" * 9000 + b"1",  # Python's parser gives up on the nesting with a MemoryError
+    b"a." * 4900 + b"a",  # ... or a RecursionError, at Python's usual limit (hypothesis raises it while it runs)
+    b"{[]: 1}",  # an unhashable dictionary key: TypeError
     b" " * 10_001,  # over numpy's 10000-character limit, which its message explains in three lines
     b"{'descr': 'O', 'fortran_order': False, 'shape': (3,), }",  # pickled objects would follow
     b"{'descr': [('a', '<i4')], 'fortran_order': False, 'shape': (3,), }",
@@ -221,7 +225,7 @@ def test_load_data_returns_checked_arrays_or_one_line(folder_and_arrays):
         folder_bytes = sum(len(c) for c in files.values() if c is not None)
         result, peak = load_within_memory(folder)
     # Labels widen to int64 (8x a one-byte file) and shards are copied once when joined.
-    assert peak <= 10 * folder_bytes + 2**20, f"{peak:,} bytes allocated for a {folder_bytes:,}-byte folder"
+    assert peak <= 10 * folder_bytes + PARSER_ALLOWANCE, f"{peak:,} bytes allocated for a {folder_bytes:,}-byte folder"
     event("loaded" if not isinstance(result, CourseError) else "refused: " + outcome(str(result)))
     if isinstance(result, CourseError):
         assert arrays is None, f"a healthy folder was refused: {result}"
@@ -233,7 +237,7 @@ def test_load_data_returns_checked_arrays_or_one_line(folder_and_arrays):
             np.testing.assert_array_equal(loaded, expected)
 
 
-@settings(max_examples=100, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(npy_files_with_odd_headers(), st.sampled_from(["train_x_0.npy", "train_y.npy", "test_x.npy", "test_y.npy"]))
 def test_any_npy_header_is_refused_in_one_line(tmp_path_factory, content, name):
     """Headers are where numpy's parser runs: the one file is spoiled, the rest of the folder is healthy."""
@@ -241,7 +245,7 @@ def test_any_npy_header_is_refused_in_one_line(tmp_path_factory, content, name):
     result, peak = load_within_memory(folder)
     event(outcome(str(result)))
     assert isinstance(result, CourseError) and "\n" not in str(result)
-    assert peak <= 2**20, f"{peak:,} bytes allocated for a header of {len(content):,} bytes"
+    assert peak <= PARSER_ALLOWANCE, f"{peak:,} bytes allocated for a header of {len(content):,} bytes"
 
 
 # ---------------------------------------------------------------- the same promise, seen by a learner
