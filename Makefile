@@ -1,21 +1,23 @@
 # The course's commands. `make run` and `make test` set everything up on first use.
+# Learner text (ARGS, STAGE, FROM, TO, NPROC) never reaches a shell: make hands the variables of
+# its command line to each recipe's environment, and every recipe below is a fixed command that
+# reads them from there (common/make.py).
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 READY  := $(VENV)/.installed
-ARGS   ?=
+MAKE_PY := $(PYTHON) -m common.make
 
-# stage file by number: $(call stage_file,3) -> stages/stage03_autograd.py
-stage_file = $(wildcard stages/stage$(shell printf '%02d' $(1) 2>/dev/null)_*.py)
-
-.PHONY: help setup run smoke test diff gradcheck bench compare site batch-experiment clean
+.PHONY: help setup run smoke test test-quick diff ddp gradcheck bench compare site batch-experiment clean
 
 help:
 	@echo "make run [STAGE=N] [ARGS='...']  run the course (or one stage), one epoch each on the default data"
-	@echo "make test                       run the test suite"
+	@echo "make test [ARGS='-m stage3']     the whole test suite (or a part of it)"
+	@echo "make test-quick                 the equivalence and unit tests, without the slow and fuzz tests"
 	@echo "make smoke                      every stage for 20 steps on synthetic data"
 	@echo "make diff FROM=2 TO=3           the lesson between two stages, as a unified diff"
-	@echo "make gradcheck                  finite differences against the analytic gradients"
-	@echo "make bench                      speed and memory of every stage, side by side"
+	@echo "make ddp [NPROC=2] [ARGS='...']  stage 11 in NPROC processes under torchrun"
+	@echo "make gradcheck                  finite differences against the analytic gradients, and a figure"
+	@echo "make bench                      speed and memory of every stage, side by side, idle and busy"
 	@echo "make compare                    every stage on the same batches: differences from stage 1, figure"
 	@echo "make site                       the course as a static web page: site/index.html"
 	@echo "make batch-experiment           accuracy per epoch and per second for batch sizes 4..256"
@@ -29,33 +31,37 @@ $(READY): requirements.txt
 setup: $(READY)
 
 run: $(READY)
-	$(PYTHON) -m common.course $(if $(STAGE),--stages $(STAGE)) --epochs 1 $(ARGS)
+	@$(MAKE_PY) run
 
 smoke: $(READY)
-	$(PYTHON) -m common.course --epochs 1 --max-steps 20 --data synthetic $(ARGS)
+	@$(MAKE_PY) smoke
 
 test: $(READY)
-	$(PYTHON) -m pytest $(ARGS)
+	@$(MAKE_PY) test
 
-diff:
-	@test -n "$(call stage_file,$(FROM))" || { echo "make diff: no stage FROM=$(FROM) (try FROM=2 TO=3)"; exit 2; }
-	@test -n "$(call stage_file,$(TO))" || { echo "make diff: no stage TO=$(TO) (try FROM=2 TO=3)"; exit 2; }
-	@git --no-pager diff --no-index $(call stage_file,$(FROM)) $(call stage_file,$(TO)); test $$? -le 1
+test-quick: $(READY)
+	@$(MAKE_PY) test-quick
+
+diff: $(READY)
+	@$(MAKE_PY) diff
+
+ddp: $(READY)
+	@$(MAKE_PY) ddp
 
 gradcheck: $(READY)
-	$(PYTHON) -m common.gradcheck $(ARGS)
+	@$(MAKE_PY) gradcheck
 
 bench: $(READY)
-	$(PYTHON) -m benchmarks.bench $(ARGS)
+	@$(MAKE_PY) bench
 
 compare: $(READY)
-	$(PYTHON) -m common.compare $(ARGS)
+	@$(MAKE_PY) compare
 
 site: $(READY)
-	$(PYTHON) -m common.site $(ARGS)
+	@$(MAKE_PY) site
 
 batch-experiment: $(READY)
-	$(PYTHON) -m common.batch_experiment $(ARGS)
+	@$(MAKE_PY) batch-experiment
 
 clean:
-	rm -rf runs site .pytest_cache
+	rm -rf runs site .pytest_cache .hypothesis

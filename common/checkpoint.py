@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import BAD_INPUT, CourseError, WRITE_FAILED
+from common.errors import WRITE_FAILED, CourseError, one_line
 from common.weights import PARAM_SHAPES
 
 FORMAT = 2
@@ -307,5 +307,4 @@ def free_space_note(path: Path) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return one_line(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)

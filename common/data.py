@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
-from common.errors import CourseError
+from common.errors import CourseError, one_line
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SOURCES = ("auto", "cifar10", "synthetic")
@@ -265,8 +265,7 @@ def _check_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, data_bytes:
 
 def _clip(text: str, limit: int = 80) -> str:
     """Foreign text (numpy's reasons, a header's shape) as part of one short line."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return one_line(text, limit)
 
 
 # ---------------------------------------------------------------- a torchvision root

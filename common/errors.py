@@ -21,3 +21,13 @@ class CourseError(Exception):
     def __init__(self, message: str, exit_code: int = BAD_INPUT):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """Foreign text (a library's message, a header's contents) as part of one short line, cut
+    at a word boundary when it is long."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit - 2)
+    return text[: cut if cut > limit // 2 else limit - 2] + " …"

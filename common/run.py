@@ -36,11 +36,13 @@ import numpy as np
 from tqdm import tqdm
 
 from common import checkpoint, signals
+from common.threads import ThreadPolicy
 from common.errors import BAD_INPUT, DIVERGED, INTERRUPTED, WRITE_FAILED, CourseError
 from common.weights import PARAM_SHAPES
 
 RUNNING_LOSS_STEPS = 100  # the progress bar and the summary average the loss over this many steps
 REFRESH_EVERY = 50  # steps between progress-bar text updates: formatting every step costs time
+AGREE_EVERY = 10  # steps between two agreements on stopping, in a distributed run
 LAYERS = tuple(dict.fromkeys(name.split(".")[0] for name in PARAM_SHAPES))  # conv1, conv2, fc1, fc2, fc3
 CHANCE = 0.1  # ten classes
 
@@ -69,6 +71,7 @@ class StageRun:
         self._saved_epoch = None  # the epoch the last checkpoint holds
         self._first_epoch_of_run = None
         self._data: dict = {}  # where the data came from, with the technical detail, for the record
+        self._threads = None
 
     # ---------------------------------------------------------------- called from the loop
     def resume(self, *objects) -> int:
@@ -110,6 +113,8 @@ class StageRun:
         self.epoch, self._steps_per_epoch, self._epoch_first_step = epoch, steps, self.steps
         if self._bar is None:
             self._first_epoch_of_run = epoch
+            self._threads.check(at_once=True)  # the set-up so far was the first look at the machine
+            self._say(self._threads.describe())
             total = (self.args.epochs - epoch + 1) * steps
             if self.args.max_steps is not None:
                 total = max(0, min(total, self.args.max_steps - self.steps))
@@ -132,10 +137,12 @@ class StageRun:
         if gradients is not None:
             self._files["grad_norms.csv"].write_row((self.steps, *(f"{n:.6g}" for n in layer_norms(gradients))))
         self.recent_losses.append(loss)
+        if self._threads.check():
+            self._files["threads.csv"].write_row((self.steps, self._threads.threads, f"{self._threads.others_busy:.2f}"))
         self._bar.update()
         if self.steps % REFRESH_EVERY == 0:
             self._bar.set_postfix(loss=f"{self.running_loss:.4f}", refresh=False)
-        self._stop_if_asked()
+        self._stop_if_asked(every_step=True)
 
     def end_epoch(self, predicted, data) -> float:
         """Score the predicted classes of the test set; with --checkpoint, save the run's state
@@ -219,8 +226,17 @@ class StageRun:
                      "use a momentum below 1")
         return f"the loss became {loss} at step {self.steps}: training diverged; {blame}"
 
-    def _stop_if_asked(self) -> None:
-        if signals.pending() is not None:
+    def _stop_if_asked(self, every_step: bool = False) -> None:
+        """Stop between two steps once a signal came. In a distributed run the processes agree
+        first (every AGREE_EVERY steps), so that all stop after the same step and none is left
+        waiting for the others in an all-reduce."""
+        asked = signals.pending() is not None
+        group = _process_group()
+        if group is not None:
+            if every_step and self.steps % AGREE_EVERY:
+                return
+            asked = group.any(asked)
+        if asked:
             raise KeyboardInterrupt
 
     def _interrupted_message(self) -> str:
@@ -237,6 +253,7 @@ class StageRun:
     def __enter__(self) -> "StageRun":
         self._start = time.perf_counter()
         signals.defer()
+        self._threads = ThreadPolicy(self.args.threads)
         try:
             self._stop_if_asked()
             if self.main_process:
@@ -245,7 +262,8 @@ class StageRun:
                             lambda f: f.write((json.dumps(vars(self.args), indent=2) + "\n").encode()))
             for name, header in (("losses.csv", ("step", "epoch", "loss")),
                                  ("grad_norms.csv", ("step",) + LAYERS),
-                                 ("accuracy.csv", ("epoch", "step", "test_accuracy", "seconds"))):
+                                 ("accuracy.csv", ("epoch", "step", "test_accuracy", "seconds")),
+                                 ("threads.csv", ("step", "threads", "cores_busy_elsewhere"))):
                 self._files[name] = RecordFile(self.record_dir / name if self.main_process else None, header)
         except BaseException as err:
             self.__exit__(type(err), err, err.__traceback__)
@@ -262,10 +280,16 @@ class StageRun:
             if hasattr(self, "_quiet_numpy"):
                 self._quiet_numpy.__exit__(None, None, None)
             if exc is None:
-                self._finish()
-                if signals.pending() is not None:  # arrived while the summary was written: it is complete
-                    self._end(f"{signals.name(signals.pending())} while finishing: the record is complete "
-                              f"in {self.record_dir}", INTERRUPTED)
+                try:
+                    self._finish()
+                except KeyboardInterrupt:  # a second signal while finishing: stop now
+                    self._mark_incomplete("interrupted while writing the summary and figures")
+                    self._end(f"stopped while writing the summary and figures; the training record is in "
+                              f"{self.record_dir}, marked incomplete", INTERRUPTED)
+                if signals.pending() is not None:  # one signal while finishing: finished first, then say so
+                    self._end(f"{signals.name(signals.pending())} while writing the summary and figures: "
+                              f"they were finished first, the record is complete in {self.record_dir}",
+                              INTERRUPTED)
                 return False
             if isinstance(exc, KeyboardInterrupt):
                 self._mark_incomplete("interrupted")
@@ -411,6 +435,29 @@ def new_record_dir(stage_dir: Path) -> Path:
         raise CourseError(f"cannot write run records under --out {stage_dir.parent}: {err.strerror}",
                           BAD_INPUT) from None
     raise CourseError(f"cannot find a free record folder in {stage_dir}", BAD_INPUT)
+
+
+# ---------------------------------------------------------------- distributed runs
+class _Group:
+    """The process group of a distributed run, for the recorder's own agreements."""
+
+    def __init__(self, dist):
+        self.dist = dist
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is True on any."""
+        torch = sys.modules["torch"]
+        device = torch.device("cuda", torch.cuda.current_device()) if self.dist.get_backend() == "nccl" else "cpu"
+        value = torch.tensor([int(flag)], device=device)
+        self.dist.all_reduce(value, op=self.dist.ReduceOp.MAX)
+        return bool(value.item())
+
+
+def _process_group() -> _Group | None:
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    return _Group(dist)
 
 
 # ---------------------------------------------------------------- gradients and arrays

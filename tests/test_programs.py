@@ -142,12 +142,30 @@ def test_same_seed_same_losses_in_every_torch_free_and_torch_stage(tmp_path):
     assert (tmp_path / "course-summary-stages-1-2-3-smoke.json").exists()
 
 
+def make(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", *arguments], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
 def test_make_diff_shows_the_lesson():
-    result = subprocess.run(["make", "--no-print-directory", "diff", "FROM=2", "TO=3"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = make("diff", "FROM=2", "TO=3")
     assert result.returncode == 0, result.stderr
-    assert "+    loss.backward()" in result.stdout
+    assert "+        loss.backward()" in result.stdout
     assert "-def conv2d_backward(dout, cols, weight):" in result.stdout
+    assert "--- a/stages/stage02_tensors.py" in result.stdout
+
+
+@pytest.mark.parametrize("arguments", [
+    ["diff", "FROM=2; touch {marker}", "TO=3"],
+    ["diff", "FROM=2", "TO=$(touch {marker})"],
+    ["test-quick", "ARGS=--collect-only -q tests/test_weights.py; touch {marker}"],
+    ["test-quick", "ARGS=--collect-only -q tests/test_weights.py `touch {marker}`"],
+], ids=["FROM with ;", "TO with $()", "ARGS with ;", "ARGS with backquotes"])
+def test_make_targets_never_run_user_text_as_a_command(arguments, tmp_path):
+    marker = tmp_path / "ran"
+    result = make(*(a.format(marker=marker) for a in arguments))
+    assert not marker.exists(), "the learner's text was run as a shell command"
+    assert result.returncode != 0 and "Traceback" not in result.stderr
 
 
 @pytest.mark.stage1

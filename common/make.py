@@ -1,0 +1,113 @@
+"""What the Makefile's targets run, with the learner's text kept away from any shell.
+
+make puts the variables of its command line (`make diff FROM=2 TO=3`, `make run ARGS='--lr 0.01'`)
+into the environment of its recipes; every recipe is a fixed command, `python -m common.make
+TARGET`, and this module reads the variables from the environment and splits ARGS the way a
+shell would (shlex), without running one. So `make diff FROM='2; rm -rf ~'` is a bad stage
+number, never a command.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+from common.errors import BAD_INPUT
+
+
+def args_from_env() -> list[str]:
+    try:
+        return shlex.split(os.environ.get("ARGS", ""))
+    except ValueError as err:  # an unclosed quote
+        fail(f"ARGS: {err}")
+
+
+def stage_number(variable: str, example: str) -> int:
+    text = os.environ.get(variable, "").strip()
+    if not text.isdigit():
+        fail(f"{variable}={text!r} is not a stage number (try {example})")
+    return int(text)
+
+
+def fail(message: str) -> None:
+    print(f"make: {message}", file=sys.stderr)
+    raise SystemExit(BAD_INPUT)
+
+
+def stage_file(number: int, variable: str):
+    from common.harness import STAGES_DIR
+
+    found = sorted(STAGES_DIR.glob(f"stage{number:02d}_*.py"))
+    if not found:
+        fail(f"no stage {variable}={number} (the stages are 1 to {len(list(STAGES_DIR.glob('stage*_*.py')))})")
+    return found[0]
+
+
+def run() -> None:
+    from common import course
+
+    stage = os.environ.get("STAGE", "").strip()
+    argv = (["--stages", str(stage_number("STAGE", "STAGE=3"))] if stage else []) + ["--epochs", "1"]
+    course.main(argv + args_from_env())
+
+
+def smoke() -> None:
+    from common import course
+
+    course.main(["--epochs", "1", "--max-steps", "20", "--data", "synthetic"] + args_from_env())
+
+
+def diff() -> None:
+    old = stage_file(stage_number("FROM", "FROM=2 TO=3"), "FROM")
+    new = stage_file(stage_number("TO", "FROM=2 TO=3"), "TO")
+    code = subprocess.call(["git", "--no-pager", "diff", "--no-index", os.path.relpath(old), os.path.relpath(new)])
+    raise SystemExit(0 if code <= 1 else code)  # git diff: 1 means "they differ"
+
+
+def ddp() -> None:
+    from common import torchrun
+
+    nproc = os.environ.get("NPROC", "2").strip()
+    if not nproc.isdigit() or int(nproc) < 1:
+        fail(f"NPROC={nproc!r} is not a number of processes (try NPROC=2)")
+    torchrun.main(["--nproc-per-node", nproc, "-m", "stages.stage11_distributed"] + args_from_env())
+
+
+def module(name: str, fixed: list[str] = ()):
+    """A target that runs `python -m name` with fixed arguments and then ARGS."""
+    def target() -> None:
+        import runpy
+
+        sys.argv = [name, *fixed, *args_from_env()]
+        runpy.run_module(name, run_name="__main__", alter_sys=True)
+    return target
+
+
+def pytest_target(fixed: list[str] = ()):
+    def target() -> None:
+        import pytest
+
+        raise SystemExit(pytest.main([*fixed, *args_from_env()]))
+    return target
+
+
+QUICK = ["-m", "not slow and not fuzz"]
+TARGETS = {
+    "run": run, "smoke": smoke, "diff": diff, "ddp": ddp,
+    "test": pytest_target(), "test-quick": pytest_target(QUICK),
+    "gradcheck": module("common.gradcheck"), "bench": module("benchmarks.bench"),
+    "compare": module("common.compare"), "site": module("common.site"),
+    "batch-experiment": module("common.batch_experiment"),
+}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in TARGETS:
+        fail(f"usage: python -m common.make TARGET, TARGET one of {', '.join(TARGETS)}")
+    TARGETS[argv[0]]()
+
+
+if __name__ == "__main__":
+    main()

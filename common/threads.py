@@ -1,0 +1,102 @@
+"""How many CPU threads torch's operators use: --threads N, or auto (the default).
+
+torch runs one operator (a convolution, a matrix product) on several threads at once, by
+default one per core. On an idle 2-core machine the second thread makes this network's
+steps 1.2-1.5x faster. Beside one other busy process it makes them up to 4x *slower*: each
+operator ends only when its slowest thread does, and that thread must now share a core.
+
+auto measures instead of guessing. From /proc/stat it knows how much CPU time all processes
+used, and from the process's own clock how much of it was its own; the difference, over the
+last few seconds, is how many cores other programs keep busy. It uses one thread per core
+that is left, at least one and at most torch's own default, and looks again every few
+seconds, so a run that starts on an idle machine steps back to one thread when another
+program starts, and back up when it ends. Where /proc/stat cannot be read (not Linux), auto
+keeps torch's default.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+CHECK_EVERY = 2.0  # seconds between two looks at the machine
+FIRST_LOOK = 0.2  # the shortest span worth measuring (/proc/stat counts in 1/100 s)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds_of_all_processes() -> float | None:
+    """CPU time spent by every process since boot (idle and iowait excluded), in seconds."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    values = [int(v) for v in fields[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values[:8]) - idle) / _CLOCK_TICKS  # user .. steal; guest time is inside user
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class ThreadPolicy:
+    """Apply --threads: a number once, or auto by measurement, again every CHECK_EVERY seconds."""
+
+    def __init__(self, setting, torch_module=None):
+        self.torch = torch_module if torch_module is not None else sys.modules.get("torch")
+        self.setting = setting
+        self.threads = self.torch.get_num_threads() if self.torch is not None else None
+        self.most = self.threads
+        self.others_busy = None  # cores other programs kept busy, last we looked
+        self._last = None
+        if self.torch is None:
+            return
+        if setting != "auto":
+            self._use(int(setting))
+        elif cpu_seconds_of_all_processes() is not None:
+            self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        return time.monotonic(), cpu_seconds_of_all_processes(), time.process_time()
+
+    def _use(self, threads: int) -> None:
+        if threads != self.torch.get_num_threads():
+            self.torch.set_num_threads(threads)
+        self.threads = threads
+
+    def check(self, at_once: bool = False) -> bool:
+        """Look again if CHECK_EVERY seconds have passed (or at once, given a moment to measure);
+        True when the thread count changed."""
+        if self._last is None:
+            return False
+        now = time.monotonic()
+        if now - self._last[0] < (FIRST_LOOK if at_once else CHECK_EVERY):
+            return False
+        sample = self._sample()
+        wall = sample[0] - self._last[0]
+        others = ((sample[1] - self._last[1]) - (sample[2] - self._last[2])) / wall
+        self._last = sample
+        self.others_busy = max(0.0, others)
+        free = usable_cores() - self.others_busy
+        threads = max(1, min(self.most, int(free + 0.5)))
+        changed = threads != self.threads
+        self._use(threads)
+        return changed
+
+    def describe(self) -> str:
+        if self.torch is None:
+            return "threads: numpy's own (--threads sets torch's)"
+        if self.setting != "auto":
+            return f"threads: {self.threads} (--threads {self.setting})"
+        if self._last is None:
+            return f"threads: {self.threads} (auto: torch's default; /proc/stat is not readable here)"
+        if self.others_busy is None:
+            return f"threads: up to {self.most}, one per core other programs leave free (--threads auto)"
+        return (f"threads: {self.threads} (auto: other programs keep {self.others_busy:.1f} of "
+                f"{usable_cores()} cores busy)")

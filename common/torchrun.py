@@ -1,0 +1,46 @@
+"""torchrun, ending as the course's programs end: one line and an exit code, never a traceback.
+
+    python -m common.torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
+
+takes torchrun's own arguments and runs torchrun itself (`torch.distributed.run.main`) in this
+process. Plain `torchrun` answers Ctrl-C, and any process that exits with an error, with
+its own traceback and a failure report; here Ctrl-C (which reaches every process of the
+terminal's group: each one stops after the same step, see common/run.py) ends with one line
+and code 130, and a process that failed (bad input, say) with its own one-line message,
+printed once by that process, and its exit code.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from common.errors import INTERRUPTED
+
+
+def main(argv=None) -> None:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    for logger in ("torch.distributed.elastic", "torch.distributed.run"):  # warnings that restate the ending
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    try:
+        torchrun(sys.argv[1:] if argv is None else argv)
+    except SignalException as err:
+        print(f"torchrun: stopped by {err.sigval.name}; the processes stopped after the same step",
+              file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except ChildFailedError as err:
+        failures = sorted(err.failures.items())
+        rank, first = failures[0]
+        code = first.exitcode if 0 < first.exitcode < 256 else 1  # a negative code is a signal's number
+        print(f"torchrun: {len(failures)} process(es) failed; rank {rank} ended with exit code {first.exitcode}",
+              file=sys.stderr)
+        sys.exit(code)
+    except KeyboardInterrupt:  # a Ctrl-C before torchrun installed its own handlers
+        print("torchrun: stopped by SIGINT before the processes started", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

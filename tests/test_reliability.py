@@ -1,0 +1,205 @@
+"""Nothing lost on a full disk or at a signal while finishing, and one line for each ending.
+
+A full disk is played by the kernel's file-size limit (RLIMIT_FSIZE): past it, a write fails
+with EFBIG exactly where a full disk fails with ENOSPC, in the middle of a file, and the
+program must cope the same way. A signal "while finishing" is made to arrive while the
+figures are drawn by holding plot_run() until the test has sent it, so it never depends on
+how fast the machine is.
+"""
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from common.errors import WRITE_FAILED
+from common.harness import load_stage
+
+RUN = ["--data", "synthetic", "--epochs", "1", "--batch-size", "8"]
+EVENT_TIMEOUT = 900  # a safety net: the tests wait for files, not for speeds
+
+
+def limited_file_size(limit: int):
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then a write past the limit fails with EFBIG
+    return preexec
+
+
+def run_limited(stage: str, args: list[str], out: Path, limit: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", stage, *RUN, *args, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=EVENT_TIMEOUT, preexec_fn=limited_file_size(limit),
+                          env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+
+
+def record_of(out: Path) -> Path:
+    [record] = list(out.glob("*/*/"))
+    return record
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_one_line_about(result: subprocess.CompletedProcess, path_piece: str) -> None:
+    assert result.returncode == WRITE_FAILED, result.stderr[-800:]
+    lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-800:]
+    assert path_piece in lines[0] and "MB free" in lines[0] and "File too large" in lines[0]
+
+
+@pytest.mark.parametrize("stage", ["stages.stage01_numpy", "stages.stage06_optim"])
+def test_a_full_disk_while_training_keeps_every_row_written_before(stage, tmp_path):
+    result = run_limited(stage, ["--max-steps", "600"], tmp_path, limit=12_000)  # grad_norms.csv fills first
+    assert_one_line_about(result, "grad_norms.csv")
+    record = record_of(tmp_path)
+    norms, losses = rows(record / "grad_norms.csv"), rows(record / "losses.csv")
+    assert 0 < len(norms) < 600, "the limit was reached mid-run"
+    assert [r["step"] for r in norms] == [str(s) for s in range(1, len(norms) + 1)]
+    assert all(None not in r.values() and "" not in r.values() for r in norms), "no half-written row"
+    assert (record / "grad_norms.csv").read_bytes().endswith(b"\n")
+    assert len(losses) >= len(norms) and all(float(r["loss"]) > 0 for r in losses)
+    assert json.loads((record / "summary.json").read_text())["complete"] is False
+    assert not list(record.glob(".*.tmp")), "no temporary file left behind"
+
+
+def test_a_full_disk_while_saving_the_parameters_leaves_no_partial_file(tmp_path):
+    result = run_limited("stages.stage06_optim", ["--max-steps", "20"], tmp_path, limit=100_000)  # params ~250 kB
+    assert_one_line_about(result, "params.npz")
+    record = record_of(tmp_path)
+    assert not (record / "params.npz").exists() and not list(record.glob(".*.tmp"))
+    assert len(rows(record / "losses.csv")) == 20
+
+
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path):
+    checkpoint = tmp_path / "c.npz"
+    short = ["--batch-size", "800", "--checkpoint", str(checkpoint)]
+    first = subprocess.run([sys.executable, "-m", "stages.stage06_optim", *RUN, *short, "--out", str(tmp_path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=EVENT_TIMEOUT)
+    assert first.returncode == 0, first.stderr[-500:]
+    before = checkpoint.read_bytes()
+    result = run_limited("stages.stage06_optim", short + ["--epochs", "2", "--resume", str(checkpoint)],
+                         tmp_path / "second", limit=200_000)  # a checkpoint is ~500 kB
+    assert result.returncode == WRITE_FAILED and "the previous checkpoint is unchanged" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert checkpoint.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_no_space_left_is_one_line_with_the_free_space(tmp_path, monkeypatch, capsys):
+    """The real full-disk error, ENOSPC, raised by os.write after some rows, in this process."""
+    real_write, calls = os.write, []
+
+    def filling_write(fd, data):
+        calls.append(fd)
+        if len(calls) > 60:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", filling_write)
+    with pytest.raises(SystemExit) as exit_info:
+        load_stage(2).main(RUN + ["--max-steps", "100", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == WRITE_FAILED
+    [line] = [line for line in err.splitlines() if "error" in line]  # the rest is the progress bar
+    assert "losses.csv: No space left on device" in line and "MB free" in line
+
+
+# ---------------------------------------------------------------- signals while finishing
+HELD_PLOT = """
+import runpy, sys, time
+from pathlib import Path
+import common.plots
+release = Path(sys.argv[1])
+draw = common.plots.plot_run
+
+def held_plot_run(record_dir):
+    (record_dir / "drawing").touch()  # the test's cue: the figures are being drawn now
+    while not release.exists():
+        time.sleep(0.01)
+    return draw(record_dir)
+
+common.plots.plot_run = held_plot_run
+sys.argv = [sys.argv[2]] + sys.argv[3:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def run_holding_the_figures(tmp_path: Path, signals_to_send: list[int]) -> tuple[subprocess.CompletedProcess, Path]:
+    release = tmp_path / "release"
+    process = subprocess.Popen([sys.executable, "-c", HELD_PLOT, str(release), "stages.stage06_optim", *RUN,
+                                "--max-steps", "30", "--out", str(tmp_path / "runs")], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while not list((tmp_path / "runs").glob("*/*/drawing")):
+        assert process.poll() is None, process.stderr.read()[-500:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for sig in signals_to_send:
+        process.send_signal(sig)
+        time.sleep(0.2)  # the handler runs in the main thread, between two bytecodes of the held loop
+    release.touch()
+    stdout, stderr = process.communicate(timeout=EVENT_TIMEOUT)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), record_of(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_figures_are_drawn_finishes_them_then_says_so(sig, tmp_path):
+    result, record = run_holding_the_figures(tmp_path, [sig])
+    assert result.returncode == 130 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(f"the record is complete in {record}")
+    assert f"{signal.Signals(sig).name} while writing the summary and figures" in result.stderr
+    assert (record / "curves.png").stat().st_size > 10_000 and (record / "params.npz").exists()
+    assert json.loads((record / "summary.json").read_text())["complete"] is True
+
+
+def test_a_second_signal_while_finishing_stops_at_once_and_marks_the_record(tmp_path):
+    result, record = run_holding_the_figures(tmp_path, [signal.SIGINT, signal.SIGINT])
+    assert result.returncode == 130 and "Traceback" not in result.stderr
+    assert "marked incomplete" in result.stderr.strip().splitlines()[-1]
+    summary = json.loads((record / "summary.json").read_text())
+    assert summary["complete"] is False and "summary and figures" in summary["ended"]
+    assert len(rows(record / "losses.csv")) == 30, "the training record is whole"
+
+
+# ---------------------------------------------------------------- stage 11 under torchrun
+@pytest.mark.slow
+@pytest.mark.stage11
+def test_ctrl_c_to_torchrun_stops_every_process_after_the_same_step(tmp_path):
+    """Ctrl-C reaches the whole process group: torchrun and both workers."""
+    process = subprocess.Popen([sys.executable, "-m", "common.torchrun", "--nproc-per-node", "2", "-m",
+                                "stages.stage11_distributed", *RUN, "--out", str(tmp_path)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while not (list(tmp_path.glob("*/*/losses.csv")) and len(rows(next(tmp_path.glob("*/*/losses.csv")))) >= 1):
+        assert process.poll() is None, process.stderr.read()[-800:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=EVENT_TIMEOUT)
+    assert process.returncode == 130, stderr[-800:]
+    assert "Traceback" not in stderr and "torchrun: stopped by SIGINT" in stderr
+    [line] = [line for line in stderr.splitlines() if "interrupted by SIGINT at step" in line]
+    steps = int(line.split(" at step ")[1].split(";")[0])
+    assert len(rows(next(tmp_path.glob("*/*/losses.csv")))) == steps
+
+
+def test_a_failing_process_under_torchrun_is_one_line_each(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "common.torchrun", "--nproc-per-node", "2", "-m",
+                             "stages.stage11_distributed", "--data-dir", "/nonexistent", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=EVENT_TIMEOUT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+    assert "--data-dir /nonexistent: no such folder" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("torchrun: ")
