@@ -1,23 +1,30 @@
 """Benchmarks of the course, measured side by side in one run, printed as tables and saved as CSV.
 
-1. train_step time of every stage at batch 4 and 64, float32 and float64 (median of repeats
-   after warm-up), with its ratio to stage 6 (idiomatic PyTorch);
-2. training throughput (images/s) of stages 7-10 over one epoch, against a minimal
-   plain-PyTorch loop (the tutorial's: DataLoader, Net, criterion, SGD) on the same data;
-3. achieved GFLOP/s per stage, from the network's FLOP count, against the machine's peak for
+1. the time of one training step of every stage at batch 4 and 64, float32 and float64
+   (median of repeats after warm-up), with its ratio to stage 6 (idiomatic PyTorch);
+2. the shared machine: every stage's step at batch 4 and 64 (float32) on the idle machine
+   and beside one CPU-bound process that the benchmark starts and stops itself, with torch's
+   default threads and with --threads auto (common/threads.py); speed busy / idle;
+3. one epoch of the stages' own loops (stages 7-10, with the real run recorder: progress bar,
+   losses.csv, gradient norms) against the tutorial's own loop on the same images, read
+   through a CIFAR10-style Dataset (a PIL image per sample, ToTensor, Normalize; batch 4);
+4. achieved GFLOP/s per stage, from the network's FLOP count, against the machine's peak for
    a large float32 matrix product measured in the same run;
-4. peak memory of one train_step of the numpy stage at batch 256 against stage 6.
+5. peak memory of one step of the numpy stage at batch 256 against stage 6.
 
 Run: python -m benchmarks.bench [--quick] [--out runs/bench]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import inspect
+import io
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +35,8 @@ from tqdm import tqdm
 
 from common.data import make_synthetic
 from common.harness import driver, load_stage, sample_batches, stage_names, stage_options
+from common.run import StageRun
+from common.threads import FIRST_LOOK, ThreadPolicy
 from common.weights import PARAM_SHAPES, reference_params
 
 
@@ -61,14 +70,17 @@ def _timed(fn) -> float:
 
 
 # ---------------------------------------------------------------- 1. train_step times
-def step_time(stage, batch_size: int, dtype: str, repeats: int, warmup: int = 3) -> float:
-    """Median seconds of one training step, on fresh batches each time."""
+def step_time(stage, batch_size: int, dtype: str, repeats: int, warmup: int = 3, policy=None) -> float:
+    """Median seconds of one training step, on fresh batches each time; with a thread policy,
+    it looks at the machine between steps as the run recorder does."""
     d = driver(stage)
     model = d.build(reference_params(0), dtype=dtype)
     batches = [d.inputs(model, x, y) for x, y in sample_batches(warmup + repeats, batch_size, seed=1)]
     times = []
     for i, (x, y) in enumerate(batches):
         seconds = _timed(lambda: d.train_step(model, x, y, 0.001, 0.9))
+        if policy is not None:
+            policy.check()
         if i >= warmup:
             times.append(seconds)
     return statistics.median(times)
@@ -77,7 +89,7 @@ def step_time(stage, batch_size: int, dtype: str, repeats: int, warmup: int = 3)
 def bench_steps(repeats: int) -> list[dict]:
     rows = []
     configs = [(b, d) for b in (4, 64) for d in ("float32", "float64")]
-    for name in tqdm(stage_names(), desc="train_step times", unit="stage"):
+    for name in tqdm(stage_names(), desc="step times", unit="stage"):
         stage = load_stage(name)
         for batch_size, dtype in configs:
             rows.append({"stage": name.split(".")[1], "batch": batch_size, "dtype": dtype,
@@ -89,7 +101,56 @@ def bench_steps(repeats: int) -> list[dict]:
     return rows
 
 
-# ---------------------------------------------------------------- 2. throughput against plain PyTorch
+# ---------------------------------------------------------------- 2. the shared machine
+@contextlib.contextmanager
+def one_busy_process():
+    """A CPU-bound process beside the benchmark, as a learner's other program would be."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)  # let it settle on its core
+        yield hog
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def policy_for(setting):
+    """A thread policy that has already looked at the machine once."""
+    policy = ThreadPolicy(setting)
+    time.sleep(2 * FIRST_LOOK)
+    policy.check(at_once=True)
+    return policy
+
+
+def bench_shared(repeats: int) -> list[dict]:
+    """Speed beside one busy process over speed on the idle machine, per stage and batch size,
+    with torch's default threads (what the course did before --threads) and with auto."""
+    default = torch.get_num_threads()
+    times = {}
+    for busy in (False, True):
+        with one_busy_process() if busy else contextlib.nullcontext():
+            for name in tqdm(stage_names(), desc="shared machine (busy)" if busy else "shared machine (idle)",
+                             unit="stage"):
+                for batch_size in (4, 64):
+                    for setting in (default, "auto"):  # taking turns, so a slow spell hits both
+                        policy = policy_for(setting)
+                        times[name, batch_size, setting, busy] = step_time(name, batch_size, "float32", repeats,
+                                                                           policy=policy)
+                    torch.set_num_threads(default)
+    rows = []
+    for name in stage_names():
+        for batch_size in (4, 64):
+            t = {(s, b): times[name, batch_size, s, b] for s in (default, "auto") for b in (False, True)}
+            rows.append({"stage": name.split(".")[1], "batch": batch_size,
+                         "default_idle_ms": 1000 * t[default, False], "default_busy_ms": 1000 * t[default, True],
+                         "default_busy_vs_idle": t[default, False] / t[default, True],
+                         "auto_idle_ms": 1000 * t["auto", False], "auto_busy_ms": 1000 * t["auto", True],
+                         "auto_busy_vs_idle": t["auto", False] / t["auto", True],
+                         "auto_idle_vs_default_idle": t[default, False] / t["auto", False]})
+    return rows
+
+
+# ---------------------------------------------------------------- 3. one epoch against the tutorial's loop
 class PlainNet(nn.Module):
     """The tutorial's Net, written here once more so the baseline owes nothing to the course."""
 
@@ -105,42 +166,68 @@ class PlainNet(nn.Module):
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
-def plain_pytorch_epoch(data, batch_size: int) -> float:
-    """The tutorial's loop over one epoch of the same data; returns seconds."""
-    stage7 = load_stage(7)  # the same Dataset and transform, so only the loop differs
-    loader = torch.utils.data.DataLoader(stage7.ArrayDataset(data.train_x, data.train_y, stage7.make_transform(torch.float32)),
-                                         batch_size=batch_size, shuffle=True)
+class TutorialCIFAR10(torch.utils.data.Dataset):
+    """What torchvision's CIFAR10 does per sample: a PIL image from the uint8 array, then the
+    transform. The course's ArrayDataset hands the array to ToTensor directly."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def tutorial_epoch(data, batch_size: int) -> float:
+    """The tutorial's loop over one epoch of the same images; returns seconds."""
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    trainloader = torch.utils.data.DataLoader(TutorialCIFAR10(data.train_x, data.train_y, transform),
+                                              batch_size=batch_size, shuffle=True)
     net = PlainNet()
-    criterion, opt = nn.CrossEntropyLoss(), optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    criterion, optimizer = nn.CrossEntropyLoss(), optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
     running_loss = 0.0
     start = time.perf_counter()
-    for x, y in loader:
-        opt.zero_grad()
-        loss = criterion(net(x), y)
+    for i, (inputs, labels) in enumerate(trainloader):
+        optimizer.zero_grad()
+        outputs = net(inputs)
+        loss = criterion(outputs, labels)
         loss.backward()
-        opt.step()
-        running_loss += loss.item()  # the tutorial reads every loss, as the stages do
+        optimizer.step()
+        running_loss += loss.item()
+        if i % 2000 == 1999:  # the tutorial prints the running loss every 2000 batches
+            running_loss = 0.0
     return time.perf_counter() - start
 
 
 def stage_epoch(stage_number: int, data, batch_size: int) -> float:
-    """One epoch of a stage's own train_one_epoch, timed without data loading set-up."""
+    """One epoch of a stage's own train_one_epoch, with the real recorder writing its record."""
     stage = load_stage(stage_number)
     d = driver(stage)
-    args = stage_options(stage, ["--batch-size", str(batch_size)])
-    model = d.build(reference_params(0))
-    takes_device = "device" in inspect.signature(stage.make_loaders).parameters
-    train_loader = stage.make_loaders(data, args, *((torch.device("cpu"),) if takes_device else ()))[0]
-    start = time.perf_counter()
-    d.train_one_epoch(model, train_loader, 0.001, 0.9)
-    return time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stderr(io.StringIO()), \
+            contextlib.redirect_stdout(io.StringIO()):
+        args = stage_options(stage, ["--batch-size", str(batch_size), "--out", out])
+        model = d.build(reference_params(0))
+        takes_device = "device" in inspect.signature(stage.make_loaders).parameters
+        train_loader = stage.make_loaders(data, args, *((torch.device("cpu"),) if takes_device else ()))[0]
+        with StageRun(stage.__file__, args) as run:
+            run.start_epoch(1, len(train_loader))
+            start = time.perf_counter()
+            d.train_one_epoch(model, train_loader, 0.001, 0.9, run=run)
+            seconds = time.perf_counter() - start
+    return seconds
 
 
 def bench_throughput(n_images: int, batch_size: int, rounds: int) -> list[dict]:
     """Images/s of each loop: the best of `rounds` epochs, the loops taking turns round by round,
     so that a slow spell of the machine does not fall on one loop alone."""
     data = make_synthetic(0, n_train=n_images, n_test=10)
-    loops = {"plain PyTorch loop": lambda: plain_pytorch_epoch(data, batch_size)}
+    loops = {"the tutorial's loop": lambda: tutorial_epoch(data, batch_size)}
     loops.update({f"stage{n:02d}": (lambda n=n: stage_epoch(n, data, batch_size)) for n in (7, 8, 9, 10)})
     best = {label: float("inf") for label in loops}
     with tqdm(total=rounds * len(loops), desc="epoch throughput", unit="epoch") as bar:
@@ -148,12 +235,12 @@ def bench_throughput(n_images: int, batch_size: int, rounds: int) -> list[dict]:
             for label, run_epoch in loops.items():
                 best[label] = min(best[label], run_epoch())
                 bar.update()
-    baseline = n_images / best["plain PyTorch loop"]
-    return [{"loop": label, "images_per_s": n_images / seconds, "vs_plain": n_images / seconds / baseline}
+    baseline = n_images / best["the tutorial's loop"]
+    return [{"loop": label, "images_per_s": n_images / seconds, "vs_tutorial": n_images / seconds / baseline}
             for label, seconds in best.items()]
 
 
-# ---------------------------------------------------------------- 4. peak memory
+# ---------------------------------------------------------------- 5. peak memory
 MEMORY_PROBE = """
 import resource, sys
 from common.harness import load_stage, sample_batches
@@ -219,15 +306,19 @@ def main(argv=None) -> dict:
           f"one training image costs {flops_per_image_train_step() / 1e6:.2f} MFLOP")
     results = {
         "steps": bench_steps(repeats=10 if args.quick else 40),
+        "shared": bench_shared(repeats=10 if args.quick else 30),
         "throughput": bench_throughput(2000 if args.quick else 8000, 4, rounds=1 if args.quick else 5),
         "memory": bench_memory(),
     }
     for r in results["steps"]:
         r["of_peak"] = r["gflops"] / peak
-    print_table("train_step (median ms; ratio to stage 6; achieved GFLOP/s and fraction of the matmul peak)",
+    print_table("one training step (median ms; ratio to stage 6; achieved GFLOP/s and fraction of the matmul peak)",
                 results["steps"])
-    print_table("one epoch at batch 4 (images/s; ratio to the plain PyTorch loop)", results["throughput"])
-    print_table("peak extra memory of one float32 train_step at batch 256 (MiB)", results["memory"])
+    print_table(f"beside one CPU-bound process (float32, median ms): torch's default {torch.get_num_threads()} "
+                "threads against --threads auto; busy_vs_idle is speed beside it over speed alone (goal: >= 0.8 "
+                "with auto), auto_idle_vs_default_idle the idle speed kept (goal: >= 0.95)", results["shared"])
+    print_table("one epoch at batch 4 (images/s; ratio to the tutorial's loop, goal >= 0.95)", results["throughput"])
+    print_table("peak extra memory of one float32 step at batch 256 (MiB)", results["memory"])
     for name, rows in results.items():
         write_csv(out / f"{name}.csv", rows)
     print(f"\nCSV files in {out}/")

@@ -211,7 +211,8 @@ class Driver:
     # ---------------------------------------------------------------- the stage's own loop
     def train_one_epoch(self, model: Model, batches, lr: float, momentum: float, max_steps: int | None = None,
                         run=None) -> list[float]:
-        """Run the stage's own `train_one_epoch` over `batches` (pairs of x, y); returns the losses."""
+        """Run the stage's own `train_one_epoch` over `batches` (pairs of x, y); returns the losses,
+        or None when `run` is a real run recorder, which writes them to its record."""
         run = run or StepLog()
         batches = (self.inputs(model, x, y) for x, y in batches)  # a DataLoader stays lazy
         available = {
@@ -225,7 +226,7 @@ class Driver:
         if "optimizer" in wanted:
             available["optimizer"] = self.optimizer(model, lr, momentum)
         self.stage.train_one_epoch(**{name: available[name] for name in wanted})
-        return run.losses
+        return run.losses if isinstance(run, StepLog) else None  # a real recorder keeps its own record
 
 
 class StepLog:

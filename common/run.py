@@ -306,6 +306,8 @@ class StageRun:
         finally:
             for f in self._files.values():
                 f.close()
+            if self._threads is not None:
+                self._threads.restore()
             signals.restore()
 
     def _finish(self) -> None:

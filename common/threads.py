@@ -1,23 +1,26 @@
-"""How many CPU threads torch's operators use: --threads N, or auto (the default).
+"""How many CPU threads the stages' maths uses: --threads N, or auto (the default).
 
 torch runs one operator (a convolution, a matrix product) on several threads at once, by
-default one per core. On an idle 2-core machine the second thread makes this network's
-steps 1.2-1.5x faster. Beside one other busy process it makes them up to 4x *slower*: each
-operator ends only when its slowest thread does, and that thread must now share a core.
+default one per core, and so does numpy's matrix product (OpenBLAS). On an idle 2-core
+machine the second thread makes this network's steps 1.2-1.5x faster. Beside one other busy
+process it makes them up to 4x *slower*: each operator ends only when its slowest thread
+does, and that thread must now share a core.
 
 auto measures instead of guessing. From /proc/stat it knows how much CPU time all processes
 used, and from the process's own clock how much of it was its own; the difference, over the
 last few seconds, is how many cores other programs keep busy. It uses one thread per core
-that is left, at least one and at most torch's own default, and looks again every few
+that is left, at least one and at most the library's own default, and looks again every few
 seconds, so a run that starts on an idle machine steps back to one thread when another
 program starts, and back up when it ends. Where /proc/stat cannot be read (not Linux), auto
-keeps torch's default.
+keeps the libraries' defaults. The thread counts go back to what they were when the run ends.
 """
 from __future__ import annotations
 
 import os
 import sys
 import time
+
+from threadpoolctl import ThreadpoolController
 
 CHECK_EVERY = 2.0  # seconds between two looks at the machine
 FIRST_LOOK = 0.2  # the shortest span worth measuring (/proc/stat counts in 1/100 s)
@@ -46,17 +49,20 @@ def usable_cores() -> int:
 
 
 class ThreadPolicy:
-    """Apply --threads: a number once, or auto by measurement, again every CHECK_EVERY seconds."""
+    """Apply --threads to torch (when the stage uses it) and to numpy's BLAS: a number once, or
+    auto by measurement, again every CHECK_EVERY seconds. restore() undoes it."""
 
-    def __init__(self, setting, torch_module=None):
-        self.torch = torch_module if torch_module is not None else sys.modules.get("torch")
+    def __init__(self, setting):
+        self.torch = sys.modules.get("torch")
         self.setting = setting
-        self.threads = self.torch.get_num_threads() if self.torch is not None else None
-        self.most = self.threads
+        self._blas = ThreadpoolController().select(user_api="blas")
+        self._original = (self.torch.get_num_threads() if self.torch is not None else None,
+                          self._blas.info())
+        blas_default = max((lib["num_threads"] for lib in self._blas.info()), default=1)
+        self.most = self._original[0] if self.torch is not None else blas_default
+        self.threads = self.most
         self.others_busy = None  # cores other programs kept busy, last we looked
         self._last = None
-        if self.torch is None:
-            return
         if setting != "auto":
             self._use(int(setting))
         elif cpu_seconds_of_all_processes() is not None:
@@ -66,8 +72,9 @@ class ThreadPolicy:
         return time.monotonic(), cpu_seconds_of_all_processes(), time.process_time()
 
     def _use(self, threads: int) -> None:
-        if threads != self.torch.get_num_threads():
+        if self.torch is not None and threads != self.torch.get_num_threads():
             self.torch.set_num_threads(threads)
+        self._blas.limit(limits=threads)
         self.threads = threads
 
     def check(self, at_once: bool = False) -> bool:
@@ -86,17 +93,24 @@ class ThreadPolicy:
         free = usable_cores() - self.others_busy
         threads = max(1, min(self.most, int(free + 0.5)))
         changed = threads != self.threads
-        self._use(threads)
+        if changed:
+            self._use(threads)
         return changed
 
+    def restore(self) -> None:
+        torch_threads, blas = self._original
+        if self.torch is not None and torch_threads is not None:
+            self.torch.set_num_threads(torch_threads)
+        for lib in blas:
+            ThreadpoolController().select(filepath=lib["filepath"]).limit(limits=lib["num_threads"])
+
     def describe(self) -> str:
-        if self.torch is None:
-            return "threads: numpy's own (--threads sets torch's)"
+        what = "torch's and numpy's" if self.torch is not None else "numpy's"
         if self.setting != "auto":
-            return f"threads: {self.threads} (--threads {self.setting})"
+            return f"threads: {self.threads} for {what} maths (--threads {self.setting})"
         if self._last is None:
-            return f"threads: {self.threads} (auto: torch's default; /proc/stat is not readable here)"
+            return f"threads: the libraries' defaults (auto: /proc/stat is not readable here)"
         if self.others_busy is None:
-            return f"threads: up to {self.most}, one per core other programs leave free (--threads auto)"
-        return (f"threads: {self.threads} (auto: other programs keep {self.others_busy:.1f} of "
-                f"{usable_cores()} cores busy)")
+            return f"threads: up to {self.most} for {what} maths, one per core other programs leave free (auto)"
+        return (f"threads: {self.threads} for {what} maths (auto: other programs keep {self.others_busy:.1f} "
+                f"of {usable_cores()} cores busy)")

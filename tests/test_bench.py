@@ -12,5 +12,28 @@ def test_the_flop_count_is_the_networks():
 
 def test_every_loop_of_the_throughput_comparison_runs(tmp_path):
     rows = bench.bench_throughput(n_images=64, batch_size=16, rounds=1)
-    assert [r["loop"] for r in rows] == ["plain PyTorch loop", "stage07", "stage08", "stage09", "stage10"]
-    assert all(r["images_per_s"] > 0 for r in rows) and rows[0]["vs_plain"] == 1.0
+    assert [r["loop"] for r in rows] == ["the tutorial's loop", "stage07", "stage08", "stage09", "stage10"]
+    assert all(r["images_per_s"] > 0 for r in rows) and rows[0]["vs_tutorial"] == 1.0
+
+
+def test_the_tutorial_dataset_gives_what_torchvision_cifar10_gives(tmp_path):
+    """The baseline reads images the way torchvision's CIFAR10 does: a PIL image, then the transform."""
+    import torch
+    from torchvision import transforms
+
+    from common.data import make_synthetic
+    from common.harness import load_stage
+
+    data = make_synthetic(0, n_train=8, n_test=1)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    ours = bench.TutorialCIFAR10(data.train_x, data.train_y, transform)
+    stage7 = load_stage(7)
+    theirs = stage7.ArrayDataset(data.train_x, data.train_y, stage7.make_transform(torch.float32))
+    for i in range(8):
+        assert torch.equal(ours[i][0], theirs[i][0]) and ours[i][1] == theirs[i][1]
+
+
+def test_the_busy_process_runs_only_inside_its_block():
+    with bench.one_busy_process() as hog:
+        assert hog.poll() is None
+    assert hog.poll() is not None, "stopped and reaped when the block ends"
