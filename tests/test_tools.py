@@ -26,7 +26,8 @@ def test_compare_names_a_stage_that_disagrees(tmp_path, monkeypatch, capsys):
     stage = load_stage(2)
     honest_update = stage.sgd_momentum_update
     monkeypatch.setattr(stage, "sgd_momentum_update",
-                        lambda model, grads, lr, momentum: honest_update(model, grads, lr * 1.001, momentum))
+                        lambda params, buffers, grads, lr, momentum: honest_update(params, buffers, grads, lr * 1.001,
+                                                                                   momentum))
     with pytest.raises(SystemExit) as exit_info:
         compare.main(["--steps", "3", "--stages", "1", "2", "--dtype", "float64", "--out", str(tmp_path)])
     assert exit_info.value.code == 1
