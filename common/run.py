@@ -337,8 +337,8 @@ class StageRun:
               f"(mean of the last {len(self.recent_losses)} steps), "
               f"test accuracy {100 * accuracy:.2f}%, time {seconds:.1f}s, record {self.record_dir}")
         if self.args.max_steps is not None and self.steps == self.args.max_steps and accuracy < 2 * CHANCE:
-            print(f"{self.stage}: {self.steps} steps were too few to learn anything (chance is "
-                  f"{100 * CHANCE:.0f}%): at lr {self.args.lr} the loss stays near ln 10 for the first few "
+            print(f"{self.stage}: {self.steps} steps were too few to learn: the test accuracy is near chance "
+                  f"({100 * CHANCE:.0f}%). At lr {self.args.lr} the loss stays near ln 10 for the first few "
                   "hundred steps on CIFAR-10; drop --max-steps to train whole epochs")
 
     def _mark_incomplete(self, why: str) -> None:

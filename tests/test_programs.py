@@ -176,3 +176,17 @@ def test_the_numpy_stage_runs_without_loading_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "torch loaded: False" in result.stdout
+
+
+def test_a_run_too_short_to_learn_says_so_in_one_line(tmp_path, capsys):
+    summary = load_stage(1).main(SMOKE + ["--out", str(tmp_path)])
+    assert summary["test_accuracy"] < 0.2, "20 steps at lr 0.001 stay near chance"
+    lines = [line for line in capsys.readouterr().out.splitlines() if "too few to learn" in line]
+    assert len(lines) == 1 and "--max-steps" in lines[0]
+
+
+def test_a_run_that_learned_does_not_say_it_was_too_short(tmp_path, capsys):
+    summary = load_stage(1).main(["--data", "synthetic", "--max-steps", "300", "--batch-size", "16", "--lr", "0.01",
+                                  "--out", str(tmp_path)])
+    assert summary["test_accuracy"] > 0.5
+    assert "too few to learn" not in capsys.readouterr().out
