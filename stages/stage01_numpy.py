@@ -11,13 +11,18 @@ Changes from stage 0 (nothing):
   each op has a backward function that turns the gradient of its output into gradients of
   its inputs, and the update is SGD with momentum exactly as `torch.optim.SGD` defines it:
   buf = momentum * buf + grad (the first buf is the grad itself), param -= lr * buf.
+  After the first step the stage prints the gradient of conv1's bias: stages 2-6 start from
+  the same weights and the same first batch and print the same numbers (to round-off), from
+  stage 3 on computed by autograd.
 - Images are normalised by hand to [-1, 1], as the tutorial's
   `Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))` does after `ToTensor()`.
 - The training loop is in `train_one_epoch` and `main`, in plain sight. Everything training
   changes is the run's state: the parameters, the momentum buffers and the generator that
   shuffles the data. `run.resume(...)` names them, so that `--checkpoint PATH` can save them
   after every epoch and `--resume PATH` can put them back (common/checkpoint.py); `run` also
-  draws the progress bar and writes the run's record (common/run.py).
+  draws the progress bar, writes the run's record (common/run.py) and prints the loss of the
+  first step, taken before any update: small random weights give ten nearly equal logits, so
+  each class gets a probability near 1/10 and the loss is near -ln(1/10) = ln 10 = 2.303.
 
 Run: python -m stages.stage01_numpy --epochs 1
 """
@@ -25,6 +30,7 @@ import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from tqdm import tqdm
 
 from common.cli import parse_args
 from common.data import load_data
@@ -82,10 +88,12 @@ def relu_backward(dout, out):
 
 
 def max_pool2x2(x):
-    """2x2 max-pool with stride 2; also returns which of the 4 inputs won, for the backward."""
+    """2x2 max-pool with stride 2; also returns which of the 4 inputs won, for the backward.
+    Unlike F.max_pool2d, which gives NaN for a window holding a NaN, this skips a NaN that is
+    not the window's first input (NaN > x is False)."""
     corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # each window's 4 inputs, as 4 views
     out, winner = corners[0], np.zeros(corners[0].shape, dtype=np.int8)
-    for k in (1, 2, 3):  # strictly greater: on ties the first maximum wins, as in PyTorch
+    for k in (1, 2, 3):  # strictly greater: on ties the first maximum wins, as in F.max_pool2d
         better = corners[k] > out
         out, winner = np.where(better, corners[k], out), np.where(better, k, winner)
     return out, winner
@@ -189,6 +197,12 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(grads):
+    """The gradient of conv1's bias after the first step, to look at."""
+    tqdm.write("conv1.bias gradient after step 1, by the hand-written backward: "
+               + " ".join(f"{g:+.4e}" for g in grads["conv1.bias"].tolist()))
+
+
 def train_one_epoch(params, momentum_buffers, train_batches, args, run):
     for x, y in train_batches:
         logits, cache = forward_with_cache(params, x)
@@ -196,6 +210,8 @@ def train_one_epoch(params, momentum_buffers, train_batches, args, run):
         grads = backward(params, cache, dlogits)
         sgd_momentum_update(params, momentum_buffers, grads, args.lr, args.momentum)
         run.log_step(loss, grads)  # the progress bar; the loss and each layer's gradient norm, on disk
+        if run.steps == 1:
+            show_gradient(grads)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 

@@ -1,16 +1,21 @@
 """Stage 2: the same network with torch tensors; the gradients are still written by hand.
 
 Changes from stage 1:
-- numpy arrays become torch tensors. A tensor is a numpy-like array that also carries a
-  dtype (float32 unless asked otherwise: `torch.float32`, `torch.float64`) and a device
-  (`cpu` here; `cuda:0` in stage 9), e.g. `params["conv1.weight"].dtype, .device, .shape`.
-  Most numpy calls have a twin: `sliding_window_view` -> `Tensor.unfold`, `transpose` ->
-  `permute`, `np.where` -> `torch.where`, `np.zeros` -> `torch.zeros`, `copy` -> `clone`,
-  `axis=` -> `dim=`.
+- numpy arrays become torch tensors. Like an array, a tensor has a shape and a dtype; it also
+  has a device (`cpu` here; a GPU such as `cuda:0` from stage 9). A tensor made from a numpy
+  array keeps the array's dtype (`torch.tensor(np.zeros(3))` is float64), one made from
+  Python floats gets torch's default, float32 (numpy's default is float64); here every
+  floating-point tensor is given --dtype explicitly. Most numpy calls have a twin:
+  `sliding_window_view` -> `Tensor.unfold`, `transpose` -> `permute`, `np.where` ->
+  `torch.where`, `np.zeros` -> `torch.zeros`, `copy` -> `clone`, `axis=` -> `dim=`,
+  `keepdims=` -> `keepdim=`.
+- A tensor method whose name ends in `_` changes the tensor in place and returns it
+  (`w.add_(1)`, `w.zero_()`); without the `_` it returns a new tensor (`w.add(1)`). The stage
+  prints this, on a copy of conv1's weight, with the weight's dtype, device and shape.
 - `torch.from_numpy` shares memory with the numpy array, so the weights are copied with
-  `torch.tensor` to keep the caller's arrays untouched.
-- Nothing else changes: the forward, the hand-written backward and the momentum update
-  compute exactly what stage 1 computes, which the tests check to float64 round-off.
+  `torch.tensor` to keep the caller's arrays untouched (the update changes them in place).
+- Nothing else changes: the forward, the hand-written backward and the momentum update do
+  what stage 1 does, op for op; the tests check that they agree to float64 round-off.
 
 Run: python -m stages.stage02_tensors --epochs 1
 """
@@ -18,6 +23,7 @@ import math
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from common.cli import parse_args
 from common.data import load_data
@@ -75,10 +81,12 @@ def relu_backward(dout, out):
 
 
 def max_pool2x2(x):
-    """2x2 max-pool with stride 2; also returns which of the 4 inputs won, for the backward."""
+    """2x2 max-pool with stride 2; also returns which of the 4 inputs won, for the backward.
+    Unlike F.max_pool2d, which gives NaN for a window holding a NaN, this skips a NaN that is
+    not the window's first input (NaN > x is False)."""
     corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # each window's 4 inputs, as 4 views
     out, winner = corners[0], torch.zeros(corners[0].shape, dtype=torch.int8)
-    for k in (1, 2, 3):  # strictly greater: on ties the first maximum wins, as in PyTorch
+    for k in (1, 2, 3):  # strictly greater: on ties the first maximum wins, as in F.max_pool2d
         better = corners[k] > out
         out, winner = torch.where(better, corners[k], out), torch.where(better, k, winner)
     return out, winner
@@ -124,6 +132,13 @@ def forward(params, x):
     """The logits alone, for predictions."""
     logits, _ = forward_with_cache(params, x)
     return logits
+
+
+def show_tensor(name, t):
+    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
+    w = t.clone()  # a copy: the demonstration leaves the weights alone
+    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
+          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
 
 
 # ---------------------------------------------------------------- loss and step
@@ -182,6 +197,12 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(grads):
+    """The gradient of conv1's bias after the first step, to look at."""
+    tqdm.write("conv1.bias gradient after step 1, by the hand-written backward: "
+               + " ".join(f"{g:+.4e}" for g in grads["conv1.bias"].tolist()))
+
+
 def train_one_epoch(params, momentum_buffers, train_batches, args, run):
     for x, y in train_batches:
         logits, cache = forward_with_cache(params, x)
@@ -189,6 +210,8 @@ def train_one_epoch(params, momentum_buffers, train_batches, args, run):
         grads = backward(params, cache, dlogits)
         sgd_momentum_update(params, momentum_buffers, grads, args.lr, args.momentum)
         run.log_step(loss.item(), grads)  # the progress bar; the loss and each layer's gradient norm, on disk
+        if run.steps == 1:
+            show_gradient(grads)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
@@ -212,6 +235,7 @@ def main(argv=None):
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
         first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
+        show_tensor("conv1.weight", params["conv1.weight"])
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)

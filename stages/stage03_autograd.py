@@ -3,15 +3,19 @@
 Changes from stage 2:
 - Every hand-written backward function is gone. The parameters are made with
   `requires_grad=True`, so torch records each op of the forward in a graph, and
-  `loss.backward()` walks that graph to fill each parameter's `.grad` by the chain rule:
-  the same computation stage 2 wrote out, now derived from the forward alone.
-- The update runs inside `with torch.no_grad():`. The update is not part of the model: if
-  autograd recorded `p -= lr * buf`, the parameter would become the output of an op on its
-  old self, the graph would grow across steps, and torch refuses an in-place change of a
-  leaf that requires grad anyway. `no_grad()` switches recording off for those lines.
-  (The older route, `p.data -= lr * buf`, edits the numbers behind autograd's back: it
-  works here, but it also skips autograd's checks, so a wrong in-place change goes unseen.
-  `no_grad()` is the supported way.)
+  `loss.backward()` walks that graph by the chain rule and adds each parameter's gradient
+  to its `.grad`: the computation stage 2 wrote out, now derived from the forward alone.
+  After the first step the stage prints `params["conv1.bias"].grad`, the numbers stage 2's
+  hand-written backward printed.
+- The update runs inside `with torch.no_grad():`. The update is not part of the model, and
+  autograd must not record it. Outside `no_grad()`, torch refuses `p -= lr * buf` on a
+  parameter ("a leaf Variable that requires grad is being used in an in-place operation"):
+  recording it would turn the parameter from a leaf, where `.grad` collects, into the output
+  of an op. `no_grad()` switches recording off for those lines; the change still counts in
+  `p`'s version counter, so a graph that saved the old `p` would refuse to run backward.
+  (The older route, `p.data -= lr * buf`, changes the same numbers through a tensor with a
+  version counter of its own: autograd sees no change, and a backward through a graph that
+  saved the old values would silently use the new ones. `no_grad()` is the supported way.)
 - `.grad` accumulates: each `backward()` adds to it. So `zero_grad(params)` sets it to None
   at the start of every step, or the step would use the sum of its gradient and the last.
 - Evaluation runs under `torch.no_grad()` too: no graph is needed when no backward follows.
@@ -22,6 +26,7 @@ import math
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from common.cli import parse_args
 from common.data import load_data
@@ -53,7 +58,9 @@ def relu(x):
 
 
 def max_pool2x2(x):
-    """2x2 max-pool with stride 2."""
+    """2x2 max-pool with stride 2.
+    Unlike F.max_pool2d, which gives NaN for a window holding a NaN, this skips a NaN that is
+    not the window's first input (NaN > x is False)."""
     corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # each window's 4 inputs, as 4 views
     out = corners[0]
     for k in (1, 2, 3):  # strictly greater: on ties the first maximum wins, and gets the gradient
@@ -75,6 +82,13 @@ def forward(params, x):
     h = relu(linear(h, p["fc1.weight"], p["fc1.bias"]))  # (N, 120)
     h = relu(linear(h, p["fc2.weight"], p["fc2.bias"]))  # (N, 84)
     return linear(h, p["fc3.weight"], p["fc3.bias"])  # (N, 10)
+
+
+def show_tensor(name, t):
+    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
+    w = t.clone()  # a copy: the demonstration leaves the weights alone
+    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
+          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
 
 
 # ---------------------------------------------------------------- loss and step
@@ -117,6 +131,12 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(params):
+    """The gradient of conv1's bias after the first step, where autograd put it: in .grad."""
+    tqdm.write("conv1.bias.grad after step 1, by loss.backward(): "
+               + " ".join(f"{g:+.4e}" for g in params["conv1.bias"].grad.tolist()))
+
+
 def train_one_epoch(params, momentum_buffers, train_batches, args, run):
     for x, y in train_batches:
         zero_grad(params)
@@ -124,6 +144,8 @@ def train_one_epoch(params, momentum_buffers, train_batches, args, run):
         loss.backward()  # fills p.grad of every parameter
         sgd_momentum_update(params, momentum_buffers, args.lr, args.momentum)
         run.log_step(loss.item(), params)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == 1:
+            show_gradient(params)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
@@ -149,6 +171,7 @@ def main(argv=None):
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
         first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
+        show_tensor("conv1.weight", params["conv1.weight"])
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)

@@ -2,14 +2,20 @@
 
 Changes from stage 3:
 - `F.conv2d`, `F.relu`, `F.max_pool2d` and `F.linear` replace the hand-written im2col
-  convolution, relu, max-pool and linear layer. They compute the same numbers, but in
-  optimised C++ kernels, and each comes with its backward already written.
+  convolution, relu, max-pool and linear layer. They compute the same results to round-off
+  (a library kernel adds the products in an order of its own), in optimised C++ kernels, and
+  each comes with its backward already written. One difference: `F.max_pool2d` gives NaN for
+  a window holding a NaN, where the hand-written pool skipped a NaN that was not first.
 - `F.cross_entropy` replaces the hand-written softmax cross-entropy. It is `log_softmax`
-  followed by `nll_loss`, averaged over the batch, and it is numerically stable in the same
-  way (it subtracts the largest logit before exponentiating).
+  followed by `nll_loss`, and it is numerically stable in the same way (`log_softmax`
+  subtracts the largest logit before exponentiating). It computes one loss per image and
+  by default (`reduction="mean"`) returns their mean, the cost that training minimises;
+  `reduction="none"` returns the losses themselves. The stage prints them for 4 test images,
+  with their mean next to what the default returns.
 - Everything else stays: the parameters are still plain tensors in a dict, and the update is
   still written by hand under `torch.no_grad()`. `F` is the functional half of `torch.nn`:
-  pure functions of their inputs and weights, with no state, so they fit a dict of weights.
+  functions that keep no state, so everything they use, the weights too, is passed in, which
+  suits a dict of weights.
 
 Run: python -m stages.stage04_functional --epochs 1
 """
@@ -18,6 +24,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from common.cli import parse_args
 from common.data import load_data
@@ -41,7 +48,24 @@ def forward(params, x):
     return F.linear(h, p["fc3.weight"], p["fc3.bias"])  # (N, 10)
 
 
+def show_tensor(name, t):
+    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
+    w = t.clone()  # a copy: the demonstration leaves the weights alone
+    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
+          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
+
+
 # ---------------------------------------------------------------- loss and step
+@torch.no_grad()
+def show_loss_and_cost(params, x, y):
+    """One loss per image (reduction="none"), and their mean: what F.cross_entropy returns."""
+    logits = forward(params, x)
+    losses = F.cross_entropy(logits, y, reduction="none")  # (N,)
+    each = " ".join(f"{v:.4f}" for v in losses.tolist())
+    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
+          f"{losses.mean():.4f}; F.cross_entropy(logits, y): {F.cross_entropy(logits, y):.4f}")
+
+
 def zero_grad(params):
     """backward() adds to .grad: set it to None, so this step's gradient starts from nothing."""
     for p in params.values():
@@ -73,6 +97,12 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(params):
+    """The gradient of conv1's bias after the first step, where autograd put it: in .grad."""
+    tqdm.write("conv1.bias.grad after step 1, by loss.backward(): "
+               + " ".join(f"{g:+.4e}" for g in params["conv1.bias"].grad.tolist()))
+
+
 def train_one_epoch(params, momentum_buffers, train_batches, args, run):
     for x, y in train_batches:
         zero_grad(params)
@@ -80,6 +110,8 @@ def train_one_epoch(params, momentum_buffers, train_batches, args, run):
         loss.backward()  # fills p.grad of every parameter
         sgd_momentum_update(params, momentum_buffers, args.lr, args.momentum)
         run.log_step(loss.item(), params)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == 1:
+            show_gradient(params)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
@@ -105,6 +137,9 @@ def main(argv=None):
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
         first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
+        show_tensor("conv1.weight", params["conv1.weight"])
+        x, y = normalise(data.test_x[:4], dtype), torch.from_numpy(data.test_y[:4])  # a batch to look at
+        show_loss_and_cost(params, x, y)
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)

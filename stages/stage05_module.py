@@ -6,15 +6,21 @@ Changes from stage 4:
   parameters disappears: `model.parameters()` yields the 10 tensors (weight, then bias, of
   conv1, conv2, fc1, fc2, fc3), `model.named_parameters()` gives them with the canonical names
   (`"conv1.weight"`, ...), which are also the keys of `model.state_dict()`. A gradient can be
-  looked at where it lives: `model.conv1.bias.grad`. `model.zero_grad()` clears every `.grad`
-  at once, and `model(x)` calls `forward` (through `__call__`, which also runs any hooks).
-- The weights arrive through `model.load_state_dict(...)` from the canonical names, so this
-  stage starts from exactly the numbers the earlier stages use. A new `nn.Conv2d` or
+  looked at where it lives: after the first step the stage prints `model.conv1.bias.grad`
+  and, going through `model.named_parameters()`, the norm of every parameter's `.grad`,
+  weight then bias, layer by layer. `model.zero_grad()` sets every parameter's `.grad` to
+  None at once (`set_to_none=True` is its default since PyTorch 2.0), and `model(x)` calls
+  `forward` (through `__call__`, which also runs any hooks).
+- The weights arrive through `model.load_state_dict(...)` from the canonical names. It copies
+  them into the module's existing parameters, converting them to the parameters' dtype, so
+  this stage starts from exactly the numbers the earlier stages use. A new `nn.Conv2d` or
   `nn.Linear` is already initialised, by `reset_parameters()`, with
   U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the reference weights in common/weights.py are drawn
-  from that same distribution. To initialise differently, use `torch.nn.init` in place under
-  `torch.no_grad()` (e.g. `nn.init.kaiming_normal_(model.conv1.weight)`); the older
-  `model.conv1.weight.data.normal_()` also works but bypasses autograd's checks.
+  from that same distribution. To initialise differently, call a `torch.nn.init` function on
+  the parameter, e.g. `nn.init.kaiming_normal_(model.conv1.weight)`: it changes the tensor in
+  place (the trailing `_`) and switches autograd's recording off by itself. A tensor method
+  such as `model.conv1.weight.normal_()` needs `with torch.no_grad():` around it; the older
+  `model.conv1.weight.data.normal_()` works without, but bypasses autograd's checks.
 - The update loops over `model.named_parameters()` under `torch.no_grad()`. The momentum
   buffers are still kept by hand, in a dict by parameter name.
 - The dtype is given to the whole module at once: `Net().to(torch.float64)`.
@@ -27,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from common.cli import parse_args
 from common.data import load_data
@@ -58,7 +65,24 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
+def show_tensor(name, t):
+    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
+    w = t.clone()  # a copy: the demonstration leaves the weights alone
+    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
+          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
+
+
 # ---------------------------------------------------------------- loss and step
+@torch.no_grad()
+def show_loss_and_cost(model, x, y):
+    """One loss per image (reduction="none"), and their mean: what F.cross_entropy returns."""
+    logits = model(x)
+    losses = F.cross_entropy(logits, y, reduction="none")  # (N,)
+    each = " ".join(f"{v:.4f}" for v in losses.tolist())
+    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
+          f"{losses.mean():.4f}; F.cross_entropy(logits, y): {F.cross_entropy(logits, y):.4f}")
+
+
 def sgd_momentum_update(model, momentum_buffers, lr, momentum):
     """torch.optim.SGD's rule: buf = momentum * buf + grad (first buf = grad); p -= lr * buf."""
     with torch.no_grad():  # the update is not part of the model: autograd must not record it
@@ -84,6 +108,14 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(model):
+    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
+    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
+               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
+    tqdm.write("norm of each .grad, in named_parameters() order: "
+               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+
+
 def train_one_epoch(model, momentum_buffers, train_batches, args, run):
     for x, y in train_batches:
         model.zero_grad()  # every parameter's .grad to None, at once
@@ -91,6 +123,8 @@ def train_one_epoch(model, momentum_buffers, train_batches, args, run):
         loss.backward()
         sgd_momentum_update(model, momentum_buffers, args.lr, args.momentum)
         run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == 1:
+            show_gradient(model)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
@@ -118,6 +152,9 @@ def main(argv=None):
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
         first_epoch = run.resume(model, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
+        show_tensor("conv1.weight", model.conv1.weight)
+        x, y = normalise(data.test_x[:4], dtype), torch.from_numpy(data.test_y[:4])  # a batch to look at
+        show_loss_and_cost(model, x, y)
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)

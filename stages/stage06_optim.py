@@ -1,16 +1,27 @@
 """Stage 6: a loss module and torch.optim replace the hand-written loss call and update.
 
 Changes from stage 5:
-- `criterion = nn.CrossEntropyLoss()` is the loss, as in the tutorial: a module wrapping
-  `F.cross_entropy`, so a loss can be chosen, configured and passed around like a layer.
+- `criterion = nn.CrossEntropyLoss()` is the loss, as in the tutorial: a module whose forward
+  calls `F.cross_entropy`, so a loss can be chosen, configured (`reduction=...`) and passed
+  around like a layer. The per-image losses are now printed next to `criterion(logits, y)`.
 - `optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)` replaces
   the hand-written update and its momentum buffers. The step is now the one every PyTorch
   program writes: `optimizer.zero_grad()`, `loss = criterion(model(x), y)`,
   `loss.backward()`, `optimizer.step()`. The optimizer keeps the momentum buffers in
   `optimizer.state`, keyed by parameter, and saves them with `optimizer.state_dict()`,
   which is why the run's state is now the model, the optimizer and the data order.
-- The optimizer is built *after* the model has its weights and dtype, from
-  `model.parameters()`: it holds references to those very tensors.
+- The optimizer is built last, after the model has its weights and dtype. It keeps the
+  Parameter objects that `model.parameters()` yielded and updates them in place, so they must
+  be the ones the model computes with. Here the order is not what makes that so:
+  `load_state_dict` copies into the existing Parameters, and `.to()` gives each one new data
+  but keeps the object, so an optimizer built first would train the same (a test shows it).
+  Building it last is still the safe habit (`Module.cuda()`'s docstring asks for it), since
+  some steps do make new Parameter objects: `load_state_dict(..., assign=True)`, a new layer
+  put in place of an old one, or `.to()` after
+  `torch.__future__.set_overwrite_module_params_on_conversion(True)`; an optimizer built
+  before them updates tensors the model no longer uses. And the optimizer's own state does
+  not follow the model: the momentum buffers that `run.resume` restores through
+  `optimizer.load_state_dict` are put on each parameter's device and dtype as they are then.
 
 Run: python -m stages.stage06_optim --epochs 1
 """
@@ -20,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
+from tqdm import tqdm
 
 from common.cli import parse_args
 from common.data import load_data
@@ -51,6 +63,24 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
+def show_tensor(name, t):
+    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
+    w = t.clone()  # a copy: the demonstration leaves the weights alone
+    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
+          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
+
+
+# ---------------------------------------------------------------- loss and step
+@torch.no_grad()
+def show_loss_and_cost(model, criterion, x, y):
+    """One loss per image (reduction="none"), and their mean: what the criterion returns."""
+    logits = model(x)
+    losses = nn.CrossEntropyLoss(reduction="none")(logits, y)  # (N,)
+    each = " ".join(f"{v:.4f}" for v in losses.tolist())
+    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
+          f"{losses.mean():.4f}; criterion(logits, y): {criterion(logits, y):.4f}")
+
+
 # ---------------------------------------------------------------- data
 def normalise(images, dtype):
     """uint8 (N, 32, 32, 3) -> (N, 3, 32, 32) in [-1, 1]: ToTensor() then Normalize(0.5, 0.5)."""
@@ -67,6 +97,14 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(model):
+    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
+    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
+               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
+    tqdm.write("norm of each .grad, in named_parameters() order: "
+               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+
+
 def train_one_epoch(model, train_batches, criterion, optimizer, args, run):
     for x, y in train_batches:
         optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
@@ -74,6 +112,8 @@ def train_one_epoch(model, train_batches, criterion, optimizer, args, run):
         loss.backward()
         optimizer.step()
         run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == 1:
+            show_gradient(model)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
@@ -102,6 +142,9 @@ def main(argv=None):
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
         first_epoch = run.resume(model, optimizer, rng)  # the run's state: --checkpoint, --resume
+        show_tensor("conv1.weight", model.conv1.weight)
+        x, y = normalise(data.test_x[:4], dtype), torch.from_numpy(data.test_y[:4])  # a batch to look at
+        show_loss_and_cost(model, criterion, x, y)
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)

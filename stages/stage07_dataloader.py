@@ -1,33 +1,39 @@
 """Stage 7: PyTorch's data pipeline replaces the hand-written batching and normalisation.
 
 Changes from stage 6:
-- A `Dataset` answers two questions: how many samples (`__len__`) and sample i
+- A (map-style) `Dataset` answers two questions: how many samples (`__len__`) and sample i
   (`__getitem__`). torchvision's `CIFAR10` is one, used when the data came through
   torchvision; the offline .npy copy and the synthetic set go through the small
   `ArrayDataset` below. Both apply the tutorial's transform,
   `Compose([ToTensor(), Normalize((0.5,) * 3, (0.5,) * 3)])`: ToTensor turns a uint8
-  (32, 32, 3) image into a float32 (3, 32, 32) tensor in [0, 1], Normalize maps it to
-  [-1, 1]. In float32 that is exactly what stage 6's `normalise()` computed, bit for bit (a
-  test checks). ToTensor always makes float32, so for --dtype float64 the transform ends by
-  converting: a float64 run now trains on images rounded to float32 first.
-- A `DataLoader` batches the samples (`batch_size`), reshuffles them each epoch
-  (`shuffle=True`), and can prepare batches in `--workers` background processes. Its
-  shuffle is driven by a `torch.Generator` seeded from --seed, so a run is repeatable, and
-  that generator is now part of the run's state. The order differs from stage 6's numpy
-  permutation, so the losses along the way differ too; the computation per batch does not.
+  (32, 32, 3) image into a (3, 32, 32) tensor in [0, 1] of torch's default dtype, float32,
+  and Normalize maps it to [-1, 1]. In float32 that is exactly what stage 6's `normalise()`
+  computed, bit for bit (a test checks). ToTensor ignores --dtype, so for --dtype float64 the
+  transform ends with `ConvertImageDtype(torch.float64)`: from this stage on, a float64 run
+  trains on images normalised in float32 and then widened, which differ from stage 6's
+  float64 images by up to 6e-8 (float32 round-off).
+- A `DataLoader` draws a new order each epoch (`shuffle=True`), takes `batch_size` samples
+  at a time and collates them into one batch, a tensor of images and one of labels (the
+  stage does the same with `default_collate` for the 4 test images it looks at), and can
+  prepare batches in `--workers` background processes. Its shuffle is driven by a
+  `torch.Generator` seeded from --seed, so a run is repeatable, and that generator is now
+  part of the run's state. The order differs from stage 6's numpy permutation, so the losses
+  along the way differ too; the computation per batch does not.
 - `--workers` defaults to 0 (batches made in the main process). Here the per-image work is
-  tiny (a 32x32 image, no augmentation), so handing batches between processes costs more than
-  it saves; workers pay off when loading or augmenting an image is expensive (decoding JPEGs,
-  random crops) and there are cores to spare.
+  tiny (a 32x32 image, no augmentation), so a worker has little to take off the main
+  process, and every batch it makes has to be sent back to it; workers pay off when loading
+  or augmenting an image is expensive (decoding JPEGs, random crops) and there are cores to
+  spare.
 
 Run: python -m stages.stage07_dataloader --epochs 1
 """
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
+from tqdm import tqdm
 
 from common.cli import non_negative_int, parse_args
 from common.data import load_data
@@ -59,9 +65,27 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
+def show_tensor(name, t):
+    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
+    w = t.clone()  # a copy: the demonstration leaves the weights alone
+    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
+          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
+
+
+# ---------------------------------------------------------------- loss and step
+@torch.no_grad()
+def show_loss_and_cost(model, criterion, x, y):
+    """One loss per image (reduction="none"), and their mean: what the criterion returns."""
+    logits = model(x)
+    losses = nn.CrossEntropyLoss(reduction="none")(logits, y)  # (N,)
+    each = " ".join(f"{v:.4f}" for v in losses.tolist())
+    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
+          f"{losses.mean():.4f}; criterion(logits, y): {criterion(logits, y):.4f}")
+
+
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
-    """The tutorial's transform, then --dtype: ToTensor() always makes float32."""
+    """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                                transforms.ConvertImageDtype(dtype)])
 
@@ -95,6 +119,14 @@ def make_loaders(data, args):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(model):
+    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
+    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
+               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
+    tqdm.write("norm of each .grad, in named_parameters() order: "
+               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+
+
 def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
     for x, y in train_loader:
         optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
@@ -102,6 +134,8 @@ def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
         loss.backward()
         optimizer.step()
         run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == 1:
+            show_gradient(model)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
@@ -133,6 +167,9 @@ def main(argv=None):
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args)
         first_epoch = run.resume(model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
+        show_tensor("conv1.weight", model.conv1.weight)
+        x, y = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 samples, one batch
+        show_loss_and_cost(model, criterion, x, y)
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=len(train_loader))
             train_one_epoch(model, train_loader, criterion, optimizer, args, run)

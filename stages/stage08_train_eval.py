@@ -8,19 +8,29 @@ Changes from stage 7:
   `model.eval()` set a flag on every submodule that such layers read. (BatchNorm is the other
   classic: batch statistics in training, running averages in evaluation.)
 - `Net` gains `nn.Dropout(p)` before fc2 and fc3, set by --dropout. Its default, 0.0, keeps
-  the reference configuration, so this stage still computes what every other stage computes.
+  the reference configuration, so this stage still computes what every other stage computes
+  (at p = 0 dropout returns its input and draws no random numbers).
+- To show the two modes at those defaults, the stage takes a throw-away copy of the model
+  with p = 0.5 and prints how much two train-mode forwards of one batch differ, and that two
+  eval-mode forwards are identical. The copy draws its masks inside
+  `torch.random.fork_rng()`, which restores the random state afterwards, so the run itself
+  draws the very numbers it would draw without the demonstration (a test checks).
 - `train_one_epoch` starts with `model.train()`; `evaluate` starts with `model.eval()` and
   keeps running under `torch.no_grad()` (since stage 3): eval mode changes what layers do,
-  no_grad stops autograd from recording; an evaluation wants both.
+  no_grad stops autograd from recording; an evaluation wants both. So does
+  `show_loss_and_cost`, which looks at 4 test images.
 
 Run: python -m stages.stage08_train_eval --epochs 1 --dropout 0.2
 """
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
+from tqdm import tqdm
 
 from common.cli import non_negative_int, parse_args, probability
 from common.data import load_data
@@ -53,9 +63,28 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
+def show_tensor(name, t):
+    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
+    w = t.clone()  # a copy: the demonstration leaves the weights alone
+    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
+          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
+
+
+# ---------------------------------------------------------------- loss and step
+@torch.no_grad()
+def show_loss_and_cost(model, criterion, x, y):
+    """One loss per image (reduction="none"), and their mean: what the criterion returns."""
+    model.eval()  # dropout off, as in evaluate(): no random numbers drawn; train_one_epoch() turns it on
+    logits = model(x)
+    losses = nn.CrossEntropyLoss(reduction="none")(logits, y)  # (N,)
+    each = " ".join(f"{v:.4f}" for v in losses.tolist())
+    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
+          f"{losses.mean():.4f}; criterion(logits, y): {criterion(logits, y):.4f}")
+
+
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
-    """The tutorial's transform, then --dtype: ToTensor() always makes float32."""
+    """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                                transforms.ConvertImageDtype(dtype)])
 
@@ -89,6 +118,14 @@ def make_loaders(data, args):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(model):
+    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
+    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
+               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
+    tqdm.write("norm of each .grad, in named_parameters() order: "
+               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+
+
 def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
     model.train()  # dropout on
     for x, y in train_loader:
@@ -97,8 +134,27 @@ def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
         loss.backward()
         optimizer.step()
         run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == 1:
+            show_gradient(model)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
+
+
+@torch.no_grad()
+def show_train_and_eval_modes(model, x):
+    """Dropout 0.5 in a throw-away copy of the model: two train-mode forwards of one batch
+    differ, two eval-mode forwards agree. fork_rng() puts the random state back afterwards,
+    so the run draws exactly the numbers it would draw without this."""
+    probe = copy.deepcopy(model)
+    probe.dropout.p = 0.5
+    with torch.random.fork_rng(devices=[]):
+        probe.train()
+        first, second = probe(x), probe(x)
+        probe.eval()
+        third, fourth = probe(x), probe(x)
+    print(f"a copy with dropout 0.5: two train-mode forwards of one batch differ by up to "
+          f"{(first - second).abs().max():.4f}, two eval-mode forwards are identical: "
+          f"{torch.equal(third, fourth)} (this run's --dropout: {model.dropout.p})")
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
@@ -131,6 +187,10 @@ def main(argv=None):
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args)
         first_epoch = run.resume(model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
+        show_tensor("conv1.weight", model.conv1.weight)
+        x, y = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 samples, one batch
+        show_loss_and_cost(model, criterion, x, y)
+        show_train_and_eval_modes(model, x)
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=len(train_loader))
             train_one_epoch(model, train_loader, criterion, optimizer, args, run)

@@ -5,21 +5,32 @@ Changes from stage 8:
   first GPU when `torch.cuda.is_available()`, else the CPU) and hands it to everything that
   needs it. Asking for a GPU that is not there is a one-line error (exit code 2, checked with
   the other options in common/cli.py), never a silent fall-back to the CPU.
-- `model.to(device)` moves a module *in place*: its parameters are replaced by copies on the
-  device and the same module object is returned. `x.to(device)` leaves a tensor alone and
-  returns a new tensor on the device (or `x` itself when it is already there). Hence
-  `x = x.to(device)`, and hence the optimizer is still built after the move (see stage 6).
-- On CUDA, the DataLoader puts batches in page-locked memory (`pin_memory=True`) and the
-  copies are `non_blocking=True`, so the next batch travels while the GPU still computes.
+- `model.to(device)` moves a module in place and returns the module itself: every parameter
+  stays the same Parameter object, its data swapped for a copy on the device (the stage
+  prints conv1's weight, now on the device). `x.to(device)` leaves a tensor where it is and
+  returns a copy on the device, or `x` itself when it is already there: hence
+  `x = x.to(device)`. The optimizer is still built after the move, as stage 6 explains: it
+  would work before it too, since the Parameter objects stay, but the momentum buffers that
+  `run.resume` restores are placed on each parameter's device as it is at that moment.
+- On CUDA, the DataLoader puts each batch in page-locked ("pinned") memory
+  (`pin_memory=True`; the pinning is itself a copy, made in the main process), from which the
+  GPU copies by DMA, and `x.to(device, non_blocking=True)` queues that copy and returns at
+  once, so the CPU goes straight on to queue the forward. The copy still runs before the
+  forward on the same CUDA stream, and `loss.item()` waits for every step to finish, so in
+  this loop no copy overlaps the GPU's computation; that would take the next batch's copy
+  issued on a second CUDA stream while the current step runs.
 
 Run: python -m stages.stage09_device --epochs 1 --device auto
 """
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
+from tqdm import tqdm
 
 from common.cli import device_name, non_negative_int, parse_args, probability
 from common.data import load_data
@@ -52,9 +63,28 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
+def show_tensor(name, t):
+    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
+    w = t.clone()  # a copy: the demonstration leaves the weights alone
+    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
+          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
+
+
+# ---------------------------------------------------------------- loss and step
+@torch.no_grad()
+def show_loss_and_cost(model, criterion, x, y):
+    """One loss per image (reduction="none"), and their mean: what the criterion returns."""
+    model.eval()  # dropout off, as in evaluate(): no random numbers drawn; train_one_epoch() turns it on
+    logits = model(x)
+    losses = nn.CrossEntropyLoss(reduction="none")(logits, y)  # (N,)
+    each = " ".join(f"{v:.4f}" for v in losses.tolist())
+    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
+          f"{losses.mean():.4f}; criterion(logits, y): {criterion(logits, y):.4f}")
+
+
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
-    """The tutorial's transform, then --dtype: ToTensor() always makes float32."""
+    """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                                transforms.ConvertImageDtype(dtype)])
 
@@ -89,17 +119,44 @@ def make_loaders(data, args, device):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(model):
+    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
+    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
+               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
+    tqdm.write("norm of each .grad, in named_parameters() order: "
+               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+
+
 def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run):
     model.train()  # dropout on
     for x, y in train_loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors, on the device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # a copy unless already there
         optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
         run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == 1:
+            show_gradient(model)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
+
+
+@torch.no_grad()
+def show_train_and_eval_modes(model, x):
+    """Dropout 0.5 in a throw-away copy of the model: two train-mode forwards of one batch
+    differ, two eval-mode forwards agree. fork_rng() puts the random state back afterwards,
+    so the run draws exactly the numbers it would draw without this."""
+    probe = copy.deepcopy(model)
+    probe.dropout.p = 0.5
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):  # the CPU's and x's GPU's
+        probe.train()
+        first, second = probe(x), probe(x)
+        probe.eval()
+        third, fourth = probe(x), probe(x)
+    print(f"a copy with dropout 0.5: two train-mode forwards of one batch differ by up to "
+          f"{(first - second).abs().max():.4f}, two eval-mode forwards are identical: "
+          f"{torch.equal(third, fourth)} (this run's --dropout: {model.dropout.p})")
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
@@ -144,6 +201,11 @@ def main(argv=None):
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args, device)
         first_epoch = run.resume(model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
+        show_tensor("conv1.weight", model.conv1.weight)
+        x, y = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 samples, one batch
+        x, y = x.to(device), y.to(device)
+        show_loss_and_cost(model, criterion, x, y)
+        show_train_and_eval_modes(model, x)
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=len(train_loader))
             train_one_epoch(model, device, train_loader, criterion, optimizer, args, run)

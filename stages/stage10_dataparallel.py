@@ -1,31 +1,43 @@
 """Stage 10: nn.DataParallel spreads each batch over all visible GPUs.
 
 Changes from stage 9:
-- With more than one GPU visible (or on request with --data-parallel), the model is wrapped:
-  `model = nn.DataParallel(model, device_ids=...)`, after `.to(device)` and before the
-  optimizer is built. On every forward, DataParallel scatters the batch into one chunk per
-  GPU, replicates the module onto each GPU, runs the chunks in parallel threads, and gathers
-  the outputs on device_ids[0]; the backward runs through the replicas and sums their
-  gradients into the parameters on device_ids[0], where the optimizer steps. The result is
-  the same as one big forward on one device. On a CPU-only machine it simply calls the module.
+- With a GPU chosen and more than one visible (or on request with --data-parallel), the model
+  is wrapped: `model = nn.DataParallel(model, device_ids=gpus_starting_at(device))`, after
+  `.to(device)` and before the optimizer is built. DataParallel requires the parameters on
+  device_ids[0], so the list starts at the model's GPU (the default, every GPU in order,
+  starts at cuda:0 and would refuse a model on cuda:1). On every forward, DataParallel
+  scatters the batch into one chunk per GPU, replicates the module onto each GPU, runs the
+  chunks in parallel threads, and gathers the outputs on device_ids[0]; the backward runs
+  through the replicas and sums their gradients into the parameters on device_ids[0], where
+  the optimizer steps. The loss is computed on the gathered outputs, a mean over the whole
+  batch, so for this network a step equals one big forward and backward on one device, to
+  round-off. Not so with dropout (each replica draws its own masks, from its own GPU's
+  generator) or BatchNorm (each chunk is normalised with its own statistics). With no GPU
+  visible, DataParallel simply calls the module.
 - The wrapper holds the network as `model.module`, so the keys of `model.state_dict()` gain
-  a `module.` prefix. Save and load through the unwrapped module, `raw_model`, so that a
-  checkpoint or the record's model.pt loads into a plain `Net` (and vice versa):
-  `Net().load_state_dict(torch.load(path, weights_only=True))`.
+  a `module.` prefix, and `show_gradient` looks inside the wrapper for `conv1`. Save and load
+  through the unwrapped module, `raw_model`, so that a checkpoint or the record's model.pt
+  loads into a plain `Net` (and vice versa): `Net().load_state_dict(torch.load(path,
+  weights_only=True))`. The record's model.pt holds copies of the tensors on the CPU, so it
+  loads on any machine; a state_dict saved straight from a model on a GPU keeps that device,
+  and a machine without the GPU loads it with `torch.load(path, map_location="cpu")`.
 - PyTorch recommends `DistributedDataParallel` instead, even on one machine: DataParallel is
-  one process driving all GPUs with Python threads (the GIL serialises them), re-copies the
-  whole module to every GPU on every step, and funnels outputs and gradients through GPU 0,
-  which becomes the bottleneck. DDP runs one process per GPU and overlaps an all-reduce of
-  the gradients with the backward (stage 11).
+  one process driving all GPUs from Python threads, which contend for the GIL; it copies the
+  whole module to every GPU on every step; and it gathers the outputs and reduces the
+  gradients on device_ids[0], which can make that GPU the bottleneck. DDP runs one process
+  per GPU and overlaps an all-reduce of the gradients with the backward (stage 11).
 
 Run: python -m stages.stage10_dataparallel --epochs 1 [--data-parallel]
 """
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
+from tqdm import tqdm
 
 from common.cli import device_name, non_negative_int, parse_args, probability
 from common.data import load_data
@@ -58,9 +70,28 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
+def show_tensor(name, t):
+    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
+    w = t.clone()  # a copy: the demonstration leaves the weights alone
+    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
+          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
+
+
+# ---------------------------------------------------------------- loss and step
+@torch.no_grad()
+def show_loss_and_cost(model, criterion, x, y):
+    """One loss per image (reduction="none"), and their mean: what the criterion returns."""
+    model.eval()  # dropout off, as in evaluate(): no random numbers drawn; train_one_epoch() turns it on
+    logits = model(x)
+    losses = nn.CrossEntropyLoss(reduction="none")(logits, y)  # (N,)
+    each = " ".join(f"{v:.4f}" for v in losses.tolist())
+    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
+          f"{losses.mean():.4f}; criterion(logits, y): {criterion(logits, y):.4f}")
+
+
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
-    """The tutorial's transform, then --dtype: ToTensor() always makes float32."""
+    """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                                transforms.ConvertImageDtype(dtype)])
 
@@ -95,17 +126,45 @@ def make_loaders(data, args, device):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(model):
+    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
+    model = model.module if isinstance(model, nn.DataParallel) else model  # the Net inside the wrapper
+    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
+               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
+    tqdm.write("norm of each .grad, in named_parameters() order: "
+               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+
+
 def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run):
     model.train()  # dropout on
     for x, y in train_loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors, on the device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # a copy unless already there
         optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
         run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == 1:
+            show_gradient(model)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
+
+
+@torch.no_grad()
+def show_train_and_eval_modes(model, x):
+    """Dropout 0.5 in a throw-away copy of the model: two train-mode forwards of one batch
+    differ, two eval-mode forwards agree. fork_rng() puts the random state back afterwards,
+    so the run draws exactly the numbers it would draw without this."""
+    probe = copy.deepcopy(model)
+    probe.dropout.p = 0.5
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):  # the CPU's and x's GPU's
+        probe.train()
+        first, second = probe(x), probe(x)
+        probe.eval()
+        third, fourth = probe(x), probe(x)
+    print(f"a copy with dropout 0.5: two train-mode forwards of one batch differ by up to "
+          f"{(first - second).abs().max():.4f}, two eval-mode forwards are identical: "
+          f"{torch.equal(third, fourth)} (this run's --dropout: {model.dropout.p})")
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
@@ -127,8 +186,8 @@ def choose_device(name):
 
 
 def gpus_starting_at(device):
-    """Every visible GPU, the model's own first: DataParallel gathers on device_ids[0] and
-    wants the parameters there. (Without GPUs, DataParallel ignores them.)"""
+    """Every visible GPU, the model's own first: DataParallel requires the parameters on
+    device_ids[0] and gathers the outputs there. (With no GPU visible it ignores the list.)"""
     return [device.index] + [i for i in range(torch.cuda.device_count()) if i != device.index]
 
 
@@ -162,6 +221,11 @@ def main(argv=None):
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args, device)
         first_epoch = run.resume(raw_model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
+        show_tensor("conv1.weight", raw_model.conv1.weight)
+        x, y = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 samples, one batch
+        x, y = x.to(device), y.to(device)
+        show_loss_and_cost(model, criterion, x, y)
+        show_train_and_eval_modes(raw_model, x)
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=len(train_loader))
             train_one_epoch(model, device, train_loader, criterion, optimizer, args, run)

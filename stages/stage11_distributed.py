@@ -9,21 +9,30 @@ Changes from stage 10:
   Several machines: run the same torchrun on each with `--nnodes N --node-rank K
   --master-addr HOST --master-port PORT` (or `--rdzv-backend c10d --rdzv-endpoint HOST:PORT`).
 - `DistributedDataParallel(model)` replaces `DataParallel`: every process holds a full
-  replica; during `loss.backward()` the gradients are averaged across processes by an
-  all-reduce (overlapped with the backward, bucket by bucket), so every replica takes the
-  same optimizer step and the replicas stay identical. Each process on half of a batch
-  therefore computes exactly what one process computes on the whole batch (a test checks).
-- A `DistributedSampler` gives each process its own share of the training set, and
-  `sampler.set_epoch(epoch)` reshuffles it differently every epoch, the same way on every
+  replica (at construction DDP copies rank 0's parameters to all the others); during
+  `loss.backward()` the gradients are averaged across processes by an all-reduce (overlapped
+  with the backward, bucket by bucket), so every replica takes the same optimizer step and
+  the replicas stay identical. With a mean loss and shares of equal size, the average of the
+  shares' gradients is the gradient of the whole batch, so two processes on the two halves
+  of each batch take the steps one process takes on the whole batches, to round-off (a test
+  checks); shares of unequal size would give the images of the smaller one more weight.
+- A `DistributedSampler` gives each process its own share of the training set, ceil(N / P)
+  indices for N images and P processes: when P does not divide N it repeats the first
+  indices of the shuffled order to fill the last shares, so an epoch sees a few images twice.
+  `sampler.set_epoch(epoch)` reshuffles differently every epoch, the same way on every
   process. --batch-size is per process: a step sees batch-size x world-size images. The
   order follows from the seed and the epoch alone, so no generator is part of the state.
+- Every process seeds torch with --seed, so with --dropout every process draws the same
+  dropout masks, each for its own images; independent masks would need a seed per rank.
 - Only rank 0 prints, draws the progress bar and writes the record and the checkpoint; every
   process evaluates the (small) test set itself, through the unwrapped module, which needs
   no communication.
-- The device is `cuda:LOCAL_RANK` with --device auto on a GPU machine: one GPU per process.
+- The device is `cuda:LOCAL_RANK` with --device auto or cuda on a GPU machine: one GPU per
+  process. `--device cuda:N` puts every process on GPU N, which suits one process only.
 
 Run: torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
 """
+import copy
 import os
 from contextlib import contextmanager
 
@@ -32,9 +41,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn, optim
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
+from tqdm import tqdm
 
 from common.cli import device_name, non_negative_int, parse_args, probability
 from common.data import load_data
@@ -67,9 +77,28 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
+def show_tensor(name, t):
+    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
+    w = t.clone()  # a copy: the demonstration leaves the weights alone
+    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
+          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
+
+
+# ---------------------------------------------------------------- loss and step
+@torch.no_grad()
+def show_loss_and_cost(model, criterion, x, y):
+    """One loss per image (reduction="none"), and their mean: what the criterion returns."""
+    model.eval()  # dropout off, as in evaluate(): no random numbers drawn; train_one_epoch() turns it on
+    logits = model(x)
+    losses = nn.CrossEntropyLoss(reduction="none")(logits, y)  # (N,)
+    each = " ".join(f"{v:.4f}" for v in losses.tolist())
+    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
+          f"{losses.mean():.4f}; criterion(logits, y): {criterion(logits, y):.4f}")
+
+
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
-    """The tutorial's transform, then --dtype: ToTensor() always makes float32."""
+    """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                                transforms.ConvertImageDtype(dtype)])
 
@@ -104,17 +133,47 @@ def make_loaders(data, args, device):
 
 
 # ---------------------------------------------------------------- training and evaluation
+def show_gradient(model):
+    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return  # only rank 0 prints
+    model = model.module if isinstance(model, DistributedDataParallel) else model  # the Net inside the wrapper
+    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
+               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
+    tqdm.write("norm of each .grad, in named_parameters() order: "
+               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+
+
 def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run):
     model.train()  # dropout on
     for x, y in train_loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # new tensors, on the device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # a copy unless already there
         optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
         run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        if run.steps == 1:
+            show_gradient(model)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
+
+
+@torch.no_grad()
+def show_train_and_eval_modes(model, x):
+    """Dropout 0.5 in a throw-away copy of the model: two train-mode forwards of one batch
+    differ, two eval-mode forwards agree. fork_rng() puts the random state back afterwards,
+    so the run draws exactly the numbers it would draw without this."""
+    probe = copy.deepcopy(model)
+    probe.dropout.p = 0.5
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):  # the CPU's and x's GPU's
+        probe.train()
+        first, second = probe(x), probe(x)
+        probe.eval()
+        third, fourth = probe(x), probe(x)
+    print(f"a copy with dropout 0.5: two train-mode forwards of one batch differ by up to "
+          f"{(first - second).abs().max():.4f}, two eval-mode forwards are identical: "
+          f"{torch.equal(third, fourth)} (this run's --dropout: {model.dropout.p})")
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
@@ -157,7 +216,7 @@ def add_options(parser):
     parser.add_argument("--dropout", type=probability, default=0.0,
                         help="dropout probability before fc2 and fc3 (0: the reference network)")
     parser.add_argument("--device", type=device_name, default="auto",
-                        help="auto (a GPU if there is one), cpu, cuda or cuda:N")
+                        help="auto (a GPU if there is one), cpu, cuda (both: cuda:LOCAL_RANK) or cuda:N")
 
 
 def main(argv=None):
@@ -181,6 +240,12 @@ def main(argv=None):
             optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
             train_loader, test_loader, sampler = make_loaders(data, args, device)
             first_epoch = run.resume(raw_model, optimizer)  # the run's state: --checkpoint, --resume
+            if rank == 0:
+                show_tensor("conv1.weight", raw_model.conv1.weight)
+                x, y = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 samples, one batch
+                x, y = x.to(device), y.to(device)
+                show_loss_and_cost(raw_model, criterion, x, y)  # the Net alone: DDP's forward may communicate
+                show_train_and_eval_modes(raw_model, x)
             for epoch in range(first_epoch, args.epochs + 1):
                 sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
                 run.start_epoch(epoch, steps=len(train_loader))
