@@ -7,7 +7,7 @@ ARGS   ?=
 # stage file by number: $(call stage_file,3) -> stages/stage03_autograd.py
 stage_file = $(wildcard stages/stage$(shell printf '%02d' $(1) 2>/dev/null)_*.py)
 
-.PHONY: help setup run smoke test diff gradcheck bench compare site batch-experiment clean
+.PHONY: help setup run smoke test diff gradcheck bench compare site batch-experiment clean exercise check solution notebooks
 
 help:
 	@echo "make run [STAGE=N] [ARGS='...']  run the course (or one stage), one epoch each on the default data"
@@ -20,6 +20,10 @@ help:
 	@echo "make site                       the course as a static web page: site/index.html"
 	@echo "make batch-experiment           accuracy per epoch and per second for batch sizes 4..256"
 	@echo "make setup                      create $(VENV) and install the pinned packages"
+	@echo "make exercise STAGE=N [FORCE=1] work/stageNN_<name>.py: stage N with its lesson's functions to write"
+	@echo "make check STAGE=N              check your work/ file against PyTorch and stage N-1, function by function"
+	@echo "make solution STAGE=N           the diff from your work/ file to the course's stage N"
+	@echo "make notebooks                  every stage as a Jupyter notebook in notebooks/"
 
 $(READY): requirements.txt
 	python3 -m venv $(VENV)
@@ -59,3 +63,17 @@ batch-experiment: $(READY)
 
 clean:
 	rm -rf runs site .pytest_cache
+
+# STAGE and FORCE reach common/exercises.py through the environment (make exports the variables
+# of its command line), never through the shell.
+exercise: $(READY)
+	@$(PYTHON) -m common.exercises exercise
+
+check: $(READY)
+	@$(PYTHON) -m common.exercises check
+
+solution: $(READY)
+	@$(PYTHON) -m common.exercises solution
+
+notebooks: $(READY)
+	$(PYTHON) -m common.notebooks
