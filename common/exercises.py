@@ -21,9 +21,12 @@ The checker loads your file by its path and checks, in float64 and then in float
 
 Each function is "passed", "not done yet" (it raises NotImplementedError) or "wrong", with the
 first output that differs, by how much, at what tolerance and on what input, or the exception
-your code raised and the line of your file it came from. Exit codes: 0 every check passed,
-1 something is not done yet or wrong, 2 bad input (no such stage, no such file, an exercise
-file that exists and FORCE=1 was not given). make passes STAGE and FORCE in the environment.
+your code raised and the line of your file it came from. What your code prints is not shown;
+`python -m work.stage03_autograd --max-steps 5` runs your file as a program.
+
+Exit codes: 0 every check passed, 1 something is not done yet or wrong, 2 bad input (no such
+stage, no such file, an exercise file that exists and FORCE=1 was not given). make passes
+STAGE and FORCE to this module in the environment.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import argparse
 import ast
 import difflib
 import inspect
+import io
 import itertools
 import os
 import re
@@ -38,7 +42,7 @@ import sys
 import textwrap
 import traceback
 import types
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -1047,10 +1051,13 @@ class Outcome:
 
 
 def run_check(s: Subject, check: Callable[[Subject, str], None], name: str | None) -> Outcome:
-    """One check in float64, then float32; the first failure is the outcome."""
+    """One check in float64, then float32; the first failure is the outcome. What the stage's
+    code prints meanwhile (a stage may print a gradient after its first step) is not shown: the
+    report is the checker's lines alone."""
     for dtype in ("float64", "float32"):
         try:
-            check(s, dtype)
+            with redirect_stdout(io.StringIO()):
+                check(s, dtype)
         except NotImplementedError as err:
             raiser = raised_in(err, s.path)
             itself = raiser is None or name is not None and raiser == name.split(".")[-1]

@@ -30,12 +30,17 @@ def fresh(tmp_path_factory) -> dict[int, Path]:
     return {n: write_exercise(n, work) for n in EXERCISES}
 
 
-def planted(tmp_path: Path, stage: int, old: str, new: str, times: int = 1) -> Path:
-    """The course's own stage with one mistake planted: `old`, found `times` times, becomes `new`."""
+def planted(tmp_path: Path, stage: int, function: str, old: str, new: str, times: int = 1) -> Path:
+    """The course's own stage with one mistake planted in `function`: there `old`, found `times`
+    times, becomes `new`."""
     source = stage_file(stage).read_text()
-    assert source.count(old) == times, f"the plant must find its text {times} time(s) in stage {stage}: {old!r}"
+    node = exercises.function_nodes(ast.parse(source))[function]
+    lines = source.splitlines(keepends=True)
+    before, body, after = ("".join(part) for part in (lines[:node.lineno - 1], lines[node.lineno - 1:node.end_lineno],
+                                                      lines[node.end_lineno:]))
+    assert body.count(old) == times, f"the plant must find {old!r} {times} time(s) in stage {stage}'s {function}"
     path = tmp_path / stage_file(stage).name
-    path.write_text(source.replace(old, new))
+    path.write_text(before + body.replace(old, new) + after)
     return path
 
 
@@ -157,7 +162,7 @@ def test_a_fresh_exercise_is_not_done_yet_in_every_blanked_function(stage, fresh
 
 
 # a mistake a learner makes: (stage, text to replace (or (text, how many times)), its replacement,
-# the function the checker must call wrong, words its report must hold)
+# the function it is planted in, which the checker must call wrong, words its report must hold)
 PLANTS = {
     "stage 1, a wrong momentum formula": (
         1, "else momentum * buf + grad", "else momentum * buf + (1 - momentum) * grad",
@@ -168,6 +173,12 @@ PLANTS = {
     "stage 1, a relu skipped in the chain rule": (
         1, '    dh2 = relu_backward(dh2, c["h2"])\n', "",
         "backward", ["fc2.weight gradient differs by", "on a batch of 4 synthetic images, seed 0"]),
+    "stage 1, exp() of logits not shifted by their largest": (
+        1, "shifted = logits - logits.max(axis=1, keepdims=True)", "shifted = logits",
+        "cross_entropy", ["loss holds NaN or infinite values (on logits (4, 10) in the thousands"]),
+    "stage 2, a loss in float64 whatever the dtype": (
+        2, "    return loss, dlogits / n", "    return loss.double(), dlogits / n",
+        "cross_entropy", ["loss is float64, expected float32"]),
     "stage 2, max() without .values": (
         2, "logits.max(dim=1, keepdim=True).values", "logits.max(dim=1, keepdim=True)",
         "cross_entropy", ["TypeError: ", ", in cross_entropy: shifted = logits - logits.max(dim=1, keepdim=True)"]),
@@ -228,12 +239,13 @@ PLANTS = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # the unshifted softmax's
 @pytest.mark.parametrize("plant", [pytest.param(v, id=k, marks=getattr(pytest.mark, f"stage{v[0]}"))
                                    for k, v in PLANTS.items()])
 def test_a_planted_mistake_is_named_with_what_differs(plant, tmp_path, capsys):
     stage, old, new, function, says = plant
     old, times = old if isinstance(old, tuple) else (old, 1)
-    code = exercises.main(["check", str(stage), "--file", str(planted(tmp_path, stage, old, new, times))])
+    code = exercises.main(["check", str(stage), "--file", str(planted(tmp_path, stage, function, old, new, times))])
     out = capsys.readouterr().out
     assert code == exercises.NOT_DONE
     assert line_of(out, function).split(None, 1)[1].startswith("wrong: "), out
@@ -247,14 +259,22 @@ def test_a_planted_mistake_is_named_with_what_differs(plant, tmp_path, capsys):
 def test_a_wrong_line_outside_the_blanked_functions_is_caught_all_together(tmp_path, capsys):
     """Stage 2 blanks four functions; a mistake in relu_backward, which it does not blank, shows
     in the checks of the whole file."""
-    path = planted(tmp_path, 2, "return dout * (out > 0)", "return dout * (out >= 0)")
+    path = planted(tmp_path, 2, "relu_backward", "return dout * (out > 0)", "return dout * (out >= 0)")
     assert exercises.main(["check", "2", "--file", str(path)]) == exercises.NOT_DONE
     out = capsys.readouterr().out
     assert "wrong: one step: fc2.weight gradient differs by" in line_of(out, "all together"), out
 
 
+def test_what_the_stage_prints_while_it_is_checked_stays_out_of_the_report(tmp_path, capsys):
+    path = planted(tmp_path, 6, "train_one_epoch", "        loss.backward()\n",
+                   "        loss.backward()\n        print('a line of the stage')\n")
+    assert exercises.main(["check", "6", "--file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "a line of the stage" not in out and out.splitlines()[-1].startswith("verdict: passed")
+
+
 def test_a_file_that_does_not_load_is_one_line_with_its_line_number(tmp_path, capsys):
-    path = planted(tmp_path, 6, "        loss.backward()\n", "        loss.backward(\n")
+    path = planted(tmp_path, 6, "train_one_epoch", "        loss.backward()\n", "        loss.backward(\n")
     assert exercises.main(["check", "6", "--file", str(path)]) == exercises.NOT_DONE
     out = capsys.readouterr().out
     assert "wrong: it does not load: SyntaxError" in out and "line " in out and "Traceback" not in out
