@@ -777,7 +777,8 @@ def check_train_one_epoch(s: Subject, dtype: str) -> None:
     if takes_dropout:
         model.net.eval()  # train_one_epoch itself must switch to train mode
     with (modes_seen(model.net) if takes_dropout else nullcontext([])) as modes, no_tf32(), \
-            (moves_watched(device) if device is not None else nullcontext()) as watch:
+            (moves_watched(device) if device is not None else nullcontext()) as watch, \
+            first_batch_moved(watch, tensors, "train_one_epoch", "training"):
         got = (call_loop(s, model, tensors, device) if device is not None
                else s.driver.train_one_epoch(model, batches, LR, MOMENTUM))
     expect_losses("", got, losses, dtype, FIVE_BATCHES)
@@ -786,16 +787,30 @@ def check_train_one_epoch(s: Subject, dtype: str) -> None:
         raise Mismatch("train_one_epoch ran its forward in eval mode (it was handed a model in eval mode, as "
                        "evaluate() leaves it): call model.train() first, or dropout stays off while training")
     if watch is not None:
-        expect_moved(watch, tensors, device, "train_one_epoch", "training")
+        expect_moved(watch, tensors, "train_one_epoch", "training")
 
 
-def expect_moved(watch, batches, device, function: str, kind: str, labels: bool = True) -> None:
+@contextmanager
+def first_batch_moved(watch, batches, function: str, kind: str, labels: bool = True):
+    """On a GPU, a batch left on the CPU makes the forward raise (the weights are on the GPU);
+    then say that, as on the CPU, rather than torch's message about devices."""
+    try:
+        yield
+    except NotImplementedError:  # a RuntimeError too, but one that means "not done yet"
+        raise
+    except RuntimeError:  # what torch raises for tensors on different devices
+        if watch is not None:
+            expect_moved(watch, batches[:1], function, kind, labels)
+        raise
+
+
+def expect_moved(watch, batches, function: str, kind: str, labels: bool = True) -> None:
     for i, (x, y) in enumerate(batches, 1):
         for name, tensor in (("x", x), ("y", y)) if labels else (("x", x),):
             if id(tensor) not in watch.moved:
                 raise Mismatch(f"{function} did not call {name}.to(device) on {kind} batch {i}: on the CPU that "
-                               f"changes nothing, but with --device cuda the batch would stay on the CPU while "
-                               f"the model is on the GPU")
+                               f"changes nothing, but on a GPU the batch stays on the CPU while the model is on "
+                               f"the GPU, and the step fails")
 
 
 def check_evaluate(s: Subject, dtype: str) -> None:
@@ -811,7 +826,8 @@ def check_evaluate(s: Subject, dtype: str) -> None:
     model.net.train()
     tensors = as_tensors(s, batches, dtype)
     with modes_seen(model.net) as modes, no_tf32(), \
-            (moves_watched(device) if wants_device else nullcontext()) as watch:
+            (moves_watched(device) if wants_device else nullcontext()) as watch, \
+            first_batch_moved(watch, tensors, "evaluate", "test", labels=False):
         predicted = s.module.evaluate(model.net, *([device] if wants_device else []), tensors)
     if not modes or any(modes):
         raise Mismatch("evaluate ran its forward in train mode (it was handed a model in train mode, with "
@@ -821,7 +837,7 @@ def check_evaluate(s: Subject, dtype: str) -> None:
         raise Mismatch(f"evaluate predicted the classes {predicted.tolist()}, the network predicts "
                        f"{expected.tolist()} (6 synthetic test images, seed 4, {dtype})")
     if watch is not None:
-        expect_moved(watch, tensors, device, "evaluate", "test", labels=False)
+        expect_moved(watch, tensors, "evaluate", "test", labels=False)
 
 
 # ---------------------------------------------------------------- each function alone: data and devices

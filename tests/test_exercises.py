@@ -225,6 +225,9 @@ PLANTS = {
     "stage 9, a batch not moved to the device": (
         9, "        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)", "        pass",
         "train_one_epoch", ["did not call x.to(device) on training batch 1"]),
+    "stage 9, a test batch not moved to the device": (
+        9, "model(x.to(device, non_blocking=True))", "model(x)",
+        "evaluate", ["did not call x.to(device) on test batch 1"]),
     "stage 10, every GPU in order": (
         10, "return [device.index] + [i for i in range(torch.cuda.device_count()) if i != device.index]",
         "return list(range(torch.cuda.device_count()))",
