@@ -192,7 +192,8 @@ def function_nodes(tree: ast.Module) -> dict[str, ast.FunctionDef]:
         if isinstance(node, ast.FunctionDef):
             nodes[node.name] = node
         elif isinstance(node, ast.ClassDef):
-            nodes.update({f"{node.name}.{item.name}": item for item in node.body if isinstance(item, ast.FunctionDef)})
+            methods = (item for item in node.body if isinstance(item, ast.FunctionDef))
+            nodes.update({f"{node.name}.{method.name}": method for method in methods})
     return nodes
 
 
@@ -304,9 +305,11 @@ def expect_close(what: str, actual, expected, dtype: str, on: str, tolerance_of:
     `tolerance_of` (by default the dtype's own). An array or tensor must also be of `dtype`."""
     if actual is None:
         raise Mismatch(f"{what} is None")
+    plural = what.endswith("logits")  # every other name here is of one thing
     kind = str(getattr(actual, "dtype", ""))
     if "float" in kind and not kind.endswith(dtype):
-        raise Mismatch(f"{what} is {kind.removeprefix('torch.')}, expected {dtype} (on {on})")
+        kind = kind.removeprefix("torch.")
+        raise Mismatch(f"{what} {'are' if plural else 'is'} {kind}, expected {dtype} (on {on})")
     dtype = tolerance_of or dtype
     actual, expected = to_numpy(actual), to_numpy(expected)
     if actual.shape != expected.shape:
@@ -315,7 +318,7 @@ def expect_close(what: str, actual, expected, dtype: str, on: str, tolerance_of:
         raise Mismatch(f"{what} holds NaN or infinite values (on {on})")
     error, tolerance = relative_error(actual, expected), TOLERANCES[dtype].rtol
     if not error <= tolerance:
-        differs = "differ" if what.endswith("logits") else "differs"
+        differs = "differ" if plural else "differs"
         raise Mismatch(f"{what} {differs} by {error:.1e} relative (tolerance {tolerance:.0e}, {dtype}) on {on}")
 
 
@@ -862,7 +865,7 @@ def check_make_transform(s: Subject, dtype: str) -> None:
 
 def dataset_case():
     data = make_synthetic(6, n_train=10, n_test=5)
-    return data, f"the synthetic set of seed 6 ({len(data.train_y)} training images, {len(data.test_y)} test images)"
+    return data, f"the synthetic set of seed 6 ({len(data.train_y)} training, {len(data.test_y)} test images)"
 
 
 def check_array_dataset_len(s: Subject, dtype: str) -> None:
@@ -1032,8 +1035,8 @@ def check_together(s: Subject, dtype: str) -> None:
     if s.stage > 1:
         previous = load_stage(s.stage - 1)
         before = one_step(previous, params, x, y, dtype, LR, MOMENTUM)
-        expect_step(f"against stage {s.stage - 1}, one step", mine, before["logits"], before["loss"], before["grads"],
-                    dtype)
+        expect_step(f"against stage {s.stage - 1}, one step", mine, before["logits"], before["loss"],
+                    before["grads"], dtype)
         before = trajectory(previous, params, batches, dtype, LR, MOMENTUM)
         expect_trajectory(f"against stage {s.stage - 1}, 5 momentum steps", my_steps, list(before["losses"]),
                           before["params"], dtype)
@@ -1166,11 +1169,11 @@ def report(stage: int, path: Path, outcomes: dict[str, Outcome]) -> str:
 
 def verdict(stage: int, outcomes: dict[str, Outcome]) -> str:
     if all(o.status == "passed" for o in outcomes.values()):
-        against = "PyTorch" + (f" and stage {stage - 1}" if stage > 1 else "")
-        return f"verdict: passed. Your stage {stage} computes what {against} compute, in float64 and float32."
+        against = "PyTorch computes" if stage == 1 else f"PyTorch and stage {stage - 1} compute"
+        return f"verdict: passed. Your stage {stage} computes what {against}, in float64 and float32."
     counts = {status: sum(o.status == status for o in outcomes.values()) for status in ("wrong", "not done yet")}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-    first = "start with the first that is wrong" if counts["wrong"] else "write them"
+    first = "start with the first that is wrong" if counts["wrong"] else "write what is not done yet"
     return (f"verdict: not yet ({summary}): {first}, then make check STAGE={stage} again. "
             f"(make solution STAGE={stage} shows the course's own answer.)")
 
@@ -1183,8 +1186,9 @@ def solution_diff(stage: int, path: Path | None = None) -> str:
     if not path.exists():
         raise CourseError(f"{shown(path)} does not exist: make exercise STAGE={stage} writes it")
     course = stage_file(stage)
-    diff = difflib.unified_diff(path.read_text().splitlines(keepends=True), course.read_text().splitlines(keepends=True),
-                                fromfile=f"{shown(path)} (yours)", tofile=f"{shown(course)} (the course's)")
+    yours, theirs = (p.read_text().splitlines(keepends=True) for p in (path, course))
+    diff = difflib.unified_diff(yours, theirs, fromfile=f"{shown(path)} (yours)",
+                                tofile=f"{shown(course)} (the course's)")
     text = "".join(line if line.endswith("\n") else line + "\n" for line in diff)
     return text or f"{shown(path)} is the same as {shown(course)}\n"
 
@@ -1198,7 +1202,8 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("command", choices=("exercise", "check", "solution"))
     parser.add_argument("stage", nargs="?", default=os.environ.get("STAGE", "").strip() or None,
                         help="the stage number, 1 to 11 (default: $STAGE)")
-    parser.add_argument("--force", action="store_true", default=os.environ.get("FORCE", "") in ("1", "yes", "true"),
+    parser.add_argument("--force", action="store_true",
+                        default=os.environ.get("FORCE", "").strip() in ("1", "yes", "true"),
                         help="exercise: overwrite an existing file (default: $FORCE is 1, yes or true)")
     parser.add_argument("--file", type=Path, default=None, help="check or solution: this file instead of work/")
     args = parser.parse_args(argv)

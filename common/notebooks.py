@@ -79,7 +79,8 @@ def split_stage(source: str) -> tuple[str, list[tuple[str | None, str]]]:
     first section rule (the imports) has no name. The `if __name__ == "__main__":` block is left out."""
     tree = ast.parse(source)
     docstring_node, lines = tree.body[0], source.splitlines()
-    run_as_program = [node for node in tree.body if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)]
+    run_as_program = [node for node in tree.body
+                      if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)]
     for node in reversed(run_as_program):
         del lines[node.lineno - 1:node.end_lineno]
     sections: list[tuple[str | None, list[str]]] = [(None, [])]

@@ -36,8 +36,8 @@ def planted(tmp_path: Path, stage: int, function: str, old: str, new: str, times
     source = stage_file(stage).read_text()
     node = exercises.function_nodes(ast.parse(source))[function]
     lines = source.splitlines(keepends=True)
-    before, body, after = ("".join(part) for part in (lines[:node.lineno - 1], lines[node.lineno - 1:node.end_lineno],
-                                                      lines[node.end_lineno:]))
+    start, end = node.lineno - 1, node.end_lineno
+    before, body, after = "".join(lines[:start]), "".join(lines[start:end]), "".join(lines[end:])
     assert body.count(old) == times, f"the plant must find {old!r} {times} time(s) in stage {stage}'s {function}"
     path = tmp_path / stage_file(stage).name
     path.write_text(before + body.replace(old, new) + after)
@@ -168,7 +168,7 @@ PLANTS = {
         1, "else momentum * buf + grad", "else momentum * buf + (1 - momentum) * grad",
         "sgd_momentum_update", ["after step 2 of 3: conv1.weight differs by", "(tolerance 1e-10, float64)"]),
     "stage 1, a transposed weight gradient": (
-        1, "return dout.T @ x, dout.sum(axis=0), dout @ weight", "return x.T @ dout, dout.sum(axis=0), dout @ weight",
+        1, "return dout.T @ x, dout.sum(axis=0),", "return x.T @ dout, dout.sum(axis=0),",
         "linear_backward", ["weight gradient has shape (84, 10), expected (10, 84)"]),
     "stage 1, a relu skipped in the chain rule": (
         1, '    dh2 = relu_backward(dh2, c["h2"])\n', "",
@@ -181,7 +181,8 @@ PLANTS = {
         "cross_entropy", ["loss is float64, expected float32"]),
     "stage 2, max() without .values": (
         2, "logits.max(dim=1, keepdim=True).values", "logits.max(dim=1, keepdim=True)",
-        "cross_entropy", ["TypeError: ", ", in cross_entropy: shifted = logits - logits.max(dim=1, keepdim=True)"]),
+        "cross_entropy", ["TypeError: ",
+                          ", in cross_entropy: shifted = logits - logits.max(dim=1, keepdim=True)"]),
     "stage 3, a zero_grad that clears nothing": (
         3, "        p.grad = None\n", "        pass\n",
         "zero_grad", ["conv1.weight.grad still holds the previous step's gradient"]),
@@ -194,7 +195,7 @@ PLANTS = {
         "sgd_momentum_update", ["RuntimeError: a leaf Variable that requires grad is being used in an in-place "
                                 "operation.", ", in sgd_momentum_update: p -= lr * momentum_buffers[name]"]),
     "stage 4, average pooling": (
-        4, 'h = F.max_pool2d(F.relu(F.conv2d(x, p["conv1.weight"]', 'h = F.avg_pool2d(F.relu(F.conv2d(x, p["conv1.weight"]',
+        4, "h = F.max_pool2d(F.relu(F.conv2d(x,", "h = F.avg_pool2d(F.relu(F.conv2d(x,",
         "forward", ["logits differ by"]),
     "stage 5, the update outside no_grad": (
         5, "    with torch.no_grad():  # the update is not part of the model: autograd must not record it\n",
@@ -248,7 +249,8 @@ PLANTS = {
 def test_a_planted_mistake_is_named_with_what_differs(plant, tmp_path, capsys):
     stage, old, new, function, says = plant
     old, times = old if isinstance(old, tuple) else (old, 1)
-    code = exercises.main(["check", str(stage), "--file", str(planted(tmp_path, stage, function, old, new, times))])
+    path = planted(tmp_path, stage, function, old, new, times)
+    code = exercises.main(["check", str(stage), "--file", str(path)])
     out = capsys.readouterr().out
     assert code == exercises.NOT_DONE
     assert line_of(out, function).split(None, 1)[1].startswith("wrong: "), out
