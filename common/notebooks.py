@@ -1,7 +1,7 @@
 """Every stage as a Jupyter notebook, written from the stage file itself (the file stays the one source).
 
     make notebooks                    # notebooks/stage01_numpy.ipynb ... stage11_distributed.ipynb
-    make notebooks ARGS=--execute     # the same, each then run once, its outputs saved in it
+    python -m common.notebooks --execute   # the same, each then run once, its outputs saved in it
 
 A notebook is its stage cut where the stage's section rules (`# ---- model`, ...) cut it: the
 docstring as the first cell (markdown), a set-up cell, the imports, then for every section a
