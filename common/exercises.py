@@ -92,15 +92,18 @@ EXERCISES = {
                 "the backward functions differentiate."),
     2: Exercise(dict.fromkeys(("conv2d", "max_pool2x2", "cross_entropy", "sgd_momentum_update"),
                               "`sliding_window_view` -> `Tensor.unfold`"),
-                "Every function changes from numpy to torch, mostly by renaming; these four need the "
-                "twins that are spelled differently (unfold for sliding_window_view, permute, "
-                "torch.where, max(...).values, clone for copy). The others differ by `dim=` alone."),
+                "Every function changes from numpy to torch. These four together use each twin that is "
+                "spelled differently (unfold for sliding_window_view, permute for transpose, "
+                "torch.where, max(...).values, clone for copy); the functions left whole show the same "
+                "renamings, as examples."),
     3: Exercise({"zero_grad": "`.grad` accumulates",
                  "sgd_momentum_update": "The update runs inside `with torch.no_grad():`",
                  "train_one_epoch": "`loss.backward()` walks that graph"},
                 "The lesson is autograd: the step in train_one_epoch now calls loss.backward(), the "
                 ".grad it fills must be cleared first (zero_grad), and the update must run under "
-                "no_grad. forward is stage 2's forward without its cache, so it stays."),
+                "no_grad. forward, cross_entropy, conv2d and max_pool2x2 only lose what the "
+                "hand-written backward needed (the cache, the gradient, the windows, the winners), so "
+                "they stay."),
     4: Exercise({"forward": "`F.conv2d`, `F.relu`, `F.max_pool2d` and `F.linear` replace",
                  "train_one_epoch": "`F.cross_entropy` replaces"},
                 "forward is where torch.nn.functional replaces the hand-written ops; train_one_epoch "
@@ -122,7 +125,7 @@ EXERCISES = {
                  "make_loaders": "Its shuffle is driven by a `torch.Generator`"},
                 "The data pipeline is the lesson: the transform, the two methods every Dataset has, "
                 "and the DataLoaders with their seeded shuffle. train_one_epoch and evaluate change "
-                "only in the name of what they loop over, so they stay."),
+                "only in what they loop over (a DataLoader), so they stay."),
     8: Exercise({"Net.forward": "`Net` gains `nn.Dropout(p)`",
                  "train_one_epoch": "`train_one_epoch` starts with `model.train()`",
                  "evaluate": "`train_one_epoch` starts with `model.train()`"},
