@@ -7,7 +7,8 @@ PYTHON := $(VENV)/bin/python
 READY  := $(VENV)/.installed
 MAKE_PY := $(PYTHON) -m common.make
 
-.PHONY: help setup run smoke test test-quick diff ddp gradcheck bench compare site batch-experiment clean
+.PHONY: help setup run smoke test test-quick diff ddp gradcheck bench compare site batch-experiment \
+        exercise check solution notebooks clean
 
 help:
 	@echo "make run [STAGE=N] [ARGS='...']  run the course (or one stage), one epoch each on the default data"
@@ -21,6 +22,10 @@ help:
 	@echo "make compare                    every stage on the same batches: differences from stage 1, figure"
 	@echo "make site                       the course as a static web page: site/index.html"
 	@echo "make batch-experiment           accuracy per epoch and per second for batch sizes 4..256"
+	@echo "make exercise STAGE=N [FORCE=1] stage N with its lesson taken out: work/stageNN_<name>.py"
+	@echo "make check STAGE=N              check your work/ file against PyTorch and stage N-1"
+	@echo "make solution STAGE=N           the diff from your work/ file to the stage"
+	@echo "make notebooks                  every stage as a Jupyter notebook in notebooks/"
 	@echo "make setup                      create $(VENV) and install the pinned packages"
 
 $(READY): requirements.txt
@@ -63,5 +68,17 @@ site: $(READY)
 batch-experiment: $(READY)
 	@$(MAKE_PY) batch-experiment
 
-clean:
-	rm -rf runs site .pytest_cache .hypothesis
+exercise: $(READY)
+	@$(MAKE_PY) exercise
+
+check: $(READY)
+	@$(MAKE_PY) check
+
+solution: $(READY)
+	@$(MAKE_PY) solution
+
+notebooks: $(READY)
+	@$(MAKE_PY) notebooks
+
+clean:  # never work/: it holds the learner's exercises
+	rm -rf runs site notebooks .pytest_cache .hypothesis

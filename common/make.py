@@ -99,6 +99,8 @@ TARGETS = {
     "gradcheck": module("common.gradcheck"), "bench": module("benchmarks.bench"),
     "compare": module("common.compare"), "site": module("common.site"),
     "batch-experiment": module("common.batch_experiment"),
+    "exercise": module("common.exercises", ["exercise"]), "check": module("common.exercises", ["check"]),
+    "solution": module("common.exercises", ["solution"]), "notebooks": module("common.notebooks"),
 }
 
 
