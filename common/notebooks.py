@@ -27,7 +27,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
-COURSE_REPOSITORY = "https://github.com/OWNER/pytorch-by-refactoring"  # where Colab clones the course from
+PLACEHOLDER_REPOSITORY = "https://github.com/OWNER/pytorch-by-refactoring"
+
+
+def course_repository() -> str:
+    """Where a notebook opened outside a checkout (Colab) clones the course from: the address this
+    checkout was cloned from (git's `origin`), or a placeholder the set-up cell asks to replace."""
+    import subprocess
+
+    try:
+        url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        url = ""
+    return url or PLACEHOLDER_REPOSITORY
+
+
+COURSE_REPOSITORY = course_repository()
 RUN_ARGS = ["--data", "synthetic", "--max-steps", "200", "--out", "runs/notebook"]
 SECTION_RULE = re.compile(r"^# -{8,} (?P<name>.+)$")
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -40,10 +56,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-COURSE_REPOSITORY = "{COURSE_REPOSITORY}"
+COURSE_REPOSITORY = "{COURSE_REPOSITORY}"  # the course's git address: change it if it is another
 ROOT = next((folder for folder in (Path.cwd(), *Path.cwd().parents)
              if (folder / "stages").is_dir() and (folder / "common").is_dir()), None)
 if ROOT is None:  # no course around this notebook: fetch it, and install its pinned packages
+    if "{PLACEHOLDER_REPOSITORY}" == COURSE_REPOSITORY:
+        raise SystemExit("set COURSE_REPOSITORY above to the git address of the course, then run this cell again")
     ROOT = Path(Path(COURSE_REPOSITORY).name).resolve()
     subprocess.run(["git", "clone", "--depth", "1", COURSE_REPOSITORY, str(ROOT)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-r", str(ROOT / "requirements.txt")],
