@@ -14,7 +14,7 @@ import numpy as np
 
 from common import signals
 from common.data import SOURCES
-from common.errors import BAD_INPUT
+from common.errors import BAD_INPUT, printable
 
 DTYPES = ("float32", "float64")
 MAX_SEED = 2**32 - 1  # numpy's legacy np.random.seed() takes seeds in [0, 2**32)
@@ -25,7 +25,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but an error is a single line (the usage is one `--help` away)."""
 
     def error(self, message: str) -> None:
-        self.exit(BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(BAD_INPUT, f"{self.prog}: error: {printable(message)} (see --help)\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from common import checkpoint, signals
 from common.threads import ThreadPolicy
-from common.errors import BAD_INPUT, DIVERGED, INTERRUPTED, WRITE_FAILED, CourseError
+from common.errors import BAD_INPUT, DIVERGED, INTERRUPTED, WRITE_FAILED, CourseError, printable
 from common.weights import PARAM_SHAPES
 
 RUNNING_LOSS_STEPS = 100  # the progress bar and the summary average the loss over this many steps
@@ -357,7 +357,7 @@ class StageRun:
 
     def _end(self, message: str, code: int) -> None:
         if self.main_process:
-            print(f"{self.stage}: {message}", file=sys.stderr)
+            print(f"{self.stage}: {printable(message)}", file=sys.stderr)
         raise SystemExit(code)
 
 
