@@ -190,7 +190,7 @@ def decode(value, arrays):
     if value is None or isinstance(value, (bool, str, int, float)):
         return value
     if not isinstance(value, dict) or len(value) != 1:
-        raise ValueError(f"malformed entry {str(value)[:60]}")
+        raise ValueError(f"malformed entry {one_line(value, 60)}")
     (kind, content), = value.items()
     if kind in ("array", "tensor"):
         if not isinstance(content, str) or content not in arrays:
