@@ -94,7 +94,7 @@ class StageRun:
         if kinds != saved_kinds:
             raise CourseError(f"{where}: holds {saved_kinds}, this stage keeps {kinds}")
         for obj, state in zip(objects, states):
-            checkpoint.restore(obj, state, where)
+            checkpoint.restore(obj, state, where, self.args.dtype)
         self._restore_rng(meta, where)
         self._announce_changed_hyperparameters(meta["hyperparameters"], where)
         self._resumed, self.steps, self._saved_epoch = meta, meta["step"], meta["epoch"]
