@@ -221,7 +221,8 @@ class StageRun:
 
     def _divergence_message(self, loss: float) -> str:
         blame = f"try a smaller --lr than {self.args.lr}"
-        if getattr(self.args, "momentum", 0) >= 1:
+        # SGD's first update uses the gradient alone: momentum first shows in the loss of step 3
+        if getattr(self.args, "momentum", 0) >= 1 and self.steps >= 3:
             blame = (f"--momentum {self.args.momentum} is 1 or more, so the update never decays; "
                      "use a momentum below 1")
         return f"the loss became {loss} at step {self.steps}: training diverged; {blame}"
