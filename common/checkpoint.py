@@ -19,7 +19,6 @@ import numbers
 import os
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +70,9 @@ def state_of(obj):
     return dict(obj)  # arrays: parameters or momentum buffers by name
 
 
-def restore(obj, state, where: str) -> None:
-    """Put a saved state back into `obj`, in place, after checking it field by field."""
+def restore(obj, state, where: str, dtype: str) -> None:
+    """Put a saved state back into `obj`, in place, after checking it field by field; `dtype`
+    is the run's --dtype, the one arrays new to `obj` (momentum buffers) must have."""
     kind = describe(obj)
     try:
         if kind == "numpy generator":
@@ -84,10 +84,10 @@ def restore(obj, state, where: str) -> None:
         elif kind == "optimizer":
             obj.load_state_dict(_checked_optimizer_state(obj, state, where))
         elif kind == "arrays":
-            _restore_arrays(obj, state, where)
+            _restore_arrays(obj, state, where, dtype)
     except CourseError:
         raise
-    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError) as err:
         raise CourseError(f"{where}: does not fit this run ({_first_line(err)})") from None
 
 
@@ -124,8 +124,16 @@ def _checked_optimizer_state(optimizer, state, where):
         if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
             raise CourseError(f"{where}: the optimizer's state names no parameter of this model ({index!r})")
         for key, value in entry.items():
-            if hasattr(value, "shape") and value.ndim > 0:  # per-parameter buffers, e.g. the momentum
+            if value is not None:  # SGD's momentum buffer, like its parameter (None: SGD starts a new one)
                 _check_like(_checked_tensor(value, where), params[index], f"{where}: optimizer {key} of {index}")
+    for saved, own in zip(state["param_groups"], optimizer.param_groups):
+        if not isinstance(saved, dict):
+            raise CourseError(f"{where}: the optimizer's state is not an optimizer state_dict")
+        # dampening, nesterov, ... are set by the stage's code (lr and momentum by the command line);
+        # a setting the file lacks takes this run's value
+        for key, value in own.items():
+            if key not in ("params", "lr", "momentum") and saved.setdefault(key, value) != value:
+                raise CourseError(f"{where}: made with the optimizer's {key} {saved[key]!r}, this run has {value!r}")
     return state
 
 
@@ -135,7 +143,7 @@ def _check_like(value, like, where):
                           f"{like.dtype} {tuple(like.shape)}")
 
 
-def _restore_arrays(target: dict, state, where: str) -> None:
+def _restore_arrays(target: dict, state, where: str, dtype: str) -> None:
     """Parameters (a full dict, overwritten in place) or momentum buffers (filled in)."""
     if not isinstance(state, dict):
         raise CourseError(f"{where}: expected arrays by name")
@@ -146,6 +154,8 @@ def _restore_arrays(target: dict, state, where: str) -> None:
         raise CourseError(f"{where}: holds {sorted(state)}, this run has {sorted(target)}")
     torch = _torch()
     for name, value in state.items():
+        if not hasattr(value, "shape"):
+            raise CourseError(f"{where}: {name} is a {type(value).__name__}, not an array")
         if tuple(value.shape) != PARAM_SHAPES[name]:
             raise CourseError(f"{where}: {name} has shape {tuple(value.shape)}, not {PARAM_SHAPES[name]}")
         if name in target:
@@ -156,6 +166,8 @@ def _restore_arrays(target: dict, state, where: str) -> None:
             else:
                 _check_like(value, target[name], f"{where}: {name}")
                 target[name][...] = value
+        elif str(value.dtype).removeprefix("torch.") != dtype:  # the update keeps a buffer in --dtype
+            raise CourseError(f"{where}: {name} is {value.dtype}, where this run has {dtype}")
         else:
             target[name] = value
 
@@ -191,7 +203,7 @@ def decode(value, arrays):
     if value is None or isinstance(value, (bool, str, int, float)):
         return value
     if not isinstance(value, dict) or len(value) != 1:
-        raise ValueError(f"malformed entry {str(value)[:60]}")
+        raise ValueError(f"malformed entry {one_line(value, 60)}")
     (kind, content), = value.items()
     if kind in ("array", "tensor"):
         if not isinstance(content, str) or content not in arrays:
@@ -265,7 +277,10 @@ def load(path: Path) -> tuple[dict, list]:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
         meta = json.loads(str(arrays.pop("meta")))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+    # Damaged bytes make zipfile, numpy's header parser and json raise many kinds of error:
+    # BadZipFile, EOFError, ValueError, NotImplementedError ("zip file version 10.9"),
+    # RuntimeError ("... is encrypted"), tokenize.TokenError (a header's brackets left open), ...
+    except Exception as err:
         raise CourseError(f"{where}: not a readable checkpoint ({_first_line(err)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CourseError(f"{where}: not a checkpoint of this course (format {FORMAT})")

@@ -14,18 +14,19 @@ import numpy as np
 
 from common import signals
 from common.data import SOURCES
-from common.errors import BAD_INPUT
+from common.errors import BAD_INPUT, printable
 
 DTYPES = ("float32", "float64")
 MAX_SEED = 2**32 - 1  # numpy's legacy np.random.seed() takes seeds in [0, 2**32)
 MAX_THREADS = 256
+MAX_BATCH_SIZE = sys.maxsize  # DataLoader's BatchSampler cuts batches with itertools.islice, which takes no more
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but an error is a single line (the usage is one `--help` away)."""
 
     def error(self, message: str) -> None:
-        self.exit(BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(BAD_INPUT, f"{self.prog}: error: {printable(message)} (see --help)\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -36,6 +37,13 @@ def positive_int(text: str) -> int:
     value = _number(int, text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def batch_size(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be a positive integer up to {MAX_BATCH_SIZE}, got {text}")
     return value
 
 
@@ -118,7 +126,7 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
                            formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--epochs", type=positive_int, default=2, help="passes over the training set")
-    add("--batch-size", type=positive_int, default=4, help="images per training step")
+    add("--batch-size", type=batch_size, default=4, help="images per training step")
     add("--lr", type=positive_float, default=0.001, help="learning rate")
     add("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
     add("--seed", type=seed, default=0, help="seed for weights, data order and synthetic data")

@@ -9,6 +9,8 @@ Exit codes of every stage and tool:
 """
 from __future__ import annotations
 
+import unicodedata
+
 BAD_INPUT = 2
 DIVERGED = 3
 WRITE_FAILED = 4
@@ -21,6 +23,13 @@ class CourseError(Exception):
     def __init__(self, message: str, exit_code: int = BAD_INPUT):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def printable(text: str) -> str:
+    """A message with its control characters (a line break in a file name or in an option's
+    value, a terminal escape) written as in a Python string literal, `\\n` or `\\x1b`: the
+    message stays one line and shows what was typed."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def one_line(text: str, limit: int = 160) -> str:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from common import checkpoint, signals
 from common.threads import ThreadPolicy
-from common.errors import BAD_INPUT, DIVERGED, INTERRUPTED, WRITE_FAILED, CourseError
+from common.errors import BAD_INPUT, DIVERGED, INTERRUPTED, WRITE_FAILED, CourseError, printable
 from common.weights import PARAM_SHAPES
 
 RUNNING_LOSS_STEPS = 100  # the progress bar and the summary average the loss over this many steps
@@ -94,7 +94,7 @@ class StageRun:
         if kinds != saved_kinds:
             raise CourseError(f"{where}: holds {saved_kinds}, this stage keeps {kinds}")
         for obj, state in zip(objects, states):
-            checkpoint.restore(obj, state, where)
+            checkpoint.restore(obj, state, where, self.args.dtype)
         self._restore_rng(meta, where)
         self._announce_changed_hyperparameters(meta["hyperparameters"], where)
         self._resumed, self.steps, self._saved_epoch = meta, meta["step"], meta["epoch"]
@@ -221,7 +221,8 @@ class StageRun:
 
     def _divergence_message(self, loss: float) -> str:
         blame = f"try a smaller --lr than {self.args.lr}"
-        if getattr(self.args, "momentum", 0) >= 1:
+        # SGD's first update uses the gradient alone: momentum first shows in the loss of step 3
+        if getattr(self.args, "momentum", 0) >= 1 and self.steps >= 3:
             blame = (f"--momentum {self.args.momentum} is 1 or more, so the update never decays; "
                      "use a momentum below 1")
         return f"the loss became {loss} at step {self.steps}: training diverged; {blame}"
@@ -359,7 +360,7 @@ class StageRun:
 
     def _end(self, message: str, code: int) -> None:
         if self.main_process:
-            print(f"{self.stage}: {message}", file=sys.stderr)
+            print(f"{self.stage}: {printable(message)}", file=sys.stderr)
         raise SystemExit(code)
 
 
