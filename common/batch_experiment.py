@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.cli import positive_float, positive_int
+from common.cli import batch_size, positive_float, positive_int
 from common.data import SOURCES, load_data
 from common.errors import CourseError
 from common.harness import driver, load_stage, stage_options
@@ -129,7 +129,7 @@ def plot(runs: dict[int, list[dict]], budget: float, source: str, path: Path) ->
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m common.batch_experiment", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[4, 16, 64, 256], help="batch sizes")
+    parser.add_argument("--batch-sizes", type=batch_size, nargs="+", default=[4, 16, 64, 256], help="batch sizes")
     parser.add_argument("--epochs", type=positive_int, default=3, help="epochs for every batch size")
     parser.add_argument("--lr", type=positive_float, default=0.001, help=f"learning rate at batch {BASE_BATCH}")
     parser.add_argument("--data", choices=SOURCES, default="synthetic", help="data source")

@@ -2,7 +2,8 @@
 
 A run's state is what its loop changes: the parameters, the momentum buffers (or the
 optimizer that keeps them), the generator that shuffles the data, and torch's global random
-number generator (what dropout draws from). `--checkpoint PATH` writes them after every
+number generator (what dropout draws from on the CPU; on a GPU it draws from that GPU's
+generator, saved too, as cuda_rng). `--checkpoint PATH` writes them after every
 complete epoch; `--resume PATH` puts them back, and training continues with the next epoch,
 ending with exactly the numbers an uninterrupted run would have.
 
@@ -274,8 +275,12 @@ def load(path: Path) -> tuple[dict, list]:
     if not path.is_file():
         raise CourseError(f"{where}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+        with open(path, "rb") as f:  # our own handle, so it is closed whatever np.load does
+            archive = np.load(f, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("one .npy array, not an .npz archive")
+            with archive:
+                arrays = {key: archive[key] for key in archive.files}
         meta = json.loads(str(arrays.pop("meta")))
     # Damaged bytes make zipfile, numpy's header parser and json raise many kinds of error:
     # BadZipFile, EOFError, ValueError, NotImplementedError ("zip file version 10.9"),

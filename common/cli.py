@@ -129,7 +129,7 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
     add("--batch-size", type=batch_size, default=4, help="images per training step")
     add("--lr", type=positive_float, default=0.001, help="learning rate")
     add("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
-    add("--seed", type=seed, default=0, help="seed for weights, data order and synthetic data")
+    add("--seed", type=seed, default=0, help="seed for weights, data order, synthetic data and dropout masks")
     add("--dtype", choices=DTYPES, default="float32", help="floating-point precision")
     add("--data", choices=SOURCES, default="auto",
         help="data source: auto = --data-dir, else ./data (downloading), else synthetic")

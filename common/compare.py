@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.cli import DTYPES, positive_int
+from common.cli import DTYPES, batch_size, positive_int
 from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches, stage_names, to_numpy
 from common.weights import reference_params
 
@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dtype", choices=DTYPES + ("both",), default="both", help="precision of every stage")
     parser.add_argument("--steps", type=positive_int, default=50, help="training steps per stage")
-    parser.add_argument("--batch-size", type=positive_int, default=4, help="images per step")
+    parser.add_argument("--batch-size", type=batch_size, default=4, help="images per step")
     parser.add_argument("--stages", type=int, nargs="+", default=None, help="stage numbers (default: all)")
     parser.add_argument("--out", default="runs/compare", help="folder for the JSON, CSV and PNG files")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -131,8 +131,8 @@ class StageRun:
         if not math.isfinite(loss):
             raise CourseError(self._divergence_message(loss), DIVERGED)
         if self.steps == 1:
-            self._say(f"loss before any update: {loss:.4f} (random weights over 10 classes should give "
-                      f"about ln 10 = {math.log(10):.3f})")
+            self._say(f"loss before any update: {loss:.4f} (small random weights give ten nearly equal logits, "
+                      f"so each class gets probability about 1/10 and the loss about ln 10 = {math.log(10):.3f})")
         self._files["losses.csv"].write_row((self.steps, self.epoch, repr(loss)))  # repr: every bit
         if gradients is not None:
             self._files["grad_norms.csv"].write_row((self.steps, *(f"{n:.6g}" for n in layer_norms(gradients))))
@@ -339,8 +339,8 @@ class StageRun:
               f"test accuracy {100 * accuracy:.2f}%, time {seconds:.1f}s, record {self.record_dir}")
         if self.args.max_steps is not None and self.steps == self.args.max_steps and accuracy < 2 * CHANCE:
             print(f"{self.stage}: {self.steps} steps were too few to learn: the test accuracy is near chance "
-                  f"({100 * CHANCE:.0f}%). At lr {self.args.lr} the loss stays near ln 10 for the first few "
-                  "hundred steps on CIFAR-10; drop --max-steps to train whole epochs")
+                  f"({100 * CHANCE:.0f}%). At the tutorial's lr 0.001 the loss stays near ln 10 for the first "
+                  "few hundred steps on CIFAR-10; drop --max-steps to train whole epochs")
 
     def _mark_incomplete(self, why: str) -> None:
         """An ended run leaves summary.json saying it is incomplete, and why."""

@@ -1,7 +1,8 @@
 """On a GPU: the stages that take a device compute on CUDA what they compute on the CPU.
 
-Skipped where no CUDA GPU is visible. TF32 is switched off: with it, float32 matrix products on
-recent GPUs keep only 10 bits of mantissa and differ from the CPU by ~1e-3.
+Skipped where no CUDA GPU is visible. TF32 is switched off: with it (on by default for cuDNN's
+convolutions, off for matrix products), float32 keeps only 10 bits of mantissa and differs from
+the CPU by ~1e-3.
 """
 from __future__ import annotations
 
