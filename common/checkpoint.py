@@ -11,7 +11,8 @@ The file is a numpy `.npz` archive: every array under a key of its own, and one 
 (`meta`) describing the rest. It holds no pickled objects, so loading one never runs code,
 and the numpy stage reads and writes it without torch. It is written atomically, to a
 temporary file that is then renamed over the old one, so an interruption or a full disk
-while saving leaves the previous checkpoint as it was.
+while saving leaves the previous checkpoint as it was (a process killed in the middle of a
+save can leave a hidden .NAME.tmp beside it).
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ from common.errors import WRITE_FAILED, CourseError, one_line
 from common.weights import PARAM_SHAPES
 
 FORMAT = 2
-IDENTITY = ("stage", "dtype", "batch_size", "seed", "steps_per_epoch")  # must match to resume
 HYPERPARAMETERS = ("lr", "momentum", "dropout")  # may change on resume; announced in one line
 
 # torch is looked up, never imported, here: the numpy stage uses this module too.
@@ -252,9 +252,10 @@ def save(path: Path, meta: dict, objects: list) -> None:
                                              for o in objects])
     torch = _torch()
     if torch is not None:
-        meta["torch_rng"] = encode(torch.get_rng_state(), arrays)
+        # as numpy arrays, so that a stage without torch (stage 1) can still read the file
+        meta["torch_rng"] = encode(torch.get_rng_state().numpy(), arrays)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            meta["cuda_rng"] = encode(torch.cuda.get_rng_state_all(), arrays)
+            meta["cuda_rng"] = encode([state.numpy() for state in torch.cuda.get_rng_state_all()], arrays)
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         with open(temporary, "wb") as f:
@@ -272,6 +273,8 @@ def load(path: Path) -> tuple[dict, list]:
     """Read a checkpoint: its meta fields (checked for type) and the saved state of each object."""
     path = Path(path)
     where = f"--resume {path}"
+    if path.is_dir():
+        raise CourseError(f"{where}: a folder, not a file")
     if not path.is_file():
         raise CourseError(f"{where}: no such file")
     try:
@@ -288,7 +291,8 @@ def load(path: Path) -> tuple[dict, list]:
     except Exception as err:
         raise CourseError(f"{where}: not a readable checkpoint ({_first_line(err)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CourseError(f"{where}: not a checkpoint of this course (format {FORMAT})")
+        raise CourseError(f"{where}: not a checkpoint in this course's format {FORMAT} (another program's, "
+                          "or an older version's)")
     _check_fields(meta, where)
     try:
         states = [decode(entry["value"], arrays) for entry in meta["state"]]

@@ -1,11 +1,14 @@
 """The command-line options every stage shares, with the tutorial's defaults.
 
-Every value is checked against what the libraries accept before anything runs; a bad one
-stops the run with one line and exit code 2.
+Every value that can be checked alone is checked here, against what the libraries accept,
+before anything runs; the data folder, --out, --checkpoint and --resume are checked where
+they are first used, still before the first step. A bad one stops the run with one line and
+exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -176,6 +179,15 @@ def _check_together(parser: OneLineParser, args: argparse.Namespace) -> None:
     for name in ("lr", "momentum"):
         if getattr(args, name) > largest:  # torch cannot even pass such a factor to a float32 kernel
             parser.error(f"argument --{name}: {getattr(args, name)} does not fit in {args.dtype}")
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and getattr(args, "device", "cpu") in ("auto", "cuda"):  # under torchrun: stage 11
+        import torch
+
+        visible = torch.cuda.device_count()
+        if visible and int(local_rank) >= visible:
+            parser.error(f"argument --device: {args.device} means cuda:LOCAL_RANK, and this is process "
+                         f"LOCAL_RANK={local_rank} but only {visible} GPU(s) are visible: start at most {visible} "
+                         "process(es) per machine, or use --device cpu")
     if getattr(args, "data_parallel", False) and getattr(args, "device", "auto") == "cpu":
         import torch
 

@@ -1,6 +1,6 @@
 """Errors a learner can fix themselves: shown as one line, never as a traceback.
 
-Exit codes of every stage and tool:
+Exit codes of every stage and of the course runner:
   0    finished (also: a --resume of a run that had already finished)
   2    bad input: an option, the data, a checkpoint, a device that is not there
   3    training diverged: the loss became NaN or infinite

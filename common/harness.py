@@ -1,8 +1,8 @@
 """The equivalence harness: drive any stage through one contract, and compare stages.
 
-The stages are written as a learner should read them, not for a test to drive: a numpy stage
-has a dict of arrays and hand-written `forward_with_cache`, `cross_entropy`, `backward` and
-`sgd_momentum_update`; an autograd stage has a dict of tensors, `forward(params, x)` and its
+The stages are written as a learner should read them, not for a test to drive: the
+hand-written stages (1-2) have a dict of arrays or tensors and hand-written
+`forward_with_cache`, `cross_entropy`, `backward` and `sgd_momentum_update`; an autograd stage has a dict of tensors, `forward(params, x)` and its
 update; a module stage has `Net`, and from stage 6 on builds `nn.CrossEntropyLoss()` and
 `optim.SGD` locally in `main()`. `driver(stage)` knows these families by what each stage
 exposes and gives every one the same contract:
@@ -85,7 +85,7 @@ class Model:
     dtype: Any  # the stage's own dtype object (np.float32, torch.float64, ...)
     device: Any = None
     momentum_buffers: dict = field(default_factory=dict)  # hand-written updates keep them here
-    optimizer: Any = None  # stages with an optimizer: made at the first step, as main() makes it
+    optimizer: Any = None  # stages with an optimizer: made by the driver at the first step, the way main() makes it
 
     @property
     def module(self):
@@ -281,7 +281,8 @@ def worst_relative_error(actual: dict, expected: dict) -> tuple[str, float]:
 
 
 def normalise(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 32, 32, 3) -> float64 (N, 3, 32, 32) in [-1, 1], as every stage normalises."""
+    """uint8 (N, 32, 32, 3) -> float64 (N, 3, 32, 32) in [-1, 1], as stages 1-6 normalise (stages
+    7-11 normalise in float32, then widen)."""
     return (images.transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
 
 

@@ -12,14 +12,16 @@ A stage writes its loop itself, `for epoch in ...:` and `for x, y in ...:`, and 
 
 The record of a run is runs/<stage>/<timestamp>/: options.json, losses.csv (the loss of every
 step, in full precision), grad_norms.csv (each layer's gradient norm at every step),
-accuracy.csv (after each epoch), per_class_accuracy.csv, params.npz, model.pt (torch stages),
-summary.json and curves.png.
+accuracy.csv (after each epoch), per_class_accuracy.csv, threads.csv (a row each time
+--threads auto changes the count), params.npz, model.pt (torch stages), summary.json and
+curves.png.
 
 Failures become one line and an exit code (common/errors.py): bad input 2, a diverging loss 3,
 a failed write (a full disk) 4, Ctrl-C or SIGTERM 130, acted on between two steps
-(common/signals.py). Every row of losses.csv is on disk as soon as its step ends, and files
-that are written whole (params.npz, summary.json, ...) go to a temporary name first and are
-renamed into place, so a failure never leaves a half-written record behind.
+(common/signals.py). Every row of losses.csv is written (unbuffered, not fsynced) as soon as
+its step ends, a failed write is undone to the last whole row, and files that are written
+whole (params.npz, summary.json, ...) go to a temporary name first and are renamed into place
+(curves.png is deleted if its write fails), so a failure never leaves a half-written file.
 """
 from __future__ import annotations
 
@@ -213,9 +215,9 @@ class StageRun:
             return
         try:
             if "torch_rng" in meta:
-                torch.set_rng_state(meta["torch_rng"])
+                torch.set_rng_state(torch.as_tensor(meta["torch_rng"]))
             if "cuda_rng" in meta and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(meta["cuda_rng"])
+                torch.cuda.set_rng_state_all([torch.as_tensor(state) for state in meta["cuda_rng"]])
         except (RuntimeError, TypeError) as err:
             raise CourseError(f"{where}: damaged random-number state ({err})") from None
 
@@ -402,7 +404,8 @@ class RecordFile:
 
 def write_whole(path: Path, write) -> None:
     """Write a file through a temporary name, renamed into place once complete: a reader never
-    sees half a file, and a failure leaves no temporary file behind."""
+    sees half a file, and a failed write (an OSError, or torch.save's RuntimeError) leaves no
+    temporary file behind."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         with open(temporary, "wb") as f:

@@ -11,7 +11,8 @@ def seed_everything(seed: int) -> None:
     """Seed Python's `random`, numpy's global generator and, if the stage uses it, torch."""
     random.seed(seed)
     np.random.seed(seed)
-    # Seed torch only where a stage has imported it: the numpy stage never loads torch.
+    # Seed torch only where it is loaded: the numpy stage loads it only when torchvision does
+    # (--data auto trying ./data).
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.manual_seed(seed)

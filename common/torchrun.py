@@ -4,9 +4,9 @@
 
 takes torchrun's own arguments and runs torchrun itself (`torch.distributed.run.main`) in this
 process. Plain `torchrun` answers Ctrl-C, and any process that exits with an error, with
-its own traceback and a failure report; here Ctrl-C (which reaches every process of the
-terminal's group: each one stops after the same step, see common/run.py) ends with one line
-and code 130, and a process that failed (bad input, say) with its own one-line message,
+its own traceback and a failure report; here Ctrl-C (which reaches torchrun; torchrun starts
+each worker in a session of its own and passes the signal on, and the workers agree to stop
+after the same step, see common/run.py) ends with one line and code 130, and a process that failed (bad input, say) with its own one-line message,
 printed once by that process, and its exit code.
 """
 from __future__ import annotations
@@ -27,8 +27,7 @@ def main(argv=None) -> None:
     try:
         torchrun(sys.argv[1:] if argv is None else argv)
     except SignalException as err:
-        print(f"torchrun: stopped by {err.sigval.name}; the processes stopped after the same step",
-              file=sys.stderr)
+        print(f"torchrun: stopped by {err.sigval.name}, which it passed on to every process", file=sys.stderr)
         sys.exit(INTERRUPTED)
     except ChildFailedError as err:
         failures = sorted(err.failures.items())

@@ -215,3 +215,40 @@ def test_ctrl_c_without_checkpoint_is_one_line_and_keeps_the_record(stage_name, 
     last_line = stderr.strip().splitlines()[-1]
     steps = int(last_line.split(" at step ")[1].split(";")[0])
     assert losses_written(tmp_path) == steps >= 1
+
+
+def test_the_numpy_stage_resumes_without_torch_a_checkpoint_saved_with_it(tmp_path):
+    """In this test process torch is loaded, so the checkpoint holds torch's random-number state;
+    a numpy-only run must still read it, without loading torch."""
+    checkpoint = tmp_path / "c.npz"
+    load_stage(1).main(SHORT + ["--epochs", "1", "--checkpoint", str(checkpoint), "--out", str(tmp_path)])
+    assert "torch_rng" in meta_of(checkpoint)
+    code = ("import sys; from stages import stage01_numpy as s; "
+            f"s.main({SHORT + ['--epochs', '2', '--resume', str(checkpoint), '--out', str(tmp_path / 'b')]!r}); "
+            "print('torch loaded:', 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=EVENT_TIMEOUT)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert "resumed from" in result.stdout and "torch loaded: False" in result.stdout
+
+
+def tiny_data_dir(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 10)):
+        np.save(folder / f"{split}_x.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+        np.save(folder / f"{split}_y.npy", rng.integers(0, 10, n))
+    return folder
+
+
+@pytest.mark.parametrize("change,message", [
+    (["--batch-size", "400"], "made with batch_size 800, but this run has 400"),
+    (["--seed", "3"], "made with seed 0, but this run has 3"),
+    (["--data-dir", "{tiny}"], "made with 10 steps per epoch, this run has 1 (other data?)"),
+], ids=["another batch size", "another seed", "other data"])
+def test_a_checkpoint_of_another_run_is_refused(change, message, good_checkpoint, tmp_path, capsys):
+    change = [a.format(tiny=tiny_data_dir(tmp_path / "tiny")) if "{tiny}" in a else a for a in change]
+    argv = SHORT + ["--epochs", "2", "--resume", str(good_checkpoint), "--out", str(tmp_path)]
+    argv = [a for a in argv if a != "synthetic" and a != "--data"] if "--data-dir" in change else argv
+    code, _, err = run_in_process(6, argv + change, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

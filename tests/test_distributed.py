@@ -84,3 +84,35 @@ def test_parameters_after_five_steps_are_the_single_process_ones(ranks, single_p
     for rank, saved in enumerate(ranks):
         name, error = worst_relative_error(section(saved, "param/"), final)
         assert error <= DISTRIBUTED_RTOL, f"rank {rank}: {name} off by {error:.1e}"
+
+
+def stop_worker(rank: int, port: int, out_dir: str) -> None:
+    """A signal reaches one process only (rank 1, at step 23): both must stop after the same step."""
+    import argparse
+    import signal as signal_module
+
+    from common import signals
+    from common.run import StageRun
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        run = StageRun("stage11_distributed.py", argparse.Namespace(), main_process=rank == 0)
+        stopped_at = None
+        for step in range(1, 60):
+            run.steps = step
+            if rank == 1 and step == 23:
+                signals._received.append(signal_module.SIGINT)  # as the handler notes a Ctrl-C
+            try:
+                run._stop_if_asked(every_step=True)
+            except KeyboardInterrupt:
+                stopped_at = step
+                break
+        np.save(f"{out_dir}/stopped{rank}.npy", np.array(stopped_at if stopped_at is not None else -1))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_signal_to_one_process_stops_every_process_after_the_same_step(tmp_path):
+    mp.start_processes(stop_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
+    stopped = [int(np.load(tmp_path / f"stopped{r}.npy")) for r in range(WORLD_SIZE)]
+    assert stopped == [30, 30], "they agree every 10 steps: the first agreement after step 23 is at step 30"

@@ -148,3 +148,17 @@ def test_each_distributed_process_takes_the_gpu_of_its_local_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     stage = load_stage(11)
     assert stage.choose_device("auto") == stage.choose_device("cuda") == torch.device("cuda:1")
+
+
+@pytest.mark.stage11
+def test_a_process_without_a_gpu_of_its_own_is_refused_in_one_line(monkeypatch, capsys):
+    """Under torchrun, --device auto means cuda:LOCAL_RANK: a second process on a one-GPU machine
+    has no GPU of its own, and the command line says so instead of a CUDA traceback."""
+    pretend_gpus(monkeypatch, 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        stage_options(11, [])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "LOCAL_RANK=1 but only 1 GPU(s) are visible" in err
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert stage_options(11, []).device == "auto"
