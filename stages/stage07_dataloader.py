@@ -8,8 +8,8 @@ Changes from stage 6:
   `Compose([ToTensor(), Normalize((0.5,) * 3, (0.5,) * 3)])`: ToTensor turns a uint8
   (32, 32, 3) image into a (3, 32, 32) tensor in [0, 1] of torch's default dtype, float32,
   and Normalize maps it to [-1, 1]. In float32 that is exactly what stage 6's `normalise()`
-  computed, bit for bit (a test checks). ToTensor ignores --dtype, so for --dtype float64 the
-  transform ends with `ConvertImageDtype(torch.float64)`: from this stage on, a float64 run
+  computed, bit for bit (a test checks). ToTensor ignores --dtype, so the transform ends with
+  `ConvertImageDtype(dtype)` (nothing to do in float32): from this stage on, a float64 run
   trains on images normalised in float32 and then widened, which differ from stage 6's
   float64 images by up to 6e-8 (float32 round-off).
 - A `DataLoader` draws a new order each epoch (`shuffle=True`), takes `batch_size` samples

@@ -9,9 +9,10 @@ Changes from stage 8:
   stays the same Parameter object, its data swapped for a copy on the device (the stage
   prints conv1's weight, now on the device). `x.to(device)` leaves a tensor where it is and
   returns a copy on the device, or `x` itself when it is already there: hence
-  `x = x.to(device)`. The optimizer is still built after the move, as stage 6 explains: it
-  would work before it too, since the Parameter objects stay, but the momentum buffers that
-  `run.resume` restores are placed on each parameter's device as it is at that moment.
+  `x = x.to(device)`. The optimizer is still built after the move, as stage 6 explains (built
+  before, it would work too: the Parameter objects stay). What must come after the move is
+  `run.resume`: `optimizer.load_state_dict` puts the restored momentum buffers on each
+  parameter's device as it is at that moment.
 - On CUDA, the DataLoader puts each batch in page-locked ("pinned") memory
   (`pin_memory=True`; the pinning is itself a copy, made in the main process), from which the
   GPU copies by DMA, and `x.to(device, non_blocking=True)` queues that copy and returns at
