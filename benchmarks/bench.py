@@ -128,11 +128,12 @@ def bench_shared(repeats: int) -> list[dict]:
     default = torch.get_num_threads()
     times = {}
     for busy in (False, True):
+        settings = (default, "auto") if busy else (default, "auto", 1)  # one thread idle: the best beside a busy one
         with one_busy_process() if busy else contextlib.nullcontext():
             for name in tqdm(stage_names(), desc="shared machine (busy)" if busy else "shared machine (idle)",
                              unit="stage"):
                 for batch_size in (4, 64):
-                    for setting in (default, "auto"):  # taking turns, so a slow spell hits both
+                    for setting in settings:  # taking turns, so a slow spell hits all alike
                         policy = policy_for(setting)
                         times[name, batch_size, setting, busy] = step_time(name, batch_size, "float32", repeats,
                                                                            policy=policy)
@@ -146,7 +147,8 @@ def bench_shared(repeats: int) -> list[dict]:
                          "default_busy_vs_idle": t[default, False] / t[default, True],
                          "auto_idle_ms": 1000 * t["auto", False], "auto_busy_ms": 1000 * t["auto", True],
                          "auto_busy_vs_idle": t["auto", False] / t["auto", True],
-                         "auto_idle_vs_default_idle": t[default, False] / t["auto", False]})
+                         "auto_idle_vs_default_idle": t[default, False] / t["auto", False],
+                         "one_thread_idle_vs_auto_idle": t["auto", False] / times[name, batch_size, 1, False]})
     return rows
 
 
@@ -271,6 +273,9 @@ def bench_memory() -> list[dict]:
     return rows
 
 
+PARTS = ("steps", "shared", "throughput", "memory")
+
+
 # ---------------------------------------------------------------- output
 def print_table(title: str, rows: list[dict]) -> None:
     columns = list(rows[0])
@@ -297,6 +302,7 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller epoch")
     parser.add_argument("--out", default="runs/bench", help="folder for the CSV files")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which measurements to make")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,21 +310,25 @@ def main(argv=None) -> dict:
     peak = matmul_peak_gflops()
     print(f"peak: a 2048x2048 float32 matrix product runs at {peak:.1f} GFLOP/s; "
           f"one training image costs {flops_per_image_train_step() / 1e6:.2f} MFLOP")
-    results = {
-        "steps": bench_steps(repeats=10 if args.quick else 40),
-        "shared": bench_shared(repeats=10 if args.quick else 30),
-        "throughput": bench_throughput(2000 if args.quick else 8000, 4, rounds=1 if args.quick else 5),
-        "memory": bench_memory(),
+    repeats = 10 if args.quick else 40
+    measure = {"steps": lambda: bench_steps(repeats),
+               "shared": lambda: bench_shared(repeats=10 if args.quick else 30),
+               "throughput": lambda: bench_throughput(2000 if args.quick else 8000, 4, rounds=1 if args.quick else 5),
+               "memory": bench_memory}
+    results = {part: measure[part]() for part in PARTS if part in args.parts}
+    titles = {
+        "steps": "one training step (median ms; ratio to stage 6; achieved GFLOP/s and fraction of the matmul peak)",
+        "shared": f"beside one CPU-bound process (float32, median ms): torch's default {torch.get_num_threads()} "
+                  "threads against --threads auto; busy_vs_idle is speed beside it over speed alone (goal: >= 0.8 "
+                  "with auto), auto_idle_vs_default_idle the idle speed kept (goal: >= 0.95); "
+                  "one_thread_idle_vs_auto_idle is the most a run can keep beside a busy process when one core is left",
+        "throughput": "one epoch at batch 4 (images/s; ratio to the tutorial's loop, goal >= 0.95)",
+        "memory": "peak extra memory of one float32 step at batch 256 (MiB)",
     }
-    for r in results["steps"]:
+    for r in results.get("steps", []):
         r["of_peak"] = r["gflops"] / peak
-    print_table("one training step (median ms; ratio to stage 6; achieved GFLOP/s and fraction of the matmul peak)",
-                results["steps"])
-    print_table(f"beside one CPU-bound process (float32, median ms): torch's default {torch.get_num_threads()} "
-                "threads against --threads auto; busy_vs_idle is speed beside it over speed alone (goal: >= 0.8 "
-                "with auto), auto_idle_vs_default_idle the idle speed kept (goal: >= 0.95)", results["shared"])
-    print_table("one epoch at batch 4 (images/s; ratio to the tutorial's loop, goal >= 0.95)", results["throughput"])
-    print_table("peak extra memory of one float32 step at batch 256 (MiB)", results["memory"])
+    for part, rows in results.items():
+        print_table(titles[part], rows)
     for name, rows in results.items():
         write_csv(out / f"{name}.csv", rows)
     print(f"\nCSV files in {out}/")
