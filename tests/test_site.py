@@ -257,11 +257,11 @@ MARKED = """cell => {
 
 
 def test_the_changed_words_of_a_changed_line_are_marked_exactly(browser, site):
-    """Stage 6 calls its `criterion` where stage 5 called `F.cross_entropy`: in that line of the
-    5->6 diff, exactly those two names are marked, each on its side, darker than the line."""
+    """Stage 6 calls its `criterion` where stage 5 called `F.cross_entropy`: in the loop's line of
+    the 5->6 diff, exactly those two names are marked, each on its side, darker than the line."""
     page, _ = open_page(browser, site / "stage06_optim.html")
-    row = page.locator("tr", has=page.locator("td.removed", has_text="F.cross_entropy(")).filter(
-        has=page.locator("td.added", has_text="criterion("))
+    row = page.locator("tr", has=page.locator("td.removed", has_text="loss = F.cross_entropy(")).filter(
+        has=page.locator("td.added", has_text="loss = criterion("))
     assert row.count() == 1
     old = row.locator("td.removed").evaluate(MARKED)
     new = row.locator("td.added").evaluate(MARKED)
