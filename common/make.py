@@ -92,7 +92,11 @@ def pytest_target(fixed: list[str] = ()):
     return target
 
 
-QUICK = ["-m", "not slow and not fuzz"]
+# The equivalence proofs, the unit tests and the claims: the files whose tests mostly run no
+# whole training program, for a check in minutes rather than the full suite's quarter hour.
+QUICK_FILES = ["equivalence", "modules", "weights", "claims", "gradcheck", "pipeline", "plots",
+               "data", "threads"]
+QUICK = ["-m", "not slow and not fuzz", *(f"tests/test_{name}.py" for name in QUICK_FILES)]
 TARGETS = {
     "run": run, "smoke": smoke, "diff": diff, "ddp": ddp,
     "test": pytest_target(), "test-quick": pytest_target(QUICK),
