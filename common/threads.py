@@ -1,9 +1,9 @@
 """How many CPU threads the stages' maths uses: --threads N, or auto (the default).
 
 torch runs one operator (a convolution, a matrix product) on several threads at once, by
-default one per physical core, and so does numpy's matrix product (OpenBLAS). On an idle 2-core
-machine the second thread makes this network's steps 1.2-1.5x faster. Beside one other busy
-process it makes them up to 4x *slower*: each operator ends only when its slowest thread
+default one per physical core; numpy's matrix product (OpenBLAS) likewise, one per CPU it sees.
+On an idle 2-core machine the second thread makes this network's steps 1.2-1.5x faster. Beside
+one other busy process it makes them up to 5x *slower*: each operator ends only when its slowest thread
 does, and that thread must now share a core.
 
 auto measures instead of guessing. From /proc/stat it knows how much CPU time all processes
