@@ -71,7 +71,6 @@ class StageRun:
         self._epoch_first_step = 0
         self._steps_per_epoch = 0
         self._saved_epoch = None  # the epoch the last checkpoint holds
-        self._first_epoch_of_run = None
         self._data: dict = {}  # where the data came from, with the technical detail, for the record
         self._threads = None
 
@@ -114,7 +113,6 @@ class StageRun:
                               f"steps per epoch, this run has {steps} (other data?)")
         self.epoch, self._steps_per_epoch, self._epoch_first_step = epoch, steps, self.steps
         if self._bar is None:
-            self._first_epoch_of_run = epoch
             self._threads.check(at_once=True)  # the set-up so far was the first look at the machine
             self._say(self._threads.describe())
             total = (self.args.epochs - epoch + 1) * steps
@@ -289,6 +287,9 @@ class StageRun:
                     self._mark_incomplete("interrupted while writing the summary and figures")
                     self._end(f"stopped while writing the summary and figures; the training record is in "
                               f"{self.record_dir}, marked incomplete", INTERRUPTED)
+                except CourseError as err:  # a full disk while finishing: the training record stays
+                    self._mark_incomplete("failed while writing the summary and figures")
+                    self._end(f"error: {err}", err.exit_code)
                 if signals.pending() is not None:  # one signal while finishing: finished first, then say so
                     self._end(f"{signals.name(signals.pending())} while writing the summary and figures: "
                               f"they were finished first, the record is complete in {self.record_dir}",

@@ -117,6 +117,26 @@ def test_no_space_left_is_one_line_with_the_free_space(tmp_path, monkeypatch, ca
     assert "losses.csv: No space left on device" in line and "MB free" in line
 
 
+def test_a_full_disk_while_drawing_the_figures_is_one_line_and_keeps_the_record(tmp_path, monkeypatch, capsys):
+    """The figures are the last thing written: a full disk there ends the run like anywhere else."""
+    def full_disk(record_dir):
+        (record_dir / "curves.png").write_bytes(b"half a png")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("common.plots.plot_run", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        load_stage(6).main(RUN + ["--max-steps", "20", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == WRITE_FAILED and "Traceback" not in err
+    [line] = [line for line in err.splitlines() if "error" in line]
+    assert "curves.png: No space left on device" in line and "MB free" in line
+    record = record_of(tmp_path)
+    assert not (record / "curves.png").exists(), "no half-written figure"
+    assert len(rows(record / "losses.csv")) == 20 and (record / "params.npz").exists()
+    summary = json.loads((record / "summary.json").read_text())
+    assert summary["complete"] is False and "summary and figures" in summary["ended"]
+
+
 # ---------------------------------------------------------------- signals while finishing
 HELD_PLOT = """
 import runpy, sys, time
