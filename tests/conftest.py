@@ -1,7 +1,10 @@
 """Shared fixtures: the stages as pytest parameters, each carrying its own marker (-m stage3)."""
 from __future__ import annotations
 
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,39 @@ CONSECUTIVE_STAGES = [stage_pair_param(a, b) for a, b in zip(STAGES, STAGES[1:])
 @pytest.fixture(scope="session")
 def params():
     return reference_params(0)
+
+
+# ---------------------------------------------------------------- programs run in the background
+EVENT_TIMEOUT = 900  # a safety net only: the tests wait for events (a file, a row), never for a speed
+
+
+class Background:
+    """A course program started in the background, its output going to files: a pipe that no one
+    reads while the test waits could fill up and stall the program on a slow machine."""
+
+    def __init__(self, argv: list[str], folder: Path, **popen):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.stdout, self.stderr = folder / "stdout.txt", folder / "stderr.txt"
+        with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
+            self.process = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=out, stderr=err, **popen)
+
+    def wait_for(self, condition, what: str) -> None:
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while not condition():
+            if self.process.poll() is not None:
+                raise AssertionError(f"the run ended (code {self.process.returncode}) before {what}: "
+                                     f"{self.stderr.read_text()[-500:]}")
+            assert time.monotonic() < deadline, f"gave up waiting for {what}"
+            time.sleep(0.02)
+
+    def finish(self) -> subprocess.CompletedProcess:
+        self.process.wait(timeout=EVENT_TIMEOUT)
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode,
+                                           self.stdout.read_text(), self.stderr.read_text())
+
+
+def free_port() -> int:
+    """A TCP port free at this moment, for a test's own process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,12 +11,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ALL_STAGES, ROOT
+from conftest import ALL_STAGES, EVENT_TIMEOUT, ROOT, Background
 
 from common.harness import load_stage
 
@@ -24,7 +23,6 @@ STAGE = "stages.stage08_train_eval"  # has dropout, so torch's RNG state must su
 # Bit-identical resumes need one thread count throughout (see the README's Determinism).
 RUN = ["--data", "synthetic", "--epochs", "2", "--batch-size", "8", "--dropout", "0.3", "--threads", "1"]
 STEPS_PER_EPOCH = 1000  # 8000 synthetic images / batch 8
-EVENT_TIMEOUT = 900  # a safety net only: the tests wait for files, whatever the machine's speed
 SHORT = ["--data", "synthetic", "--batch-size", "800", "--threads", "1"]  # 10 steps an epoch: checkpoints in seconds
 
 
@@ -38,25 +36,13 @@ def losses_written(out: Path) -> int:
     return sum(1 for _ in open(files[0])) - 1 if files else 0
 
 
-def wait_for(condition, process: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + EVENT_TIMEOUT
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended (code {process.returncode}) before {what}: "
-                                 f"{process.stderr.read()[-500:]}")
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.02)
-
-
 def interrupt_in_epoch_two(checkpoint: Path, out: Path, sig: int) -> subprocess.CompletedProcess:
-    process = subprocess.Popen([sys.executable, "-m", STAGE, *RUN, "--checkpoint", str(checkpoint),
-                                "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    wait_for(lambda: checkpoint.exists() and losses_written(out) > STEPS_PER_EPOCH, process,
-             "the first checkpoint and a step of epoch 2")
-    process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=EVENT_TIMEOUT)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    run = Background(["-m", STAGE, *RUN, "--checkpoint", str(checkpoint), "--out", str(out)],
+                     out.with_name(out.name + "-output"))
+    run.wait_for(lambda: checkpoint.exists() and losses_written(out) > STEPS_PER_EPOCH,
+                 "the first checkpoint and a step of epoch 2")
+    run.process.send_signal(sig)
+    return run.finish()
 
 
 def params_of(out: Path) -> dict:
@@ -205,16 +191,15 @@ def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_training(pat
 @pytest.mark.slow
 @pytest.mark.parametrize("stage_name", [p.values[0] for p in ALL_STAGES])
 def test_ctrl_c_without_checkpoint_is_one_line_and_keeps_the_record(stage_name, tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", stage_name, "--data", "synthetic", "--epochs", "1",
-                                "--out", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: losses_written(tmp_path) >= 1, process, "the first step")
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=EVENT_TIMEOUT)
-    assert process.returncode == 130 and "Traceback" not in stderr
-    last_line = stderr.strip().splitlines()[-1]
+    run = Background(["-m", stage_name, "--data", "synthetic", "--epochs", "1", "--out", str(tmp_path / "runs")],
+                     tmp_path)
+    run.wait_for(lambda: losses_written(tmp_path / "runs") >= 1, "the first step")
+    run.process.send_signal(signal.SIGINT)
+    result = run.finish()
+    assert result.returncode == 130 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
     steps = int(last_line.split(" at step ")[1].split(";")[0])
-    assert losses_written(tmp_path) == steps >= 1
+    assert losses_written(tmp_path / "runs") == steps >= 1
 
 
 def test_the_numpy_stage_resumes_without_torch_a_checkpoint_saved_with_it(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import socket
 
 import numpy as np
 import pytest
@@ -17,13 +16,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import ALL_STAGES, stage_number
+from conftest import ALL_STAGES, free_port, stage_number
 from torch import nn, optim
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 from torchvision import transforms
 
 from common.data import make_synthetic
-from common.harness import driver, load_stage, sample_batches, stage_options
+from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches, stage_options
 from common.seed import seed_everything
 from common.weights import PARAM_NAMES, reference_params
 
@@ -31,6 +30,13 @@ NAN = float("nan")
 SMOKE = ["--data", "synthetic", "--epochs", "1", "--batch-size", "8"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+# "The same, to round-off": these claims compute in float64 with the sums in another order (a
+# chunked batch, a GPU kernel), so they use the course's float64 tolerance (common/harness.py).
+ROUND_OFF = TOLERANCES["float64"].rtol
+
+
+def same_to_round_off(actual, expected) -> bool:
+    return relative_error(actual.detach().cpu(), expected.detach().cpu()) <= ROUND_OFF
 
 
 def stages_from(first: int, last: int = 11) -> list:
@@ -67,10 +73,10 @@ def train(model: nn.Module, optimizer, steps: int = 3) -> None:
         optimizer.step()
 
 
-def assert_same_parameters(a: nn.Module, b: nn.Module, rtol: float = 0.0) -> None:
+def assert_same_parameters(a: nn.Module, b: nn.Module, bit_for_bit: bool = True) -> None:
     """Bit for bit on the CPU; a GPU may add in another order from run to run (atomics)."""
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(p.cpu(), q.cpu(), rtol=rtol, atol=0.0), name
+        assert torch.equal(p.cpu(), q.cpu()) if bit_for_bit else same_to_round_off(p, q), name
 
 
 # ---------------------------------------------------------------- stages 1-4: ops by hand, then F
@@ -178,8 +184,8 @@ def test_backward_adds_to_grad_until_it_is_set_to_none():
 def test_f_cross_entropy_is_log_softmax_then_nll_loss_averaged():
     logits, y = torch.randn(7, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), torch.arange(7)
     by_hand = -F.log_softmax(logits, dim=1)[torch.arange(7), y].mean()
-    assert torch.allclose(F.cross_entropy(logits, y), F.nll_loss(F.log_softmax(logits, dim=1), y), rtol=0, atol=1e-15)
-    assert torch.allclose(F.cross_entropy(logits, y), by_hand, rtol=0, atol=1e-15)
+    assert same_to_round_off(F.cross_entropy(logits, y), F.nll_loss(F.log_softmax(logits, dim=1), y))
+    assert same_to_round_off(F.cross_entropy(logits, y), by_hand)
 
 
 @pytest.mark.stage4
@@ -187,7 +193,7 @@ def test_f_cross_entropy_subtracts_the_largest_logit_before_exponentiating():
     logits, y = torch.tensor([[1000.0, 0.0, -5.0]]), torch.tensor([1])
     naive = -torch.log(logits.exp()[0, 1] / logits.exp().sum())  # exp(1000) overflows to inf
     assert not torch.isfinite(naive)
-    assert torch.allclose(F.cross_entropy(logits, y), torch.tensor(1000.0)), "-log softmax = 1000 + log(1 + ...)"
+    assert F.cross_entropy(logits, y).item() == 1000.0, "-log softmax = 1000 + log(1 + e^-1005): 1000 in float32"
 
 
 @pytest.mark.stage4
@@ -195,8 +201,8 @@ def test_reduction_none_gives_one_loss_per_image_and_the_default_is_their_mean()
     logits, y = torch.randn(5, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), torch.arange(5)
     losses = F.cross_entropy(logits, y, reduction="none")
     assert losses.shape == (5,)
-    assert torch.allclose(losses.mean(), F.cross_entropy(logits, y), rtol=0, atol=1e-15)
-    assert torch.allclose(losses.mean(), nn.CrossEntropyLoss()(logits, y), rtol=0, atol=1e-15)
+    assert same_to_round_off(losses.mean(), F.cross_entropy(logits, y))
+    assert same_to_round_off(losses.mean(), nn.CrossEntropyLoss()(logits, y))
 
 
 def printed_numbers(line: str, after: str) -> list[float]:
@@ -385,7 +391,7 @@ def test_a_float64_run_trains_on_images_normalised_in_float32():
     assert through_float64.dtype == torch.float64
     assert torch.equal(through_float64, through_float32.double()), "normalised in float32, then widened"
     difference = (through_float64 - by_hand).abs().max().item()
-    assert 0 < difference < 6e-8, difference
+    assert 0 < difference <= 2**-24, difference  # float32's rounding: half a unit in the last place at 1
 
 
 @pytest.mark.stage7
@@ -425,7 +431,7 @@ def test_dropout_zeroes_with_probability_p_and_scales_the_rest_by_one_over_one_m
     torch.manual_seed(0)
     out = nn.Dropout(0.25).train()(torch.ones(100_000, dtype=torch.float64))
     assert set(out.unique().tolist()) == {0.0, 1 / 0.75}
-    assert abs((out == 0).float().mean().item() - 0.25) < 0.01
+    assert abs((out == 0).float().mean().item() - 0.25) < 0.01  # 7 standard deviations of 100,000 draws
     assert torch.equal(nn.Dropout(0.25).eval()(torch.ones(10)), torch.ones(10))
 
 
@@ -449,9 +455,11 @@ def test_the_teaching_printouts_leave_the_run_bit_for_bit_unchanged(stage_name, 
     extra += ["--dropout", "0.3"] if stage_number(stage_name) >= 8 else []
     extra += ["--device", "cpu"] if stage_number(stage_name) >= 9 else []
     shown = run_main(stage_name, tmp_path / "shown", *extra)
-    for name in ("show_tensor", "show_loss_and_cost", "show_gradient", "show_train_and_eval_modes"):
-        if hasattr(stage, name):
-            monkeypatch.setattr(stage, name, lambda *args: None)
+    silenced = [name for name in ("show_tensor", "show_loss_and_cost", "show_gradient", "show_train_and_eval_modes")
+                if hasattr(stage, name)]
+    assert {"show_tensor", "show_gradient"} <= set(silenced), "the printouts this test switches off are there"
+    for name in silenced:
+        monkeypatch.setattr(stage, name, lambda *args: None)
     hidden = run_main(stage_name, tmp_path / "hidden", *extra)
     assert shown[0] == hidden[0], "the losses, in full precision"
     for name in shown[1]:
@@ -511,7 +519,7 @@ def test_the_loss_before_any_update_is_near_ln_10_because_the_logits_are_small()
     with torch.no_grad():
         logits = net(6)(x)
     assert logits.abs().max() < 0.5, "small random weights: ten nearly equal logits"
-    assert abs(F.cross_entropy(logits, y).item() - math.log(10)) < 0.05
+    assert abs(F.cross_entropy(logits, y).item() - math.log(10)) < 0.05  # 'near': 2% of ln 10
 
 
 # ---------------------------------------------------------------- stage 9: the device
@@ -553,7 +561,7 @@ def test_an_optimizer_built_before_moving_to_the_gpu_still_trains():
     late = net(9).to("cuda:0")
     train(early, early_optimizer)
     train(late, optim.SGD(late.parameters(), lr=0.01, momentum=0.9))
-    assert_same_parameters(early, late, rtol=1e-12)
+    assert_same_parameters(early, late, bit_for_bit=False)
 
 
 @pytest.mark.stage9
@@ -613,16 +621,16 @@ def test_a_batch_forwarded_in_chunks_equals_one_forward_only_without_dropout_or_
     model = net(10, dropout=0.0)
     whole = model(x)
     chunks = torch.cat([model(chunk) for chunk in x.chunk(2)])
-    assert torch.allclose(chunks, whole, rtol=0, atol=1e-14)
+    assert same_to_round_off(chunks, whole)
     grads = [torch.autograd.grad(F.cross_entropy(out, y), model.fc3.weight)[0] for out in (whole, chunks)]
-    assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-14), "the mean loss runs over the whole batch"
+    assert same_to_round_off(grads[0], grads[1]), "the mean loss runs over the whole batch"
     model.dropout.p = 0.5
     torch.manual_seed(0)
     whole = model(x)
     torch.manual_seed(0)
-    assert not torch.allclose(torch.cat([model(chunk) for chunk in x.chunk(2)]), whole)
+    assert not same_to_round_off(torch.cat([model(chunk) for chunk in x.chunk(2)]), whole)
     norm = nn.BatchNorm1d(10).double().train()
-    assert not torch.allclose(torch.cat([norm(chunk) for chunk in whole.detach().chunk(2)]), norm(whole.detach()))
+    assert not same_to_round_off(torch.cat([norm(chunk) for chunk in whole.detach().chunk(2)]), norm(whole.detach()))
 
 
 @pytest.mark.stage10
@@ -633,12 +641,12 @@ def test_dataparallel_equals_one_forward_only_without_dropout():
     x = a_batch(8)[0].to("cuda:0")
     plain = net(10, dropout=0.0).to("cuda:0")
     wrapped = nn.DataParallel(net(10, dropout=0.0).to("cuda:0"), device_ids=[0, 1])
-    assert torch.allclose(wrapped(x), plain(x), rtol=0, atol=1e-12)
+    assert same_to_round_off(wrapped(x), plain(x))
     plain.dropout.p = wrapped.module.dropout.p = 0.5
     torch.manual_seed(0)
     one = plain(x)
     torch.manual_seed(0)
-    assert not torch.allclose(wrapped(x), one), "each replica draws its own masks"
+    assert not same_to_round_off(wrapped(x), one), "each replica draws its own masks"
 
 
 @pytest.mark.stage10
@@ -708,14 +716,8 @@ def test_equal_shares_average_to_the_whole_batch_gradient_but_unequal_ones_do_no
         return sum(grads) / len(grads)  # what DDP's all-reduce makes of them
 
     whole = gradient([(x, y)])
-    assert torch.allclose(gradient([(x[:4], y[:4]), (x[4:], y[4:])]), whole, rtol=0, atol=1e-14)
-    assert not torch.allclose(gradient([(x[:6], y[:6]), (x[6:], y[6:])]), whole, rtol=0, atol=1e-6)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    assert same_to_round_off(gradient([(x[:4], y[:4]), (x[4:], y[4:])]), whole)
+    assert not same_to_round_off(gradient([(x[:6], y[:6]), (x[6:], y[6:])]), whole)
 
 
 def ddp_worker(rank: int, port: int, out_dir: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,6 @@ from common.data import load_data
 from common.errors import CourseError
 
 pytestmark = pytest.mark.fuzz
-ROOT = Path(__file__).resolve().parents[1]
 
 INTEGER_DTYPES = [f"{order}{kind}{width}" for kind in "iu" for width in (1, 2, 4, 8) for order in "<>"]
 OTHER_DTYPES = ["<f2", "<f4", ">f8", "|b1", "|V3", "|S5", "<U1", ">c8", "<m8[s]", "<M8[D]"]

@@ -2,12 +2,11 @@
 process (stage 6) takes on the whole batches."""
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from common.harness import driver, sample_batches, to_numpy, worst_relative_error
 from common.weights import reference_params
@@ -18,12 +17,6 @@ WORLD_SIZE = 2
 STEPS, BATCH_SIZE = 5, 8  # each process sees 4 images a step
 LR, MOMENTUM = 0.01, 0.9
 DISTRIBUTED_RTOL = 1e-9  # float64; the all-reduce sums two halves in another order than one batch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:

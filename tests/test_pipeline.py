@@ -84,12 +84,13 @@ def pretend_gpus(monkeypatch, count: int) -> None:
 
 
 @pytest.mark.stage9
-def test_choose_device_without_a_gpu(monkeypatch):
+def test_choose_device_without_a_gpu(monkeypatch, capsys):
     pretend_gpus(monkeypatch, 0)
     stage = load_stage(9)
     assert stage.choose_device("auto") == stage.choose_device("cpu") == torch.device("cpu")
-    with pytest.raises(SystemExit):  # the command line refuses a GPU that is not there
+    with pytest.raises(SystemExit) as exit_info:  # the command line refuses a GPU that is not there
         stage_options(stage, ["--device", "cuda"])
+    assert exit_info.value.code == 2 and "--device" in capsys.readouterr().err
 
 
 @pytest.mark.stage9
@@ -98,8 +99,9 @@ def test_choose_device_with_two_gpus(monkeypatch, capsys):
     stage = load_stage(9)
     assert stage.choose_device("auto") == stage.choose_device("cuda") == torch.device("cuda:0")
     assert stage.choose_device(stage_options(stage, ["--device", "cuda:1"]).device) == torch.device("cuda:1")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         stage_options(stage, ["--device", "cuda:2"])
+    assert exit_info.value.code == 2
     assert "cuda:2: no such CUDA device here (2 visible)" in capsys.readouterr().err
 
 

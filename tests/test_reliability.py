@@ -16,18 +16,16 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import EVENT_TIMEOUT, ROOT, Background
 
 from common.errors import WRITE_FAILED
 from common.harness import load_stage
 
 RUN = ["--data", "synthetic", "--epochs", "1", "--batch-size", "8"]
-EVENT_TIMEOUT = 900  # a safety net: the tests wait for files, not for speeds
 
 
 def limited_file_size(limit: int):
@@ -141,13 +139,17 @@ def test_a_full_disk_while_drawing_the_figures_is_one_line_and_keeps_the_record(
 HELD_PLOT = """
 import runpy, sys, time
 from pathlib import Path
-import common.plots
+import common.plots, common.signals
 release = Path(sys.argv[1])
 draw = common.plots.plot_run
 
 def held_plot_run(record_dir):
     (record_dir / "drawing").touch()  # the test's cue: the figures are being drawn now
+    noted = 0
     while not release.exists():
+        if len(common.signals._received) > noted:  # a signal's handler has run: tell the test
+            noted = len(common.signals._received)
+            (record_dir / f"noted-{noted}").touch()
         time.sleep(0.01)
     return draw(record_dir)
 
@@ -158,21 +160,19 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 
 def run_holding_the_figures(tmp_path: Path, signals_to_send: list[int]) -> tuple[subprocess.CompletedProcess, Path]:
-    release = tmp_path / "release"
-    process = subprocess.Popen([sys.executable, "-c", HELD_PLOT, str(release), "stages.stage06_optim", *RUN,
-                                "--max-steps", "30", "--out", str(tmp_path / "runs")], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + EVENT_TIMEOUT
-    while not list((tmp_path / "runs").glob("*/*/drawing")):
-        assert process.poll() is None, process.stderr.read()[-500:]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    for sig in signals_to_send:
-        process.send_signal(sig)
-        time.sleep(0.2)  # the handler runs in the main thread, between two bytecodes of the held loop
+    release, runs = tmp_path / "release", tmp_path / "runs"
+    run = Background(["-c", HELD_PLOT, str(release), "stages.stage06_optim", *RUN, "--max-steps", "30",
+                      "--out", str(runs)], tmp_path)
+    run.wait_for(lambda: list(runs.glob("*/*/drawing")), "the figures")
+    *first, last = signals_to_send
+    for n, sig in enumerate(first, start=1):
+        run.process.send_signal(sig)
+        # Python runs the handler later, in the main thread; two signals sent before it ran would
+        # count as one, so the next is sent only once this one was noted
+        run.wait_for(lambda: list(runs.glob(f"*/*/noted-{n}")), f"signal {n} to be noted")
+    run.process.send_signal(last)
     release.touch()
-    stdout, stderr = process.communicate(timeout=EVENT_TIMEOUT)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), record_of(tmp_path / "runs")
+    return run.finish(), record_of(runs)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -199,21 +199,22 @@ def test_a_second_signal_while_finishing_stops_at_once_and_marks_the_record(tmp_
 @pytest.mark.stage11
 def test_ctrl_c_to_torchrun_stops_every_process_after_the_same_step(tmp_path):
     """Ctrl-C reaches the whole process group: torchrun and both workers."""
-    process = subprocess.Popen([sys.executable, "-m", "common.torchrun", "--nproc-per-node", "2", "-m",
-                                "stages.stage11_distributed", *RUN, "--out", str(tmp_path)], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + EVENT_TIMEOUT
-    while not (list(tmp_path.glob("*/*/losses.csv")) and len(rows(next(tmp_path.glob("*/*/losses.csv")))) >= 1):
-        assert process.poll() is None, process.stderr.read()[-800:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=EVENT_TIMEOUT)
-    assert process.returncode == 130, stderr[-800:]
-    assert "Traceback" not in stderr and "torchrun: stopped by SIGINT" in stderr
-    [line] = [line for line in stderr.splitlines() if "interrupted by SIGINT at step" in line]
+    runs = tmp_path / "runs"
+    run = Background(["-m", "common.torchrun", "--nproc-per-node", "2", "-m", "stages.stage11_distributed", *RUN,
+                      "--out", str(runs)], tmp_path, start_new_session=True)
+
+    def losses() -> list[dict]:
+        path = next(runs.glob("*/*/losses.csv"), None)
+        return rows(path) if path is not None else []
+
+    run.wait_for(lambda: len(losses()) >= 1, "the first step")
+    os.killpg(run.process.pid, signal.SIGINT)
+    result = run.finish()
+    assert result.returncode == 130, result.stderr[-800:]
+    assert "Traceback" not in result.stderr and "torchrun: stopped by SIGINT" in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "interrupted by SIGINT at step" in line]
     steps = int(line.split(" at step ")[1].split(";")[0])
-    assert len(rows(next(tmp_path.glob("*/*/losses.csv")))) == steps
+    assert len(losses()) == steps
 
 
 def test_a_failing_process_under_torchrun_is_one_line_each(tmp_path):

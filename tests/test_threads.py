@@ -102,9 +102,10 @@ def test_a_thread_count_outside_1_to_256_is_refused(value, tmp_path, capsys):
     assert exit_info.value.code == 2 and "--threads" in capsys.readouterr().err
 
 
-def test_the_thread_count_changes_only_the_last_bits(two_threads_to_start_with):
-    """Why a run repeats bit for bit only with a fixed --threads: a sum split over two threads is
-    added in another order than on one, which changes its last bits, and no more."""
+def test_the_thread_count_changes_at_most_the_last_bits(two_threads_to_start_with):
+    """Why a run repeats bit for bit only with a fixed --threads: a sum split over two threads may
+    be added in another order than on one (whether it is depends on the build's kernels), which
+    changes its last bits, and no more."""
     d, batches = driver(6), sample_batches(20, 8, seed=11)
     results = {}
     for count in (1, 2):
@@ -113,6 +114,4 @@ def test_the_thread_count_changes_only_the_last_bits(two_threads_to_start_with):
         for x, y in batches:
             d.train_step(model, x, y, 0.01, 0.9)
         results[count] = d.get_params(model)
-    differ = [name for name in results[1] if not torch.equal(results[1][name], results[2][name])]
-    assert differ, "one and two threads add the convolution's sums in other orders"
     assert max(relative_error(results[2][n], results[1][n]) for n in results[1]) <= TOLERANCES["float32"].rtol
