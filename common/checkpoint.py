@@ -5,7 +5,8 @@ optimizer that keeps them), the generator that shuffles the data, and torch's gl
 number generator (what dropout draws from on the CPU; on a GPU it draws from that GPU's
 generator, saved too, as cuda_rng). `--checkpoint PATH` writes them after every
 complete epoch; `--resume PATH` puts them back, and training continues with the next epoch,
-ending with exactly the numbers an uninterrupted run would have.
+ending with the numbers an uninterrupted run would have: bit for bit on the CPU with a fixed
+--threads, to round-off otherwise (see the README's Determinism).
 
 The file is a numpy `.npz` archive: every array under a key of its own, and one JSON text
 (`meta`) describing the rest. It holds no pickled objects, so loading one never runs code,

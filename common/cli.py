@@ -145,7 +145,7 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
     add("--resume", type=file_path, default=None, metavar="PATH",
         help="continue the run saved in this checkpoint, from the epoch after the one it holds")
     add("--threads", type=threads, default="auto",
-        help="CPU threads for torch's operators: auto (see the README) or a number")
+        help="CPU threads for torch's operators and numpy's BLAS: auto (see the README) or a number")
     add("--verbose", action="store_true", help="also print the technical details behind the data-source line")
     return parser
 
