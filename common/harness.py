@@ -68,14 +68,13 @@ def load_stage(which: int | str) -> ModuleType:
 
 
 # ---------------------------------------------------------------- the driver
-FAMILIES = {
-    "hand-written gradients": "a dict of arrays or tensors; forward_with_cache, cross_entropy, backward, "
-                              "sgd_momentum_update written by hand",
-    "autograd": "a dict of tensors with requires_grad; forward(params, x), loss.backward(), "
-                "a hand-written update",
-    "module": "Net (an nn.Module); loss.backward(), a hand-written update",
-    "module with optimizer": "Net; nn.CrossEntropyLoss and optim.SGD, built in main()",
-}
+# The families of stages, told apart by what each stage has:
+# - hand-written gradients (1-2): a dict of arrays or tensors; forward_with_cache, cross_entropy,
+#   backward and sgd_momentum_update written by hand;
+# - autograd (3-4): a dict of tensors with requires_grad; forward(params, x), loss.backward(), a
+#   hand-written update;
+# - module (5): Net (an nn.Module); loss.backward(), a hand-written update;
+# - module with optimizer (6-11): Net; nn.CrossEntropyLoss and optim.SGD, built in main().
 
 
 @dataclass

@@ -40,10 +40,5 @@ def pending() -> int | None:
     return _received[0] if _received else None
 
 
-def forced() -> bool:
-    """True once a second signal has asked to stop at once."""
-    return len(_received) > 1
-
-
 def name(signum: int | None) -> str:
     return signal.Signals(signum).name if signum else "a signal"

@@ -29,24 +29,45 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def cpu_seconds_of_all_processes() -> float | None:
-    """CPU time spent by every process since boot (idle and iowait excluded), in seconds."""
+    """CPU time spent by every process since boot on the CPUs this process may use (idle and
+    iowait excluded), in seconds; None where /proc/stat cannot be read."""
     try:
         with open("/proc/stat") as f:
-            fields = f.readline().split()
-    except OSError:
+            return busy_seconds(f.read(), usable_cpus())
+    except (OSError, ValueError):
         return None
-    if not fields or fields[0] != "cpu":
+
+
+def busy_seconds(stat: str, cpus: set[int] | None) -> float | None:
+    """The busy time in /proc/stat's per-CPU lines, of `cpus` only when they are listed: in a
+    container pinned to a few cores the host's other cores are no one's business here."""
+    per_cpu = {}
+    for line in stat.splitlines():
+        name, *values = line.split() or [""]
+        if name.startswith("cpu") and name[3:].isdigit():
+            v = [int(x) for x in values]
+            per_cpu[int(name[3:])] = sum(v[:8]) - v[3] - (v[4] if len(v) > 4 else 0)  # user .. steal, less idle, iowait
+    if not per_cpu:
         return None
-    values = [int(v) for v in fields[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return (sum(values[:8]) - idle) / _CLOCK_TICKS  # user .. steal; guest time is inside user
+    mine = [per_cpu[c] for c in cpus or () if c in per_cpu] or list(per_cpu.values())
+    return sum(mine) / _CLOCK_TICKS
+
+
+def usable_cpus() -> set[int] | None:
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:
+        return None
 
 
 def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    cpus = usable_cpus()
+    return len(cpus) if cpus is not None else os.cpu_count() or 1
+
+
+def clocks() -> tuple[float, float]:
+    """Wall time and this process's own CPU time (all its threads), in seconds."""
+    return time.monotonic(), time.process_time()
 
 
 class ThreadPolicy:
@@ -70,7 +91,8 @@ class ThreadPolicy:
             self._last = self._sample()
 
     def _sample(self) -> tuple[float, float, float]:
-        return time.monotonic(), cpu_seconds_of_all_processes(), time.process_time()
+        wall, own = clocks()
+        return wall, cpu_seconds_of_all_processes(), own
 
     def _use(self, threads: int) -> None:
         if self.torch is not None and threads != self.torch.get_num_threads():
@@ -83,7 +105,7 @@ class ThreadPolicy:
         True when the thread count changed."""
         if self._last is None:
             return False
-        now = time.monotonic()
+        now = clocks()[0]
         if now - self._last[0] < (FIRST_LOOK if at_once else CHECK_EVERY):
             return False
         sample = self._sample()

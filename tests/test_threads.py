@@ -26,13 +26,24 @@ class FakeMachine:
         self.now, self.all_cpu, self.own_cpu, self.others = 100.0, 5000.0, 10.0, 0.0
         monkeypatch.setattr(threads, "usable_cores", lambda: cores)
         monkeypatch.setattr(threads, "cpu_seconds_of_all_processes", lambda: self.all_cpu)
-        monkeypatch.setattr(threads.time, "monotonic", lambda: self.now)
-        monkeypatch.setattr(threads.time, "process_time", lambda: self.own_cpu)
+        monkeypatch.setattr(threads, "clocks", lambda: (self.now, self.own_cpu))
 
     def wait(self, seconds: float, own_cores: float = 1.0) -> None:
         self.now += seconds
         self.own_cpu += own_cores * seconds
         self.all_cpu += (own_cores + self.others) * seconds
+
+
+def test_busy_time_counts_only_the_cpus_this_process_may_use():
+    stat = ("cpu  400 0 100 9000 50 0 0 0 0 0\n"
+            "cpu0 100 0 0 1000 10 0 0 0 0 0\n"
+            "cpu1 300 0 100 8000 40 0 0 5 0 0\n"
+            "intr 12345\n")
+    ticks = threads._CLOCK_TICKS
+    assert threads.busy_seconds(stat, {1}) == 405 / ticks, "user + system + steal of cpu1"
+    assert threads.busy_seconds(stat, {0, 1}) == 505 / ticks
+    assert threads.busy_seconds(stat, {7}) == 505 / ticks, "CPUs not listed (renumbered): every line"
+    assert threads.busy_seconds("intr 1\n", {0}) is None
 
 
 @pytest.fixture()
