@@ -41,14 +41,14 @@ import numpy as np
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
-from common.cli import HelpFormatter, OneLineParser, non_negative_int, positive_int
+from common import cli
+from common.cli import HelpFormatter, OneLineParser, positive_int
 from common.errors import BAD_INPUT
-from common.harness import sample_batches
-from common.weights import PARAM_SHAPES, reference_params
+from common.harness import relative_error, sample_batches
+from common.weights import PARAM_NAMES, reference_params
 from stages import stage01_numpy as stage1
 
-PARAM_NAMES = tuple(PARAM_SHAPES)  # the canonical order, conv1.weight ... fc3.bias
-NP_DTYPES = {"float64": np.float64, "float32": np.float32}
+NP_DTYPES = {"float64": np.float64, "float32": np.float32}  # float64 first: the order of the tables
 KINDS = ("one-sided", "central")
 # textbook steps, sqrt(eps) one-sided and cbrt(eps) central: the best for a smooth loss of unit scale
 STEP = {("float64", "one-sided"): 1.5e-8, ("float64", "central"): 6e-6,
@@ -160,10 +160,6 @@ COLUMNS = {  # column: the dtype and kind of the finite difference, and its step
     "one-sided f32": ("float32", "one-sided", STEP["float32", "one-sided"]),
     "central f32": ("float32", "central", STEP["float32", "central"]),
 }
-
-
-def relative_error(approx: np.ndarray, exact: np.ndarray) -> float:
-    return float(np.abs(approx - exact).max() / np.abs(exact).max())
 
 
 def check(coords: int = 6, batch_size: int = 4, seed: int = 0, names=PARAM_NAMES) -> dict:
@@ -538,8 +534,8 @@ def as_record(table: dict, scans: list[Scan], checks: dict, args) -> dict:
 def main(argv=None) -> dict:
     parser = OneLineParser(prog="python -m common.gradcheck", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--coords", type=positive_int, default=6, help="largest-gradient coordinates per parameter")
-    parser.add_argument("--batch-size", type=positive_int, default=4, help="images in the batch")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights and images")
+    parser.add_argument("--batch-size", type=cli.batch_size, default=4, help="images in the batch")
+    parser.add_argument("--seed", type=cli.seed, default=0, help="seed for weights and images")
     parser.add_argument("--steps-per-decade", type=positive_int, default=6, help="steps h per factor of 10 (figure)")
     parser.add_argument("--out", default="runs/gradcheck/step-size.png",
                         help="the figure (.png, .pdf or .svg); the numbers go beside it, as .json")

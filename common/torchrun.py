@@ -30,11 +30,10 @@ def main(argv=None) -> None:
         print(f"torchrun: stopped by {err.sigval.name}, which it passed on to every process", file=sys.stderr)
         sys.exit(INTERRUPTED)
     except ChildFailedError as err:
-        failures = sorted(err.failures.items())
-        rank, first = failures[0]
+        rank, first = err.get_first_failure()  # the earliest: the others may have failed because of it
         code = first.exitcode if 0 < first.exitcode < 256 else 1  # a negative code is a signal's number
-        print(f"torchrun: {len(failures)} process(es) failed; rank {rank} ended with exit code {first.exitcode}",
-              file=sys.stderr)
+        print(f"torchrun: {len(err.failures)} process(es) failed; rank {rank} failed first, "
+              f"with exit code {first.exitcode}", file=sys.stderr)
         sys.exit(code)
     except KeyboardInterrupt:  # a Ctrl-C before torchrun installed its own handlers
         print("torchrun: stopped by SIGINT before the processes started", file=sys.stderr)
