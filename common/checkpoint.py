@@ -257,17 +257,32 @@ def save(path: Path, meta: dict, objects: list) -> None:
         meta["torch_rng"] = encode(torch.get_rng_state().numpy(), arrays)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             meta["cuda_rng"] = encode([state.numpy() for state in torch.cuda.get_rng_state_all()], arrays)
+    try:
+        write_atomically(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays), durable=True)
+    except OSError as err:
+        raise CourseError(f"cannot write the checkpoint {path}: {err.strerror or err}"
+                          f"{free_space_note(path)}; the previous checkpoint is unchanged", WRITE_FAILED) from None
+
+
+def write_atomically(path: Path, write, durable: bool = False) -> None:
+    """Write a file through a temporary name, renamed into place once complete: a reader never
+    sees half a file, and a failed write leaves no temporary file behind. A failure is an
+    OSError (torch.save reports a failed write as a RuntimeError, turned into one here).
+    durable: on disk before the rename, so that even a crash of the machine leaves the old file
+    or the new one."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         with open(temporary, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(temporary, path)
-    except OSError as err:
+    except BaseException as err:
         temporary.unlink(missing_ok=True)
-        raise CourseError(f"cannot write the checkpoint {path}: {err.strerror or err}"
-                          f"{free_space_note(path)}; the previous checkpoint is unchanged", WRITE_FAILED) from None
+        if isinstance(err, RuntimeError):
+            raise OSError(str(err).splitlines()[0]) from None
+        raise
 
 
 def load(path: Path) -> tuple[dict, list]:

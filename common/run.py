@@ -404,20 +404,11 @@ class RecordFile:
 
 
 def write_whole(path: Path, write) -> None:
-    """Write a file through a temporary name, renamed into place once complete: a reader never
-    sees half a file, and a failed write (an OSError, or torch.save's RuntimeError) leaves no
-    temporary file behind."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    """A record file written whole or not at all (checkpoint.write_atomically), one line if not."""
     try:
-        with open(temporary, "wb") as f:
-            write(f)
-        os.replace(temporary, path)
+        checkpoint.write_atomically(path, write)
     except OSError as err:
-        temporary.unlink(missing_ok=True)
         raise _write_failed(path, err) from None
-    except RuntimeError as err:  # torch.save reports a failed write as a RuntimeError
-        temporary.unlink(missing_ok=True)
-        raise _write_failed(path, OSError(str(err).splitlines()[0])) from None
 
 
 def _write_failed(path: Path, err: OSError) -> CourseError:
