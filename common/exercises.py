@@ -61,7 +61,7 @@ from common.cli import OneLineParser
 from common.data import make_synthetic
 from common.errors import BAD_INPUT, CourseError
 from common.harness import (TOLERANCES, Driver, StepLog, load_stage, one_step, relative_error,
-                            sample_batches, stage_names, to_numpy, trajectory)
+                            sample_batches, stage_file, to_numpy, trajectory)
 from common.weights import PARAM_NAMES, PARAM_SHAPES, reference_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,10 +155,6 @@ def exercise_for(stage: int) -> Exercise:
     if stage not in EXERCISES:
         raise CourseError(f"no stage {stage}: stages are 1 to {len(EXERCISES)}")
     return EXERCISES[stage]
-
-
-def stage_file(stage: int) -> Path:
-    return ROOT / "stages" / f"{stage_names()[stage - 1].split('.')[1]}.py"
 
 
 def work_file(stage: int, work_dir: Path = WORK_DIR) -> Path:

@@ -52,9 +52,19 @@ TOLERANCES = {
 }
 
 
+def stage_files() -> list[Path]:
+    """The stages' files, in course order: [stages/stage01_numpy.py, ...]."""
+    return sorted(STAGES_DIR.glob("stage[0-9][0-9]_*.py"))
+
+
+def stage_file(number: int) -> Path | None:
+    """stages/stageNN_*.py for stage `number`, or None when there is no such stage."""
+    return next((p for p in stage_files() if p.name.startswith(f"stage{number:02d}_")), None)
+
+
 def stage_names() -> list[str]:
     """Module names of the stages, in course order: ["stages.stage01_numpy", ...]."""
-    return [f"stages.{p.stem}" for p in sorted(STAGES_DIR.glob("stage[0-9][0-9]_*.py"))]
+    return [f"stages.{p.stem}" for p in stage_files()]
 
 
 def load_stage(which: int | str) -> ModuleType:

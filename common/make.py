@@ -36,12 +36,12 @@ def fail(message: str) -> None:
 
 
 def stage_file(number: int, variable: str):
-    from common.harness import STAGES_DIR
+    from common.harness import stage_file, stage_files
 
-    found = sorted(STAGES_DIR.glob(f"stage{number:02d}_*.py"))
-    if not found:
-        fail(f"no stage {variable}={number} (the stages are 1 to {len(list(STAGES_DIR.glob('stage*_*.py')))})")
-    return found[0]
+    found = stage_file(number)
+    if found is None:
+        fail(f"no stage {variable}={number} (the stages are 1 to {len(stage_files())})")
+    return found
 
 
 def run() -> None:

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.harness import stage_files
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
 PLACEHOLDER_REPOSITORY = "https://github.com/OWNER/pytorch-by-refactoring"
@@ -88,10 +90,6 @@ display(Image(filename=str(Path(summary["record"]) / "curves.png")))'''
 
 
 # ---------------------------------------------------------------- cutting a stage into cells
-def stage_files() -> list[Path]:
-    return sorted((ROOT / "stages").glob("stage[0-9][0-9]_*.py"))
-
-
 def split_stage(source: str) -> tuple[str, list[tuple[str | None, str]]]:
     """The docstring, and the code after it as (section name, code) pairs; the code before the
     first section rule (the imports) has no name. The `if __name__ == "__main__":` block is left out."""

@@ -36,7 +36,7 @@ from pygments.token import STANDARD_TYPES
 
 from common.cli import OneLineParser
 from common.errors import BAD_INPUT
-from common.harness import STAGES_DIR
+from common.harness import stage_files
 
 CONTEXT = 3  # unchanged lines shown around each change; longer unchanged runs are folded
 SIMILAR = 0.5  # two lines at least this alike (difflib's ratio) are one line changed, not two
@@ -80,10 +80,6 @@ COMMANDS = [  # (command, what it does) for the index page; every one is a Makef
 
 
 # ---------------------------------------------------------------- reading the stages
-def stage_files() -> list[Path]:
-    return sorted(STAGES_DIR.glob("stage[0-9][0-9]_*.py"))
-
-
 def docstring_and_end(source: str) -> tuple[str, int]:
     """The module docstring and the number of its last line (0 when there is none)."""
     tree = ast.parse(source)
