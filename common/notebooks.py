@@ -42,7 +42,22 @@ def course_repository() -> str:
                              timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         url = ""
-    return url or PLACEHOLDER_REPOSITORY
+    return shareable(url) or PLACEHOLDER_REPOSITORY
+
+
+def shareable(url: str) -> str | None:
+    """The address as a notebook may carry it: a network address without the user name or token
+    it may hold (https://user:token@host/...), or None for a local path, useless elsewhere."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https", "ssh", "git") and parts.hostname:
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        user = "git@" if parts.scheme == "ssh" and parts.username == "git" else ""
+        return urlunsplit(parts._replace(netloc=user + host))
+    if re.fullmatch(r"[\w.-]+@[\w.-]+:[^/].*", url):  # scp-like: git@github.com:owner/course.git
+        return url
+    return None
 
 
 COURSE_REPOSITORY = course_repository()
@@ -58,11 +73,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-COURSE_REPOSITORY = "{COURSE_REPOSITORY}"  # the course's git address: change it if it is another
+COURSE_REPOSITORY = {COURSE_REPOSITORY!r}  # the course's git address: change it if it is another
 ROOT = next((folder for folder in (Path.cwd(), *Path.cwd().parents)
              if (folder / "stages").is_dir() and (folder / "common").is_dir()), None)
 if ROOT is None:  # no course around this notebook: fetch it, and install its pinned packages
-    if "{PLACEHOLDER_REPOSITORY}" == COURSE_REPOSITORY:
+    if COURSE_REPOSITORY == {PLACEHOLDER_REPOSITORY!r}:
         raise SystemExit("set COURSE_REPOSITORY above to the git address of the course, then run this cell again")
     ROOT = Path(Path(COURSE_REPOSITORY).name).resolve()
     subprocess.run(["git", "clone", "--depth", "1", COURSE_REPOSITORY, str(ROOT)], check=True)

@@ -1,6 +1,7 @@
 """Shared fixtures: the stages as pytest parameters, each carrying its own marker (-m stage3)."""
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -76,3 +77,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the make targets, in a copy
+def copy_of_the_course(dest: Path) -> Path:
+    """What the Makefile targets need, copied, so that they write into `dest`, not the real work/."""
+    for folder in ("common", "stages"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "tests").mkdir()
+    shutil.copy(ROOT / "tests" / "torch_reference.py", dest / "tests")
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy(ROOT / name, dest)
+    return dest
+
+
+def make(course: Path, *args: str) -> subprocess.CompletedProcess:
+    """make in the copy, with this interpreter's environment; -o: never (re)build that environment."""
+    venv = Path(sys.prefix)
+    return subprocess.run(["make", "--no-print-directory", f"VENV={venv}", "-o", str(venv / ".installed"), *args],
+                          cwd=course, capture_output=True, text=True, timeout=EVENT_TIMEOUT)

@@ -8,13 +8,11 @@ from __future__ import annotations
 import ast
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import copy_of_the_course, make
 
 from common import exercises
 from common.errors import CourseError
@@ -46,24 +44,6 @@ def planted(tmp_path: Path, stage: int, function: str, old: str, new: str, times
 
 def line_of(output: str, name: str) -> str:
     return next(line for line in output.splitlines() if line.strip().startswith(name + " "))
-
-
-def copy_of_the_course(dest: Path) -> Path:
-    """What the Makefile targets need, copied, so that they write into `dest`, not the real work/."""
-    for folder in ("common", "stages"):
-        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / "tests").mkdir()
-    shutil.copy(ROOT / "tests" / "torch_reference.py", dest / "tests")
-    for name in ("Makefile", "requirements.txt"):
-        shutil.copy(ROOT / name, dest)
-    return dest
-
-
-def make(course: Path, *args: str) -> subprocess.CompletedProcess:
-    """make in the copy, with this interpreter's environment; -o: never (re)build that environment."""
-    venv = Path(sys.prefix)
-    return subprocess.run(["make", "--no-print-directory", f"VENV={venv}", "-o", str(venv / ".installed"), *args],
-                          cwd=course, capture_output=True, text=True, timeout=600)
 
 
 # ---------------------------------------------------------------- the data and the generator

@@ -7,7 +7,7 @@ import time
 
 import nbformat
 import pytest
-from test_exercises import copy_of_the_course, make
+from conftest import copy_of_the_course, make
 
 from common import notebooks
 from common.harness import stage_names
@@ -84,3 +84,10 @@ def test_every_notebook_runs_headless_and_shows_its_run_inline(path, course_with
     assert any("test accuracy" in o.get("text", "") for o in run.outputs if o.output_type == "stream")
     record = course_with_notebooks / "runs" / "notebook" / path.stem
     assert len(list(record.glob("*/curves.png"))) == 1, "the run wrote its record in the course's runs/notebook"
+
+
+def test_a_notebook_carries_the_courses_address_without_credentials_or_local_paths():
+    assert notebooks.shareable("https://user:token@github.com/o/course.git") == "https://github.com/o/course.git"
+    assert notebooks.shareable("ssh://git@example.org:2222/o/course.git") == "ssh://git@example.org:2222/o/course.git"
+    assert notebooks.shareable("git@github.com:o/course.git") == "git@github.com:o/course.git"
+    assert notebooks.shareable("/work/course") is None and notebooks.shareable("") is None
