@@ -135,9 +135,11 @@ def bench_shared(repeats: int) -> list[dict]:
                 for batch_size in (4, 64):
                     for setting in settings:  # taking turns, so a slow spell hits all alike
                         policy = policy_for(setting)
-                        times[name, batch_size, setting, busy] = step_time(name, batch_size, "float32", repeats,
-                                                                           policy=policy)
-                    torch.set_num_threads(default)
+                        try:
+                            times[name, batch_size, setting, busy] = step_time(name, batch_size, "float32",
+                                                                               repeats, policy=policy)
+                        finally:
+                            policy.restore()  # torch's and numpy's own thread counts again
     rows = []
     for name in stage_names():
         for batch_size in (4, 64):
@@ -245,9 +247,8 @@ def bench_throughput(n_images: int, batch_size: int, rounds: int) -> list[dict]:
 # ---------------------------------------------------------------- 5. peak memory
 MEMORY_PROBE = """
 import resource, sys
-from common.harness import load_stage, sample_batches
+from common.harness import driver, sample_batches
 from common.weights import reference_params
-from common.harness import driver
 d = driver(int(sys.argv[1]))
 model = d.build(reference_params(0), dtype="float32")
 (x, y), = sample_batches(1, 256)

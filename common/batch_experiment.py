@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from common.cli import batch_size, positive_float, positive_int
-from common.data import SOURCES, load_data
+from common.data import CHANCE, SOURCES, load_data
 from common.errors import CourseError
 from common.harness import driver, load_stage, stage_options
 from common.seed import seed_everything
@@ -117,7 +117,7 @@ def plot(runs: dict[int, list[dict]], budget: float, source: str, path: Path) ->
     ax_epoch.set(xlabel="epochs of training", ylabel="test accuracy (%)", title="at equal epochs: small batches lead")
     ax_time.set(xlabel="training time (s, evaluation excluded)", title="at equal time: large batches lead")
     for ax in (ax_epoch, ax_time):
-        ax.axhline(10, color="0.7", ls=":", lw=1)
+        ax.axhline(100 * CHANCE, color="0.7", ls=":", lw=1)  # chance
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Batch size, stage 10 on {source.split(' from ')[0].split(' via ')[0]}")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import OneLineParser
+from common.data import CHANCE
 from common.errors import BAD_INPUT
 from common.harness import load_stage, stage_names
 
@@ -141,7 +142,7 @@ def describe(course: dict) -> str:
 def draw_course(summaries: list[dict], title: str):
     """Every stage's smoothed training loss on one axis, its test accuracy beside it; stages whose
     curves coincide share one colour and one legend entry, and the figure says they coincide."""
-    from common.plots import plt, read_csv, smoothing_window
+    from common.plots import plt, read_csv, smoothing_window, trailing_mean
 
     losses = [read_csv(Path(s["record"]) / "losses.csv") for s in summaries]
     window = smoothing_window(min((len(l["loss"]) for l in losses if l), default=0))
@@ -169,23 +170,16 @@ def draw_course(summaries: list[dict], title: str):
 
 
 def draw_accuracy(ax, summaries: list[dict], colors: list) -> None:
-    """One bar per stage with its value written beside it, and chance (10%) for scale."""
+    """One bar per stage with its value written beside it, and chance for scale."""
     accuracy = [100 * s["test_accuracy"] for s in summaries]
     labels = [s["stage"] for s in summaries]
     bars = ax.barh(labels, np.nan_to_num(accuracy), color=colors)
     ax.bar_label(bars, labels=["no test" if np.isnan(a) else f"{a:.2f}%" for a in accuracy], padding=3, fontsize=8)
-    ax.axvline(10, color="0.5", ls="--", lw=1)
-    ax.set(xlabel="test accuracy (%); dashed: chance (10%)", title="test accuracy at the end",
+    ax.axvline(100 * CHANCE, color="0.5", ls="--", lw=1)
+    ax.set(xlabel=f"test accuracy (%); dashed: chance ({100 * CHANCE:.0f}%)", title="test accuracy at the end",
            xlim=(0, 118), xticks=range(0, 101, 20))  # room beyond 100 for the values
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=8)
-
-
-def trailing_mean(steps: np.ndarray, losses: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """The mean of each `window` consecutive losses, drawn at the last step it covers."""
-    from common.plots import moving_average
-
-    return steps[window - 1:], moving_average(losses, window)
 
 
 def coinciding_groups(curves: list[tuple]) -> tuple[list[list[int]], list[float]]:

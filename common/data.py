@@ -43,6 +43,7 @@ from numpy.lib import format as npy_format
 from common.errors import CourseError, one_line
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CHANCE = 1 / len(CLASSES)  # the accuracy of a guess: one class in ten (the synthetic set has ten too)
 SOURCES = ("auto", "cifar10", "synthetic")
 DEFAULT_ROOT = Path("data")
 IMAGE_SHAPE = (32, 32, 3)

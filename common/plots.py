@@ -21,8 +21,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from common.data import CHANCE  # noqa: E402
+
 SMOOTHING_STEPS = 100  # the moving-average window of a long run
-CHANCE = 10.0  # percent: one class in ten, guessed at random
 MAX_LABELLED_EPOCHS = 6  # more values than this would overlap: then only some are written
 LOG_FLOOR = 1e-18  # a log axis has no 0: a deviation of exactly 0 is drawn on this bottom edge
 OUTSIDE_RIGHT = dict(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8, frameon=False)
@@ -48,10 +49,14 @@ def smoothing_window(n_steps: int) -> int:
     return max(1, min(SMOOTHING_STEPS, n_steps // 4))
 
 
+def trailing_mean(steps: np.ndarray, values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each point the mean of the `window` steps up to and including it, drawn at the last of
+    them: no step is averaged with steps that came after it."""
+    return steps[window - 1:], moving_average(values, window)
+
+
 def plot_smoothed(ax: Axes, steps: np.ndarray, values: np.ndarray, window: int, **style) -> None:
-    """Each point the mean of the `window` steps up to and including it: no step is averaged
-    with steps that came after it."""
-    ax.plot(steps[window - 1:], moving_average(values, window), **style)
+    ax.plot(*trailing_mean(steps, values, window), **style)
 
 
 def whole_steps(ax: Axes) -> None:
@@ -118,8 +123,8 @@ def draw_accuracy(ax: Axes, accuracy: dict) -> None:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator("auto", integer=True))
     ax.set_title(f"test accuracy after epoch {epochs[-1]}: {percent[-1]:.2f}%")
-    ax.axhline(CHANCE, color="0.5", ls="--", lw=1)
-    ax.annotate(f"chance\n{CHANCE:.0f}%", xy=(1, CHANCE), xycoords=("axes fraction", "data"), xytext=(4, 0),
+    ax.axhline(100 * CHANCE, color="0.5", ls="--", lw=1)
+    ax.annotate(f"chance\n{100 * CHANCE:.0f}%", xy=(1, 100 * CHANCE), xycoords=("axes fraction", "data"), xytext=(4, 0),
                 textcoords="offset points", va="center", fontsize=8, color="0.4")  # beside the axes, off the data
 
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from common import checkpoint, signals
 from common.threads import ThreadPolicy
+from common.data import CHANCE
 from common.errors import BAD_INPUT, DIVERGED, INTERRUPTED, WRITE_FAILED, CourseError, printable
 from common.weights import PARAM_SHAPES
 
@@ -46,7 +47,6 @@ RUNNING_LOSS_STEPS = 100  # the progress bar and the summary average the loss ov
 REFRESH_EVERY = 50  # steps between progress-bar text updates: formatting every step costs time
 AGREE_EVERY = 10  # steps between two agreements on stopping, in a distributed run
 LAYERS = tuple(dict.fromkeys(name.split(".")[0] for name in PARAM_SHAPES))  # conv1, conv2, fc1, fc2, fc3
-CHANCE = 0.1  # ten classes
 
 
 class StageRun:
