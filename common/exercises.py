@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from common.cli import OneLineParser
 from common.data import make_synthetic
 from common.errors import BAD_INPUT, CourseError
-from common.harness import (TOLERANCES, Driver, StepLog, load_stage, one_step, relative_error,
+from common.harness import (TOLERANCES, Driver, load_stage, one_step, relative_error,
                             sample_batches, stage_file, to_numpy, trajectory)
 from common.weights import PARAM_NAMES, PARAM_SHAPES, reference_params
 
@@ -736,20 +736,6 @@ def as_tensors(s: Subject, batches, dtype: str) -> list:
     return [(torch_of(x, dtype), s.labels(y)) for x, y in batches]
 
 
-def call_loop(s: Subject, model, batches, device) -> list[float]:
-    """The learner's train_one_epoch on these batches, as they are (not moved to the device)."""
-    run = StepLog()
-    available = {"model": model.net, "params": model.net, "momentum_buffers": model.momentum_buffers,
-                 "train_batches": batches, "train_loader": batches, "device": device, "run": run,
-                 "criterion": torch.nn.CrossEntropyLoss(), "args": argparse.Namespace(lr=LR, momentum=MOMENTUM,
-                                                                                      max_steps=None)}
-    wanted = inspect.signature(s.module.train_one_epoch).parameters
-    if "optimizer" in wanted:
-        available["optimizer"] = s.driver.optimizer(model, LR, MOMENTUM)
-    s.module.train_one_epoch(**{name: available[name] for name in wanted})
-    return run.losses
-
-
 def best_device():
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
@@ -781,7 +767,7 @@ def check_train_one_epoch(s: Subject, dtype: str) -> None:
     with (modes_seen(model.net) if takes_dropout else nullcontext([])) as modes, no_tf32(), \
             (moves_watched(device) if device is not None else nullcontext()) as watch, \
             first_batch_moved(watch, tensors, "train_one_epoch", "training"):
-        got = (call_loop(s, model, tensors, device) if device is not None
+        got = (s.driver.train_one_epoch(model, tensors, LR, MOMENTUM, as_given=True) if device is not None
                else s.driver.train_one_epoch(model, batches, LR, MOMENTUM))
     expect_losses("", got, losses, dtype, FIVE_BATCHES)
     expect_dicts_close("after 5 steps, {name}", s.driver.get_params(model), final, dtype, FIVE_BATCHES)

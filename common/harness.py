@@ -219,11 +219,13 @@ class Driver:
 
     # ---------------------------------------------------------------- the stage's own loop
     def train_one_epoch(self, model: Model, batches, lr: float, momentum: float, max_steps: int | None = None,
-                        run=None) -> list[float]:
+                        run=None, as_given: bool = False) -> list[float]:
         """Run the stage's own `train_one_epoch` over `batches` (pairs of x, y); returns the losses,
-        or None when `run` is a real run recorder, which writes them to its record."""
+        or None when `run` is a real run recorder, which writes them to its record. as_given: the
+        batches reach the loop unconverted (to see whether the loop moves them to the device)."""
         run = run or StepLog()
-        batches = (self.inputs(model, x, y) for x, y in batches)  # a DataLoader stays lazy
+        if not as_given:
+            batches = (self.inputs(model, x, y) for x, y in batches)  # a DataLoader stays lazy
         available = {
             "params": model.net, "model": model.net, "momentum_buffers": model.momentum_buffers,
             "train_batches": batches, "train_loader": batches, "device": model.device, "run": run,
