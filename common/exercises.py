@@ -59,7 +59,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from common.cli import OneLineParser
 from common.data import make_synthetic
-from common.errors import BAD_INPUT, CourseError
+from common.errors import BAD_INPUT, CourseError, one_line
 from common.harness import (TOLERANCES, Driver, load_stage, one_step, relative_error,
                             sample_batches, stage_file, to_numpy, trajectory)
 from common.weights import PARAM_NAMES, PARAM_SHAPES, reference_params
@@ -1069,26 +1069,31 @@ def run_check(s: Subject, check: Callable[[Subject, str], None], name: str | Non
         except Mismatch as err:
             return Outcome("wrong", str(err))
         except Exception as err:  # the learner's code raised: its message and the line of their file
-            return Outcome("wrong", one_line(err, s.path))
+            return Outcome("wrong", exception_report(err, s.path))
         finally:
             tidy_up()
     return Outcome("passed")
 
 
+def innermost_frame_in(err: BaseException, path: Path):
+    """The innermost frame of `err`'s traceback that lies in the learner's file, or None."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == path]
+    return frames[-1] if frames else None
+
+
 def raised_in(err: BaseException, path: Path) -> str | None:
-    """The function of the learner's file that raised `err` (its innermost frame there)."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == path]
-    return frames[-1].name if frames else None  # a method's bare name: "__init__", not "Net.__init__"
+    """The function of the learner's file that raised `err`."""
+    frame = innermost_frame_in(err, path)
+    return frame.name if frame else None  # a method's bare name: "__init__", not "Net.__init__"
 
 
-def one_line(err: BaseException, path: Path) -> str:
+def exception_report(err: BaseException, path: Path) -> str:
     """The exception as the learner needs it: type and message, then where in their file."""
-    message = " ".join(str(err).split())
-    message = f"{type(err).__name__}: {message[:300]}" if message else type(err).__name__
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == path]
-    if not frames:
+    message = one_line(str(err), 300)
+    message = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    frame = innermost_frame_in(err, path)
+    if frame is None:
         return message
-    frame = frames[-1]
     return f"{message}\nraised at {shown(path)}, line {frame.lineno}, in {frame.name}: {frame.line}"
 
 
@@ -1108,12 +1113,12 @@ def check(stage: int, path: Path | None = None) -> dict[str, Outcome]:
     try:
         s = Subject(load_file(path), load_stage(stage), stage, path)
     except NotImplementedError as err:
-        return {"your file": Outcome("not done yet", one_line(err, path))}
+        return {"your file": Outcome("not done yet", exception_report(err, path))}
     except SyntaxError as err:
         return {"your file": Outcome("wrong", f"it does not load: SyntaxError: {err.msg}\n"
                                               f"at {shown(path)}, line {err.lineno}: {(err.text or '').strip()}")}
     except Exception as err:
-        return {"your file": Outcome("wrong", "it does not load: " + one_line(err, path))}
+        return {"your file": Outcome("wrong", "it does not load: " + exception_report(err, path))}
     outcomes = {}
     with one_thread():
         for name in s.blanks:
