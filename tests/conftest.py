@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,3 +97,14 @@ def make(course: Path, *args: str) -> subprocess.CompletedProcess:
     venv = Path(sys.prefix)
     return subprocess.run(["make", "--no-print-directory", f"VENV={venv}", "-o", str(venv / ".installed"), *args],
                           cwd=course, capture_output=True, text=True, timeout=EVENT_TIMEOUT)
+
+
+# ---------------------------------------------------------------- a small data folder
+def npy_data_dir(folder: Path, n_train: int = 20, n_test: int = 10) -> Path:
+    """A data folder in the course's offline .npy layout, random images and labels, seed 0."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        np.save(folder / f"{split}_x.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+        np.save(folder / f"{split}_y.npy", rng.integers(0, 10, n))
+    return folder

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ALL_STAGES, EVENT_TIMEOUT, ROOT, Background
+from conftest import ALL_STAGES, EVENT_TIMEOUT, ROOT, Background, npy_data_dir
 
 from common.harness import load_stage
 
@@ -217,22 +217,13 @@ def test_the_numpy_stage_resumes_without_torch_a_checkpoint_saved_with_it(tmp_pa
     assert "resumed from" in result.stdout and "torch loaded: False" in result.stdout
 
 
-def tiny_data_dir(folder: Path) -> Path:
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("test", 10)):
-        np.save(folder / f"{split}_x.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
-        np.save(folder / f"{split}_y.npy", rng.integers(0, 10, n))
-    return folder
-
-
 @pytest.mark.parametrize("change,message", [
     (["--batch-size", "400"], "made with batch_size 800, but this run has 400"),
     (["--seed", "3"], "made with seed 0, but this run has 3"),
     (["--data-dir", "{tiny}"], "made with 10 steps per epoch, this run has 1 (other data?)"),
 ], ids=["another batch size", "another seed", "other data"])
 def test_a_checkpoint_of_another_run_is_refused(change, message, good_checkpoint, tmp_path, capsys):
-    change = [a.format(tiny=tiny_data_dir(tmp_path / "tiny")) if "{tiny}" in a else a for a in change]
+    change = [a.format(tiny=npy_data_dir(tmp_path / "tiny")) if "{tiny}" in a else a for a in change]
     argv = SHORT + ["--epochs", "2", "--resume", str(good_checkpoint), "--out", str(tmp_path)]
     argv = [a for a in argv if a != "synthetic" and a != "--data"] if "--data-dir" in change else argv
     code, _, err = run_in_process(6, argv + change, capsys)

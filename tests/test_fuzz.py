@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import npy_data_dir
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -150,12 +151,7 @@ def figures_not_drawn():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """A data folder in the .npy layout: 20 training images, 10 test images."""
-    folder = tmp_path_factory.mktemp("tiny_data")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", TRAIN_IMAGES), ("test", TEST_IMAGES)):
-        np.save(folder / f"{split}_x.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
-        np.save(folder / f"{split}_y.npy", rng.integers(0, 10, n))
-    return folder
+    return npy_data_dir(tmp_path_factory.mktemp("tiny_data"), TRAIN_IMAGES, TEST_IMAGES)
 
 
 @contextlib.contextmanager

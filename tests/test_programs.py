@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_STAGES, ROOT, stage_number
+from conftest import ALL_STAGES, ROOT, npy_data_dir, stage_number
 
 from common import course
 from common.harness import load_stage
@@ -91,15 +91,11 @@ BAD_DATA_DIRS = {  # (what to write into an otherwise good .npy folder, a piece 
 
 
 def make_bad_data_dir(folder, case):
-    folder.mkdir()
     change, _ = BAD_DATA_DIRS[case]
     if change is None:
+        folder.mkdir()
         return folder
-    rng = np.random.default_rng(0)
-    np.save(folder / "train_x.npy", rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8))
-    np.save(folder / "train_y.npy", rng.integers(0, 10, 20))
-    np.save(folder / "test_x.npy", rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
-    np.save(folder / "test_y.npy", rng.integers(0, 10, 10))
+    npy_data_dir(folder)
     name, value = change
     if isinstance(value, bytes):
         (folder / name).write_bytes(value)
