@@ -213,12 +213,13 @@ def decode(value, arrays):
         array = arrays[content]
         if array.dtype.hasobject:
             raise ValueError("object arrays are not allowed")
+        array = np.array(array, dtype=array.dtype.newbyteorder("="))  # the same numbers, in this machine's byte order
         if kind == "array":
-            return np.array(array)
+            return array
         torch = _torch()
         if torch is None:
             raise ValueError("a tensor in a checkpoint of the numpy stage")
-        return torch.from_numpy(np.array(array))
+        return torch.from_numpy(array)
     if kind == "dict" and isinstance(content, list) and all(isinstance(p, list) and len(p) == 2 for p in content):
         return {decode(k, arrays): decode(v, arrays) for k, v in content}
     if kind in ("list", "tuple") and isinstance(content, list):

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from common import checkpoint, signals
 from common.threads import ThreadPolicy
 from common.data import CHANCE
-from common.errors import BAD_INPUT, DIVERGED, INTERRUPTED, WRITE_FAILED, CourseError, printable
+from common.errors import BAD_INPUT, DIVERGED, INTERRUPTED, WRITE_FAILED, CourseError, one_line, printable
 from common.weights import PARAM_SHAPES
 
 RUNNING_LOSS_STEPS = 100  # the progress bar and the summary average the loss over this many steps
@@ -216,8 +216,8 @@ class StageRun:
                 torch.set_rng_state(torch.as_tensor(meta["torch_rng"]))
             if "cuda_rng" in meta and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all([torch.as_tensor(state) for state in meta["cuda_rng"]])
-        except (RuntimeError, TypeError) as err:
-            raise CourseError(f"{where}: damaged random-number state ({err})") from None
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise CourseError(f"{where}: damaged random-number state ({one_line(str(err), 120)})") from None
 
     def _divergence_message(self, loss: float) -> str:
         blame = f"try a smaller --lr than {self.args.lr}"

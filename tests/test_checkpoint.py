@@ -202,6 +202,21 @@ def test_ctrl_c_without_checkpoint_is_one_line_and_keeps_the_record(stage_name, 
     assert losses_written(tmp_path / "runs") == steps >= 1
 
 
+def test_a_checkpoint_written_in_the_other_byte_order_resumes_the_same(tmp_path):
+    """A checkpoint made on a big-endian machine holds the same numbers: every array of it
+    rewritten in the other byte order resumes to the very parameters the original gives."""
+    checkpoint, swapped = tmp_path / "c.npz", tmp_path / "swapped.npz"
+    load_stage(8).main(SHORT + ["--epochs", "1", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "a")])
+    with np.load(checkpoint) as saved:
+        other_order = {key: saved[key].astype(saved[key].dtype.newbyteorder()) for key in saved.files}
+    assert any(a.dtype.byteorder not in ("=", "|") for a in other_order.values())
+    np.savez(swapped, **other_order)
+    for path, out in ((checkpoint, "b"), (swapped, "c")):
+        load_stage(8).main(SHORT + ["--epochs", "2", "--resume", str(path), "--out", str(tmp_path / out)])
+    first, second = params_of(tmp_path / "b"), params_of(tmp_path / "c")
+    assert all(np.array_equal(first[name], second[name]) for name in first)
+
+
 def test_the_numpy_stage_resumes_without_torch_a_checkpoint_saved_with_it(tmp_path):
     """In this test process torch is loaded, so the checkpoint holds torch's random-number state;
     a numpy-only run must still read it, without loading torch."""
