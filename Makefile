@@ -1,11 +1,11 @@
 # The course's commands. `make run` and `make test` set everything up on first use.
 # Learner text (ARGS, STAGE, FROM, TO, NPROC) never reaches a shell: make hands the variables of
 # its command line to each recipe's environment, and every recipe below is a fixed command that
-# reads them from there (common/make.py).
+# reads them from there (common/tools/make.py).
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 READY  := $(VENV)/.installed
-MAKE_PY := $(PYTHON) -m common.make
+MAKE_PY := $(PYTHON) -m common.tools.make
 
 .PHONY: help setup run smoke test test-quick diff ddp gradcheck bench compare site batch-experiment \
         exercise check solution notebooks clean

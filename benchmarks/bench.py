@@ -4,7 +4,7 @@
    (median of repeats after warm-up), with its ratio to stage 6 (idiomatic PyTorch);
 2. the shared machine: every stage's step at batch 4 and 64 (float32) on the idle machine
    and beside one CPU-bound process that the benchmark starts and stops itself, with torch's
-   default threads and with --threads auto (common/threads.py); speed busy / idle;
+   default threads and with --threads auto (common/run/threads.py); speed busy / idle;
 3. one epoch of the stages' own loops (stages 7-10, with the real run recorder: progress bar,
    losses.csv, gradient norms) against the tutorial's own loop on the same images, read
    through a CIFAR10-style Dataset (a PIL image per sample, ToTensor, Normalize; batch 4);
@@ -36,7 +36,7 @@ from tqdm import tqdm
 from common.data import make_synthetic
 from common.harness import driver, load_stage, sample_batches, stage_names, stage_options
 from common.run import StageRun
-from common.threads import FIRST_LOOK, ThreadPolicy
+from common.run.threads import FIRST_LOOK, ThreadPolicy
 from common.weights import PARAM_SHAPES, reference_params
 
 

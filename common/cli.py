@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from common import signals
 from common.data import SOURCES
 from common.errors import BAD_INPUT, printable
+from common.run import signals
 
 DTYPES = ("float32", "float64")
 MAX_SEED = 2**32 - 1  # numpy's legacy np.random.seed() takes seeds in [0, 2**32)
@@ -153,7 +153,7 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
 def parse_args(stage_file: str, description: str | None, argv: Sequence[str] | None = None,
                add_options: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """A stage's first line: `args = parse_args(__file__, __doc__, argv)`. From here on, Ctrl-C
-    and SIGTERM stop the run between two steps (common/signals.py), not in the middle of one."""
+    and SIGTERM stop the run between two steps (common/run/signals.py), not in the middle of one."""
     signals.defer()
     try:
         return parse_only(stage_file, description, argv, add_options)

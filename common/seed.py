@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import random
-import sys
 
 import numpy as np
+
+from common.loaded import loaded_torch
 
 
 def seed_everything(seed: int) -> None:
@@ -13,6 +14,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     # Seed torch only where it is loaded: the numpy stage loads it only when torchvision does
     # (--data auto trying ./data).
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     if torch is not None:
         torch.manual_seed(seed)

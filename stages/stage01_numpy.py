@@ -19,8 +19,8 @@ Changes from stage 0 (nothing):
 - The training loop is in `train_one_epoch` and `main`, in plain sight. Everything training
   changes is the run's state: the parameters, the momentum buffers and the generator that
   shuffles the data. `run.resume(...)` names them, so that `--checkpoint PATH` can save them
-  after every epoch and `--resume PATH` can put them back (common/checkpoint.py); `run` also
-  draws the progress bar, writes the run's record (common/run.py) and prints the loss of the
+  after every epoch and `--resume PATH` can put them back (common/run/checkpoint.py); `run` also
+  draws the progress bar, writes the run's record (common/run/) and prints the loss of the
   first step, taken before any update: small random weights give ten nearly equal logits, so
   each class gets a probability near 1/10 and the loss is near -ln(1/10) = ln 10 = 2.303.
 

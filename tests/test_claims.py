@@ -31,7 +31,7 @@ SMOKE = ["--data", "synthetic", "--epochs", "1", "--batch-size", "8"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 # "The same, to round-off": these claims compute in float64 with the sums in another order (a
-# chunked batch, a GPU kernel), so they use the course's float64 tolerance (common/harness.py).
+# chunked batch, a GPU kernel), so they use the course's float64 tolerance (common/harness/).
 ROUND_OFF = TOLERANCES["float64"].rtol
 
 

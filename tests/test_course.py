@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import course
+from common.tools import course
 from common.harness import stage_names
-from common.plots import plt
+from common.run.plots import plt
 
 QUICK = ["--data", "synthetic", "--epochs", "1"]
 ALL = list(range(1, len(stage_names()) + 1))

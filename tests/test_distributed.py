@@ -81,22 +81,20 @@ def test_parameters_after_five_steps_are_the_single_process_ones(ranks, single_p
 
 def stop_worker(rank: int, port: int, out_dir: str) -> None:
     """A signal reaches one process only (rank 1, at step 23): both must stop after the same step."""
-    import argparse
     import signal as signal_module
 
-    from common import signals
-    from common.run import StageRun
+    from common.run import signals
+    from common.run.guard import Guard
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
     try:
-        run = StageRun("stage11_distributed.py", argparse.Namespace(), main_process=rank == 0)
+        guard = Guard("stage11_distributed", shown=rank == 0)
         stopped_at = None
         for step in range(1, 60):
-            run.steps = step
             if rank == 1 and step == 23:
                 signals._received.append(signal_module.SIGINT)  # as the handler notes a Ctrl-C
             try:
-                run._stop_if_asked(every_step=True)
+                guard.stop_if_asked(step, every_step=True)
             except KeyboardInterrupt:
                 stopped_at = step
                 break

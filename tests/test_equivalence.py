@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ALL_STAGES, CONSECUTIVE_STAGES
-from torch_reference import reference_step, reference_trajectory
+from common.harness.reference import reference_step, reference_trajectory
 
 from common.harness import (TOLERANCES, driver, load_stage, one_step, relative_error, sample_batches, to_numpy,
                             trajectory, worst_relative_error)

@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import copy_of_the_course, make
 
-from common import exercises
+from common.tools import exercises
 from common.errors import CourseError
-from common.exercises import EXERCISES, check, hint_sentence, load_file, report, stage_file, write_exercise
+from common.tools.exercises import EXERCISES, check, hint_sentence, load_file, report, stage_file, write_exercise
 
 STAGES = [pytest.param(n, id=f"stage{n}", marks=getattr(pytest.mark, f"stage{n}")) for n in EXERCISES]
 

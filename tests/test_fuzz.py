@@ -47,7 +47,7 @@ from conftest import npy_data_dir
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from common import checkpoint
+from common.run import checkpoint
 from common.cli import build_parser, device_name, file_path
 from common.errors import printable
 from common.harness import load_stage
@@ -141,10 +141,10 @@ def files_in(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(autouse=True, scope="module")
 def figures_not_drawn():
     """plot_run() does nothing here (see the module docstring); run.py looks it up at every finish."""
-    import common.plots
+    import common.run.plots
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(common.plots, "plot_run", lambda record_dir: record_dir / "curves.png")
+        patch.setattr(common.run.plots, "plot_run", lambda record_dir: record_dir / "curves.png")
         yield
 
 

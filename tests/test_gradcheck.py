@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from common.gradcheck import FLOAT64_GOAL, PARAM_NAMES, STEP, check, gradcheck_directions, main, reported_numbers
+from common.tools.gradcheck import FLOAT64_GOAL, PARAM_NAMES, STEP, check, gradcheck_directions, main, reported_numbers
 from stages import stage01_numpy as stage1
 
 
@@ -20,7 +20,7 @@ def command(tmp_path_factory):
     it wrote. With one BLAS thread: on a busy two-core machine numpy's OpenBLAS splits each
     convolution over two threads that then wait for a free core, several times slower."""
     out = tmp_path_factory.mktemp("gradcheck") / "step-size.png"
-    done = subprocess.run([sys.executable, "-m", "common.gradcheck", "--coords", "1", "--steps-per-decade", "1",
+    done = subprocess.run([sys.executable, "-m", "common.tools.gradcheck", "--coords", "1", "--steps-per-decade", "1",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from conftest import copy_of_the_course, make
 
-from common import notebooks
+from common.tools import notebooks
 from common.harness import stage_names
 
 STAGE_FILES = notebooks.stage_files()

@@ -14,8 +14,8 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from common.compare import plot as plot_comparison
-from common.plots import SMOOTHING_STEPS, draw_run, moving_average, plot_run
+from common.tools.compare import plot as plot_comparison
+from common.run.plots import SMOOTHING_STEPS, draw_run, moving_average, plot_run
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
 
@@ -52,7 +52,7 @@ def column(record: Path, name: str, column: str) -> np.ndarray:
 
 
 def fake_comparison(stages: int = 11, steps: int = 20, loss_gap: float = 0.0) -> dict:
-    """Curves as common.compare.compare returns them: stage 1 is the reference (deviation 0),
+    """Curves as common.tools.compare.compare returns them: stage 1 is the reference (deviation 0),
     the others differ at round-off, the last stage by `loss_gap` in its loss."""
     rng = np.random.default_rng(1)
     base = 2.3 + 0.05 * rng.standard_normal(steps)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ALL_STAGES, ROOT, npy_data_dir, stage_number
 
-from common import course
+from common.tools import course
 from common.harness import load_stage
 
 SMOKE = ["--data", "synthetic", "--epochs", "1", "--max-steps", "20"]

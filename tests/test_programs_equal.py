@@ -1,7 +1,7 @@
 """The programs themselves compute the same thing: each stage's main(), with its own loss,
 optimizer and loop, trained for a few dozen steps from one seed, writes the same params.npz.
 
-The harness drives every stage through one contract (common/harness.py), building the
+The harness drives every stage through one contract (common/harness/), building the
 optimizer and the loss itself where a stage builds them in main(); these tests cover what
 main() builds. Stages 1-6 shuffle with the same numpy generator; stages 7-10 share a
 DataLoader, whose order is another one, so they are compared among themselves.

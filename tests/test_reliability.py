@@ -121,7 +121,7 @@ def test_a_full_disk_while_drawing_the_figures_is_one_line_and_keeps_the_record(
         (record_dir / "curves.png").write_bytes(b"half a png")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("common.plots.plot_run", full_disk)
+    monkeypatch.setattr("common.run.plots.plot_run", full_disk)
     with pytest.raises(SystemExit) as exit_info:
         load_stage(6).main(RUN + ["--max-steps", "20", "--out", str(tmp_path)])
     err = capsys.readouterr().err
@@ -139,21 +139,21 @@ def test_a_full_disk_while_drawing_the_figures_is_one_line_and_keeps_the_record(
 HELD_PLOT = """
 import runpy, sys, time
 from pathlib import Path
-import common.plots, common.signals
+import common.run.plots, common.run.signals
 release = Path(sys.argv[1])
-draw = common.plots.plot_run
+draw = common.run.plots.plot_run
 
 def held_plot_run(record_dir):
     (record_dir / "drawing").touch()  # the test's cue: the figures are being drawn now
     noted = 0
     while not release.exists():
-        if len(common.signals._received) > noted:  # a signal's handler has run: tell the test
-            noted = len(common.signals._received)
+        if len(common.run.signals._received) > noted:  # a signal's handler has run: tell the test
+            noted = len(common.run.signals._received)
             (record_dir / f"noted-{noted}").touch()
         time.sleep(0.01)
     return draw(record_dir)
 
-common.plots.plot_run = held_plot_run
+common.run.plots.plot_run = held_plot_run
 sys.argv = [sys.argv[2]] + sys.argv[3:]
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
@@ -200,7 +200,7 @@ def test_a_second_signal_while_finishing_stops_at_once_and_marks_the_record(tmp_
 def test_ctrl_c_to_torchrun_stops_every_process_after_the_same_step(tmp_path):
     """Ctrl-C reaches the whole process group: torchrun and both workers."""
     runs = tmp_path / "runs"
-    run = Background(["-m", "common.torchrun", "--nproc-per-node", "2", "-m", "stages.stage11_distributed", *RUN,
+    run = Background(["-m", "common.tools.torchrun", "--nproc-per-node", "2", "-m", "stages.stage11_distributed", *RUN,
                       "--out", str(runs)], tmp_path, start_new_session=True)
 
     def losses() -> list[dict]:
@@ -218,7 +218,7 @@ def test_ctrl_c_to_torchrun_stops_every_process_after_the_same_step(tmp_path):
 
 
 def test_a_failing_process_under_torchrun_is_one_line_each(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "common.torchrun", "--nproc-per-node", "2", "-m",
+    result = subprocess.run([sys.executable, "-m", "common.tools.torchrun", "--nproc-per-node", "2", "-m",
                              "stages.stage11_distributed", "--data-dir", "/nonexistent", "--out", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=EVENT_TIMEOUT)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.plots import plt
-from common.site import build, changed_characters, line_tokens, pair_lines, stage_files
+from common.run.plots import plt
+from common.tools.site import build, changed_characters, line_tokens, pair_lines, stage_files
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STAGES = [p.stem for p in stage_files()]
@@ -29,7 +29,7 @@ FULL_WIDTH, SMOKE_WIDTH = 400, 300  # curves.png of the full course run, and of 
 
 
 def course_summary(runs: Path, name: str, full: bool, stamp: str, steps: int, finished: str) -> None:
-    """A course-summary JSON as common.course writes it, over one record per stage."""
+    """A course-summary JSON as common.tools.course writes it, over one record per stage."""
     summaries = []
     for stage in STAGES:
         record = runs / stage / stamp

@@ -9,9 +9,9 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from common import threads
+from common.run import threads
 from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches
-from common.threads import ThreadPolicy
+from common.run.threads import ThreadPolicy
 from common.weights import reference_params
 
 

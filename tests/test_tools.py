@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from common import batch_experiment, compare
+from common.tools import batch_experiment, compare
 from common.harness import TOLERANCES, load_stage
 
 

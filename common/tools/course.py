@@ -1,8 +1,8 @@
 """Run the course: every stage (or the ones named) in order, then a summary table and figure.
 
 Options other than --stages go to every stage unchanged, e.g.
-  python -m common.course --epochs 1
-  python -m common.course --stages 1 3 --max-steps 20 --data synthetic
+  python -m common.tools.course --epochs 1
+  python -m common.tools.course --stages 1 3 --max-steps 20 --data synthetic
 
 The summary goes beside the stages' records (--out, default runs/), under a name that says
 what kind of run it was, so that a short or partial run never replaces the summary of a full one:
@@ -35,7 +35,7 @@ COINCIDE = 0.005  # curves closer than this fraction of the loss axis's range sh
 
 
 def parse(argv):
-    parser = OneLineParser(prog="python -m common.course", description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog="python -m common.tools.course", description=__doc__.splitlines()[0],
                            epilog="Any other option is passed to every stage (see a stage's --help).")
     parser.add_argument("--stages", type=int, nargs="+", default=None,
                         help="stage numbers to run (default: all, in order)")
@@ -97,7 +97,7 @@ def main(argv=None) -> list[dict]:
 def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str], started: str,
                   seconds: float) -> tuple[Path, Path]:
     """course-summary*.json and .png beside the records, named after the kind of run."""
-    from common.plots import plt  # matplotlib loads only once the stages have finished
+    from common.run.plots import plt  # matplotlib loads only once the stages have finished
 
     records = [Path(s["record"]) for s in summaries]
     out = records[0].parent.parent  # runs/<stage>/<timestamp> -> runs
@@ -116,7 +116,7 @@ def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str]
         (out / f"{name}.json").write_text(json.dumps(course, indent=2) + "\n")
         fig.savefig(out / f"{name}.png", dpi=100)
     except OSError as err:
-        print(f"python -m common.course: error: cannot write the summary to {out}: {err.strerror}", file=sys.stderr)
+        print(f"python -m common.tools.course: error: cannot write the summary to {out}: {err.strerror}", file=sys.stderr)
         sys.exit(BAD_INPUT)
     finally:
         plt.close(fig)  # pyplot keeps every figure it made until it is closed
@@ -142,7 +142,7 @@ def describe(course: dict) -> str:
 def draw_course(summaries: list[dict], title: str):
     """Every stage's smoothed training loss on one axis, its test accuracy beside it; stages whose
     curves coincide share one colour and one legend entry, and the figure says they coincide."""
-    from common.plots import plt, read_csv, smoothing_window, trailing_mean
+    from common.run.plots import plt, read_csv, smoothing_window, trailing_mean
 
     losses = [read_csv(Path(s["record"]) / "losses.csv") for s in summaries]
     window = smoothing_window(min((len(l["loss"]) for l in losses if l), default=0))

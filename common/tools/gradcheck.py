@@ -22,7 +22,7 @@ The command prints errors at the textbook steps (and how many steps crossed a ki
 the error against h from 1e-1 down to 1e-10 with each curve's best step, and runs
 torch.autograd.gradcheck on stage 1's gradients through a torch.autograd.Function.
 
-Run: python -m common.gradcheck [--coords 6] [--out runs/gradcheck/step-size.png]
+Run: python -m common.tools.gradcheck [--coords 6] [--out runs/gradcheck/step-size.png]
 """
 from __future__ import annotations
 
@@ -532,7 +532,7 @@ def as_record(table: dict, scans: list[Scan], checks: dict, args) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = OneLineParser(prog="python -m common.gradcheck", description=__doc__, formatter_class=HelpFormatter)
+    parser = OneLineParser(prog="python -m common.tools.gradcheck", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--coords", type=positive_int, default=6, help="largest-gradient coordinates per parameter")
     parser.add_argument("--batch-size", type=cli.batch_size, default=4, help="images in the batch")
     parser.add_argument("--seed", type=cli.seed, default=0, help="seed for weights and images")

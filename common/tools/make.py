@@ -1,7 +1,7 @@
 """What the Makefile's targets run, with the learner's text kept away from any shell.
 
 make puts the variables of its command line (`make diff FROM=2 TO=3`, `make run ARGS='--lr 0.01'`)
-into the environment of its recipes; every recipe is a fixed command, `python -m common.make
+into the environment of its recipes; every recipe is a fixed command, `python -m common.tools.make
 TARGET`, and this module reads the variables from the environment and splits ARGS the way a
 shell would (shlex), without running one. So `make diff FROM='2; rm -rf ~'` is a bad stage
 number, never a command.
@@ -45,7 +45,7 @@ def stage_file(number: int, variable: str):
 
 
 def run() -> None:
-    from common import course
+    from common.tools import course
 
     stage = os.environ.get("STAGE", "").strip()
     argv = (["--stages", str(stage_number("STAGE", "STAGE=3"))] if stage else []) + ["--epochs", "1"]
@@ -53,7 +53,7 @@ def run() -> None:
 
 
 def smoke() -> None:
-    from common import course
+    from common.tools import course
 
     course.main(["--epochs", "1", "--max-steps", "20", "--data", "synthetic"] + args_from_env())
 
@@ -66,7 +66,7 @@ def diff() -> None:
 
 
 def ddp() -> None:
-    from common import torchrun
+    from common.tools import torchrun
 
     nproc = os.environ.get("NPROC", "2").strip()
     if not nproc.isdigit() or int(nproc) < 1:
@@ -100,18 +100,18 @@ QUICK = ["-m", "not slow and not fuzz", *(f"tests/test_{name}.py" for name in QU
 TARGETS = {
     "run": run, "smoke": smoke, "diff": diff, "ddp": ddp,
     "test": pytest_target(), "test-quick": pytest_target(QUICK),
-    "gradcheck": module("common.gradcheck"), "bench": module("benchmarks.bench"),
-    "compare": module("common.compare"), "site": module("common.site"),
-    "batch-experiment": module("common.batch_experiment"),
-    "exercise": module("common.exercises", ["exercise"]), "check": module("common.exercises", ["check"]),
-    "solution": module("common.exercises", ["solution"]), "notebooks": module("common.notebooks"),
+    "gradcheck": module("common.tools.gradcheck"), "bench": module("benchmarks.bench"),
+    "compare": module("common.tools.compare"), "site": module("common.tools.site"),
+    "batch-experiment": module("common.tools.batch_experiment"),
+    "exercise": module("common.tools.exercises", ["exercise"]), "check": module("common.tools.exercises", ["check"]),
+    "solution": module("common.tools.exercises", ["solution"]), "notebooks": module("common.tools.notebooks"),
 }
 
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] not in TARGETS:
-        fail(f"usage: python -m common.make TARGET, TARGET one of {', '.join(TARGETS)}")
+        fail(f"usage: python -m common.tools.make TARGET, TARGET one of {', '.join(TARGETS)}")
     TARGETS[argv[0]]()
 
 

@@ -1,4 +1,5 @@
-"""An independent PyTorch autograd reference for the network, written once for the tests."""
+"""An independent PyTorch autograd reference for the network, written once: what the tests and
+`make check` compare every stage with."""
 from __future__ import annotations
 
 import numpy as np

@@ -14,7 +14,7 @@ The stage figures come from the last *full* course run (runs/course-summary.json
 its own course-summary-*.json and leaves the full run's alone. Without a full run the pages say how to
 make one. The figures of `make compare` and `make gradcheck` are shown when they exist.
 
-Run: python -m common.site [--out site] [--runs runs]
+Run: python -m common.tools.site [--out site] [--runs runs]
 """
 from __future__ import annotations
 
@@ -375,7 +375,7 @@ def build(out: Path, runs: Path) -> list[Path]:
 
 
 def main(argv=None) -> list[Path]:
-    parser = OneLineParser(prog="python -m common.site", description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog="python -m common.tools.site", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="site", help="folder to write the site into")
     parser.add_argument("--runs", default="runs", help="where `make run`, `make compare` and `make gradcheck` write")

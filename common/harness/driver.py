@@ -1,81 +1,15 @@
-"""The equivalence harness: drive any stage through one contract, and compare stages.
-
-The stages are written as a learner should read them, not for a test to drive: the
-hand-written stages (1-2) have a dict of arrays or tensors and hand-written
-`forward_with_cache`, `cross_entropy`, `backward` and `sgd_momentum_update`; an autograd stage has a dict of tensors, `forward(params, x)` and its
-update; a module stage has `Net`, and from stage 6 on builds `nn.CrossEntropyLoss()` and
-`optim.SGD` locally in `main()`. `driver(stage)` knows these families by what each stage
-exposes and gives every one the same contract:
-
-    d = driver(stage)
-    model = d.build(params, dtype="float32", **options)   # options: dropout, device, wrap
-    logits = d.forward(model, x)
-    loss, grads = d.train_step(model, x, y, lr, momentum)  # loss before the update, the grads it used
-    params = d.get_params(model)                         # canonical names: conv1.weight ... fc3.bias
-
-`params` maps the canonical names to numpy arrays; inputs may be numpy arrays or tensors;
-outputs are numpy arrays, floats or tensors, which `to_numpy` turns into float64 numpy.
-One step is SGD with momentum as `torch.optim.SGD` defines it (buf = momentum * buf + grad,
-the first buf being the grad; p -= lr * buf). The driver composes that step from the stage's
-own pieces; `d.train_one_epoch(...)` runs the stage's own `train_one_epoch` instead, so the
-loop a learner reads is under test too, and the tests also run each stage's `main()`.
-"""
+"""The driver: any stage through one contract (see common/harness/__init__.py)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from common.data import make_synthetic
-
-STAGES_DIR = Path(__file__).resolve().parent.parent / "stages"
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    rtol: float  # on relative_error(): max |actual - expected| / max |expected|
-    reason: str
-
-
-# The one place where tolerances are set.
-TOLERANCES = {
-    "float64": Tolerance(1e-10, "float64 keeps ~16 significant digits; summing the same products "
-                                "in another order (im2col vs. a library kernel) loses at most a few"),
-    "float32": Tolerance(1e-4, "float32 keeps ~7 significant digits; another summation order over "
-                               "up to 400 terms, compounded over a few momentum steps, costs ~3"),
-}
-
-
-def stage_files() -> list[Path]:
-    """The stages' files, in course order: [stages/stage01_numpy.py, ...]."""
-    return sorted(STAGES_DIR.glob("stage[0-9][0-9]_*.py"))
-
-
-def stage_file(number: int) -> Path | None:
-    """stages/stageNN_*.py for stage `number`, or None when there is no such stage."""
-    return next((p for p in stage_files() if p.name.startswith(f"stage{number:02d}_")), None)
-
-
-def stage_names() -> list[str]:
-    """Module names of the stages, in course order: ["stages.stage01_numpy", ...]."""
-    return [f"stages.{p.stem}" for p in stage_files()]
-
-
-def load_stage(which: int | str) -> ModuleType:
-    """A stage by number (3) or module name ("stages.stage03_autograd")."""
-    if isinstance(which, int) or str(which).isdigit():
-        matches = [n for n in stage_names() if n.startswith(f"stages.stage{int(which):02d}_")]
-        if not matches:
-            raise ValueError(f"no stage {which}; stages are {', '.join(stage_names())}")
-        which = matches[0]
-    return importlib.import_module(str(which))
-
+from common.harness.stages import load_stage
 
 # ---------------------------------------------------------------- the driver
 # The families of stages, told apart by what each stage has:
@@ -256,67 +190,3 @@ def driver(stage: ModuleType | int | str) -> Driver:
     """The contract for one stage (a module, a number or a module name)."""
     return Driver(stage if isinstance(stage, ModuleType) else load_stage(stage))
 
-
-def stage_options(stage: ModuleType | int | str, argv=()) -> argparse.Namespace:
-    """A stage's options as its main() would parse them, for tools that call its helpers."""
-    from common.cli import parse_only
-
-    stage = stage if isinstance(stage, ModuleType) else load_stage(stage)
-    return parse_only(stage.__file__, stage.__doc__, list(argv), getattr(stage, "add_options", None))
-
-
-# ---------------------------------------------------------------- comparing
-def to_numpy(value) -> np.ndarray:
-    """A float64 numpy copy of an array, tensor (on any device, with or without grad) or float."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().double().numpy()
-    return np.array(value, dtype=np.float64)
-
-
-def relative_error(actual, expected) -> float:
-    """max |actual - expected| / max |expected|: one number per array, scale-free."""
-    actual, expected = to_numpy(actual), to_numpy(expected)
-    if actual.shape != expected.shape:
-        raise ValueError(f"shapes differ: {actual.shape} vs {expected.shape}")
-    scale = np.abs(expected).max()
-    return float(np.abs(actual - expected).max() / scale) if scale > 0 else float(np.abs(actual).max())
-
-
-def worst_relative_error(actual: dict, expected: dict) -> tuple[str, float]:
-    """The name and error of the entry that differs most; the keys must match exactly."""
-    if set(actual) != set(expected):
-        raise ValueError(f"names differ: {sorted(set(actual) ^ set(expected))}")
-    errors = {name: relative_error(actual[name], expected[name]) for name in expected}
-    name = max(errors, key=errors.get)
-    return name, errors[name]
-
-
-def normalise(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 32, 32, 3) -> float64 (N, 3, 32, 32) in [-1, 1], as stages 1-6 normalise (stages
-    7-11 normalise in float32, then widen)."""
-    return (images.transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
-
-
-def sample_batches(n_batches: int, batch_size: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Distinct normalised batches of synthetic images with their labels, as float64 numpy."""
-    data = make_synthetic(seed, n_train=n_batches * batch_size, n_test=1)
-    return [(normalise(data.train_x[i:i + batch_size]), data.train_y[i:i + batch_size])
-            for i in range(0, n_batches * batch_size, batch_size)]
-
-
-def one_step(stage, params: dict, x, y, dtype: str, lr: float = 0.01, momentum: float = 0.9, **options) -> dict:
-    """Logits, then loss and gradients of one step, from fresh weights, as numpy."""
-    d = driver(stage)
-    model = d.build(params, dtype=dtype, **options)
-    logits = to_numpy(d.forward(model, x))
-    loss, grads = d.train_step(model, x, y, lr, momentum)
-    return {"logits": logits, "loss": float(loss), "grads": {k: to_numpy(v) for k, v in grads.items()}}
-
-
-def trajectory(stage, params: dict, batches, dtype: str, lr: float = 0.01, momentum: float = 0.9,
-               **options) -> dict:
-    """Losses of one step per batch, and the parameters after the last."""
-    d = driver(stage)
-    model = d.build(params, dtype=dtype, **options)
-    losses = [float(d.train_step(model, x, y, lr, momentum)[0]) for x, y in batches]
-    return {"losses": np.array(losses), "params": {k: to_numpy(v) for k, v in d.get_params(model).items()}}

@@ -1,12 +1,12 @@
 """torchrun, ending as the course's programs end: one line and an exit code, never a traceback.
 
-    python -m common.torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
+    python -m common.tools.torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
 
 takes torchrun's own arguments and runs torchrun itself (`torch.distributed.run.main`) in this
 process. Plain `torchrun` answers Ctrl-C, and any process that exits with an error, with
 its own traceback and a failure report; here Ctrl-C (which reaches torchrun; torchrun starts
 each worker in a session of its own and passes the signal on, and the workers agree to stop
-after the same step, see common/run.py) ends with one line and code 130, and a process that failed (bad input, say) with its own one-line message,
+after the same step, see common/run/) ends with one line and code 130, and a process that failed (bad input, say) with its own one-line message,
 printed once by that process, and its exit code.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ CSV, and a figure: the loss curves of all stages overlaid, and beside them each 
 per-step deviation from stage 1 on a log scale (float64 stays near round-off, float32 drifts).
 Exits with code 1, naming the stage, when a stage disagrees beyond the dtype's tolerance.
 
-Run: python -m common.compare [--dtype float32] [--steps 50] [--batch-size 4] [--stages 1 6 10]
+Run: python -m common.tools.compare [--dtype float32] [--steps 50] [--batch-size 4] [--stages 1 6 10]
 """
 from __future__ import annotations
 
@@ -86,8 +86,8 @@ def format_table(rows: list[dict], steps: int) -> str:
 
 
 def plot(curves_by_dtype: dict, path: Path):
-    """The figure of the comparison (see common.plots.draw_comparison), saved to `path`; returns it."""
-    from common.plots import draw_comparison  # matplotlib loads only once there is a figure to draw
+    """The figure of the comparison (see compare_figure.draw_comparison), saved to `path`; returns it."""
+    from common.tools.compare_figure import draw_comparison  # matplotlib loads only once there is a figure
 
     fig = draw_comparison(curves_by_dtype, {dtype: TOLERANCES[dtype].rtol for dtype in curves_by_dtype})
     fig.savefig(path, dpi=110)
@@ -106,7 +106,7 @@ def write(out: Path, dtype: str, steps: int, rows: list[dict], curves: dict) -> 
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m common.compare", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m common.tools.compare", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dtype", choices=DTYPES + ("both",), default="both", help="precision of every stage")
     parser.add_argument("--steps", type=positive_int, default=50, help="training steps per stage")

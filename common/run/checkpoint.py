@@ -21,22 +21,18 @@ import json
 import numbers
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import WRITE_FAILED, CourseError, one_line
+from common.loaded import loaded_torch
 from common.weights import PARAM_SHAPES
 
 FORMAT = 2
 HYPERPARAMETERS = ("lr", "momentum", "dropout")  # may change on resume; announced in one line
 
-# torch is looked up, never imported, here: the numpy stage uses this module too.
-
-
-def _torch():
-    return sys.modules.get("torch")
+_torch = loaded_torch  # looked up, never imported, here: the numpy stage uses this module too
 
 
 # ---------------------------------------------------------------- the state of one object

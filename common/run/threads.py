@@ -18,10 +18,11 @@ keeps the libraries' defaults. The thread counts go back to what they were when 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from threadpoolctl import ThreadpoolController
+
+from common.loaded import loaded_torch
 
 CHECK_EVERY = 2.0  # seconds between two looks at the machine
 FIRST_LOOK = 0.2  # the shortest span worth measuring (/proc/stat counts in 1/100 s)
@@ -75,7 +76,7 @@ class ThreadPolicy:
     auto by measurement, again every CHECK_EVERY seconds. restore() undoes it."""
 
     def __init__(self, setting):
-        self.torch = sys.modules.get("torch")
+        self.torch = loaded_torch()
         self.setting = setting
         self._blas = ThreadpoolController().select(user_api="blas")
         self._original = (self.torch.get_num_threads() if self.torch is not None else None,
@@ -132,7 +133,7 @@ class ThreadPolicy:
         if self.setting != "auto":
             return f"threads: {self.threads} for {what} maths (--threads {self.setting})"
         if self._last is None:
-            return f"threads: the libraries' defaults (auto: /proc/stat is not readable here)"
+            return "threads: the libraries' defaults (auto: /proc/stat is not readable here)"
         if self.others_busy is None:
             return f"threads: up to {self.most} for {what} maths, one per core other programs leave free (auto)"
         return (f"threads: {self.threads} for {what} maths (auto: other programs keep {self.others_busy:.1f} "

@@ -1,7 +1,7 @@
 """Every stage as a Jupyter notebook, written from the stage file itself (the file stays the one source).
 
     make notebooks                    # notebooks/stage01_numpy.ipynb ... stage11_distributed.ipynb
-    python -m common.notebooks --execute   # the same, each then run once, its outputs saved in it
+    python -m common.tools.notebooks --execute   # the same, each then run once, its outputs saved in it
 
 A notebook is its stage cut where the stage's section rules (`# ---- model`, ...) cut it: the
 docstring as the first cell (markdown), a set-up cell, the imports, then for every section a
@@ -25,9 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from common.harness import stage_files
+from common.harness import ROOT, stage_files
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
 PLACEHOLDER_REPOSITORY = "https://github.com/OWNER/pytorch-by-refactoring"
 
@@ -182,7 +181,7 @@ def execute(path: Path, timeout: int = 600):
 
 
 def main(argv=None) -> list[Path]:
-    parser = argparse.ArgumentParser(prog="python -m common.notebooks", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m common.tools.notebooks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=NOTEBOOKS_DIR, help="folder for the notebooks")
     parser.add_argument("--execute", action="store_true", help="run each notebook once and save its outputs")

@@ -12,7 +12,7 @@ The learning rate grows with the square root of the batch size, lr = base_lr * s
 a common rule for SGD that keeps the step-to-step noise comparable across batch sizes (the
 linear rule, lr proportional to B, diverges at B = 256 with momentum 0.9 here).
 
-Run: python -m common.batch_experiment [--batch-sizes 4 16 64 256] [--epochs 3] [--data cifar10]
+Run: python -m common.tools.batch_experiment [--batch-sizes 4 16 64 256] [--epochs 3] [--data cifar10]
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def plot(runs: dict[int, list[dict]], budget: float, source: str, path: Path) ->
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m common.batch_experiment", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m common.tools.batch_experiment", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--batch-sizes", type=batch_size, nargs="+", default=[4, 16, 64, 256], help="batch sizes")
     parser.add_argument("--epochs", type=positive_int, default=3, help="epochs for every batch size")

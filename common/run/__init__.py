@@ -1,0 +1,191 @@
+"""The run recorder: what every stage's training loop calls, but never what the loop is.
+
+A stage writes its loop itself, `for epoch in ...:` and `for x, y in ...:`, and calls
+
+    with StageRun(__file__, args) as run:           # record folder, one-line errors, summary
+        first_epoch = run.resume(model, optimizer, rng)   # --resume: put the saved state back
+        for epoch in range(first_epoch, args.epochs + 1):
+            run.start_epoch(epoch, steps)           # the progress bar
+            ... run.log_step(loss, model) ...       # after each step: losses.csv, grad_norms.csv
+            run.end_epoch(predicted, data)          # accuracy; --checkpoint: saved here
+        run.save_params(model.state_dict())         # params.npz (and model.pt for torch stages)
+
+`StageRun` only hands each job to its part: record.py (the record folder, runs/<stage>/<time>/,
+and its files), progress.py (the bar and the printed lines), resume.py (--checkpoint and
+--resume), guard.py (signals, and every ending as one line and an exit code: bad input 2, a
+diverging loss 3, a failed write 4, Ctrl-C or SIGTERM 130), threads.py (--threads) and
+plots.py (curves.png).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import DIVERGED, INTERRUPTED, CourseError
+from common.run.gradients import layer_norms
+from common.run import summary
+from common.run.guard import Guard, divergence_message
+from common.run.progress import Progress
+from common.run.record import Record, score
+from common.run.resume import Checkpoints
+from common.run.threads import ThreadPolicy
+
+
+class StageRun:
+    """Use as `with StageRun(__file__, args) as run:` around a stage's whole run."""
+
+    def __init__(self, stage_file: str, args: argparse.Namespace, main_process: bool = True):
+        self.stage, self.args, self.main_process = Path(stage_file).stem, args, main_process
+        self.steps = self.epoch = 0  # steps count those of a resumed run too
+        self.accuracies: list[float] = []
+        self.summary: dict = {}
+        self.progress = Progress(self.stage, shown=main_process)
+        self.checkpoints = Checkpoints(self.stage, args, writes=main_process)
+        self.guard = Guard(self.stage, shown=main_process)
+        self.record = self.threads = None
+        self._epoch = {"first_step": 0, "steps": 0, "per_class": [], "classes": (), "data": {}}
+
+    @property
+    def record_dir(self) -> Path:
+        return self.record.folder if self.record is not None else Path(os.devnull)
+
+    @property
+    def running_loss(self) -> float:
+        return self.progress.running_loss
+
+    # ---------------------------------------------------------------- called from the loop
+    def resume(self, *objects) -> int:
+        """Name the objects that hold the run's state (what --checkpoint saves after each
+        epoch); with --resume, put their saved state back. Returns the epoch to start at."""
+        first_epoch, self.steps = self.checkpoints.resume(objects, self.progress.say)
+        return first_epoch
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        """The progress bar of the run (made at the first epoch), now at `epoch`."""
+        self.checkpoints.check_steps_per_epoch(steps)
+        self.epoch = epoch
+        self._epoch.update(first_step=self.steps, steps=steps)
+        if self.progress.bar is None:
+            self.threads.check(at_once=True)  # the set-up so far was the first look at the machine
+            self.progress.say(self.threads.describe())
+            total = (self.args.epochs - epoch + 1) * steps
+            if self.args.max_steps is not None:
+                total = max(0, min(total, self.args.max_steps - self.steps))
+            self.progress.start(total)
+        self.progress.epoch(epoch, self.args.epochs)
+        self.guard.stop_if_asked(self.steps)
+
+    def log_step(self, loss: float, gradients=None) -> None:
+        """One training step done: its loss (before the update) and, if given, the gradients
+        it used, as a dict of arrays or tensors, a dict of parameters, or a module."""
+        loss = float(loss)
+        self.steps += 1
+        if not math.isfinite(loss):
+            raise CourseError(divergence_message(loss, self.steps, self.args), DIVERGED)
+        if self.steps == 1:
+            self.progress.say(f"loss before any update: {loss:.4f} (small random weights give ten nearly equal "
+                              f"logits, so each class gets probability about 1/10 and the loss about ln 10 = "
+                              f"{math.log(10):.3f})")
+        self.record.row("losses.csv", (self.steps, self.epoch, repr(loss)))  # repr: every bit
+        if gradients is not None:
+            self.record.row("grad_norms.csv", (self.steps, *(f"{n:.6g}" for n in layer_norms(gradients))))
+        if self.threads.check():
+            self.record.row("threads.csv", (self.steps, self.threads.threads, f"{self.threads.others_busy:.2f}"))
+        self.progress.step(self.steps, loss)
+        self.guard.stop_if_asked(self.steps, every_step=True)
+
+    def end_epoch(self, predicted, data) -> float:
+        """Score the predicted classes of the test set; with --checkpoint, save the run's state
+        when the epoch was whole. Returns the test accuracy."""
+        accuracy, per_class = score(predicted, np.asarray(data.test_y), len(data.classes))
+        self.accuracies.append(accuracy)
+        self._epoch.update(per_class=per_class, classes=tuple(data.classes),
+                           data={"source": data.source, "details": getattr(data, "details", None)})
+        seconds = time.perf_counter() - self._start
+        self.record.row("accuracy.csv", (self.epoch, self.steps, f"{accuracy:.6f}", f"{seconds:.2f}"))
+        self.progress.say(f"{self.stage} epoch {self.epoch}: running loss {self.running_loss:.4f}, "
+                          f"test accuracy {100 * accuracy:.2f}% ({seconds:.1f}s)")
+        if self.steps - self._epoch["first_step"] == self._epoch["steps"]:  # a whole epoch
+            self.checkpoints.save(self.epoch, self.steps, self._epoch["steps"])
+        self.guard.stop_if_asked(self.steps)
+        return accuracy
+
+    def save_params(self, params: dict) -> None:
+        """The final parameters under their canonical names: params.npz, and for tensors also
+        model.pt, which loads with `Net().load_state_dict(torch.load(path, weights_only=True))`."""
+        self.record.save_params(params)
+
+    # ---------------------------------------------------------------- around the run
+    def __enter__(self) -> "StageRun":
+        self._start = time.perf_counter()
+        self.guard.__enter__()
+        self.threads = ThreadPolicy(self.args.threads)
+        try:
+            self.guard.stop_if_asked(self.steps)
+            self.record = Record(Path(self.args.out) if self.main_process else None, self.stage, vars(self.args))
+        except BaseException as err:
+            self.__exit__(type(err), err, err.__traceback__)
+            raise
+        # a diverging run overflows on the way to NaN; log_step() reports that in one line instead
+        self._quiet_numpy = np.errstate(over="ignore", invalid="ignore")
+        self._quiet_numpy.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self.progress.close()
+            if hasattr(self, "_quiet_numpy"):
+                self._quiet_numpy.__exit__(None, None, None)
+            if exc is None:
+                self._finish_or_say_why_not()
+                return False
+            ending = self.guard.ending(exc, self._interrupted_message(), self.record_dir)
+            if ending is not None:
+                why, message, code = ending
+                self._mark_incomplete(why)
+                self.guard.end(message, code)
+            return False  # anything else is a bug: let its traceback show
+        finally:
+            if self.record is not None:
+                self.record.close()
+            if self.threads is not None:
+                self.threads.restore()
+            self.guard.__exit__(None, None, None)
+
+    def _finish_or_say_why_not(self) -> None:
+        try:
+            self._finish()
+        except KeyboardInterrupt:  # a second signal while finishing: stop now
+            self._mark_incomplete("interrupted while writing the summary and figures")
+            self.guard.end(f"stopped while writing the summary and figures; the training record is in "
+                           f"{self.record_dir}, marked incomplete", INTERRUPTED)
+        except CourseError as err:  # a full disk while finishing: the training record stays
+            self._mark_incomplete("failed while writing the summary and figures")
+            self.guard.end(f"error: {err}", err.exit_code)
+        if self.guard.signalled():  # one signal while finishing: finished first, then say so
+            self.guard.end(f"{self.guard.signal_name()} while writing the summary and figures: they were "
+                           f"finished first, the record is complete in {self.record_dir}", INTERRUPTED)
+
+    def _finish(self) -> None:
+        accuracy = self.accuracies[-1] if self.accuracies else float("nan")
+        self.summary = {"stage": self.stage, "final_loss": self.running_loss, "test_accuracy": accuracy,
+                        "seconds": time.perf_counter() - self._start, "steps": self.steps,
+                        "record": str(self.record_dir), "complete": True, "data": self._epoch["data"]}
+        if self.record.writes:
+            summary.finish(self.record, self.progress, self.summary, self._epoch["classes"],
+                           self._epoch["per_class"], self.args.max_steps)
+
+    def _mark_incomplete(self, why: str) -> None:
+        """An ended run leaves summary.json saying it is incomplete, and why."""
+        if self.record is not None and self.main_process:
+            self.record.mark_incomplete({"stage": self.stage, "complete": False, "ended": why,
+                                         "steps": self.steps, "record": str(self.record_dir)})
+
+    def _interrupted_message(self) -> str:
+        return (f"interrupted by {self.guard.signal_name()} at step {self.steps}"
+                f"{self.checkpoints.interrupted_note()}; the record so far is in {self.record_dir}")

@@ -1,0 +1,97 @@
+"""The guard around a run: a signal stops it between two steps (the processes of a distributed
+run agreeing first), and every way a run can end becomes one line and an exit code."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from common.errors import INTERRUPTED, WRITE_FAILED, CourseError, printable
+from common.loaded import loaded_torch
+from common.run import checkpoint, signals
+
+AGREE_EVERY = 10  # steps between two agreements on stopping, in a distributed run
+
+
+class Guard:
+    def __init__(self, stage: str, shown: bool):
+        self.stage, self.shown = stage, shown
+
+    def __enter__(self) -> "Guard":
+        signals.defer()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        signals.restore()
+        return False
+
+    def stop_if_asked(self, steps: int, every_step: bool = False) -> None:
+        """Stop between two steps once a signal came. In a distributed run the processes agree
+        first (every AGREE_EVERY steps), so that all stop after the same step and none is left
+        waiting for the others in an all-reduce."""
+        asked = signals.pending() is not None
+        group = process_group()
+        if group is not None:
+            if every_step and steps % AGREE_EVERY:
+                return
+            asked = group.any(asked)
+        if asked:
+            raise KeyboardInterrupt
+
+    @staticmethod
+    def signal_name() -> str:
+        return signals.name(signals.pending())
+
+    @staticmethod
+    def signalled() -> bool:
+        return signals.pending() is not None
+
+    def ending(self, exc: BaseException, interrupted: str, record_dir: Path) -> tuple[str, str, int] | None:
+        """How an exception ends the run: (why, for summary.json; the line; the exit code), or
+        None for a bug, whose traceback should show."""
+        if isinstance(exc, KeyboardInterrupt):
+            return "interrupted", interrupted, INTERRUPTED
+        if isinstance(exc, CourseError):
+            return "failed", f"error: {exc}", exc.exit_code
+        if isinstance(exc, OSError) and exc.errno is not None:  # a write outside the record's helpers
+            path = exc.filename or record_dir
+            return "failed", (f"error: cannot write {path}: {exc.strerror}"
+                              f"{checkpoint.free_space_note(Path(path))}"), WRITE_FAILED
+        return None
+
+    def end(self, message: str, code: int) -> None:
+        if self.shown:
+            print(f"{self.stage}: {printable(message)}", file=sys.stderr)
+        raise SystemExit(code)
+
+
+def divergence_message(loss: float, steps: int, args) -> str:
+    """A NaN or infinite loss, and what the learner can change."""
+    blame = f"try a smaller --lr than {args.lr}"
+    # SGD's first update uses the gradient alone: momentum first shows in the loss of step 3
+    if getattr(args, "momentum", 0) >= 1 and steps >= 3:
+        blame = f"--momentum {args.momentum} is 1 or more, so the update never decays; use a momentum below 1"
+    return f"the loss became {loss} at step {steps}: training diverged; {blame}"
+
+
+# ---------------------------------------------------------------- distributed runs
+class Group:
+    """The process group of a distributed run, for the recorder's own agreements."""
+
+    def __init__(self, dist):
+        self.dist = dist
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is True on any."""
+        torch = loaded_torch()
+        device = torch.device("cuda", torch.cuda.current_device()) if self.dist.get_backend() == "nccl" else "cpu"
+        value = torch.tensor([int(flag)], device=device)
+        self.dist.all_reduce(value, op=self.dist.ReduceOp.MAX)
+        return bool(value.item())
+
+
+def process_group() -> Group | None:
+    torch = loaded_torch()
+    dist = getattr(torch, "distributed", None) if torch is not None else None
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    return Group(dist)

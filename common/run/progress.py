@@ -1,0 +1,45 @@
+"""What a run shows as it goes: the progress bar, the running loss, and lines printed above the bar."""
+from __future__ import annotations
+
+import sys
+from collections import deque
+
+from tqdm import tqdm
+
+RUNNING_LOSS_STEPS = 100  # the progress bar and the summary average the loss over this many steps
+REFRESH_EVERY = 50  # steps between progress-bar text updates: formatting every step costs time
+
+
+class Progress:
+    """One progress bar for the whole run (made at its first epoch); shown by one process only."""
+
+    def __init__(self, stage: str, shown: bool):
+        self.stage, self.shown = stage, shown
+        self.recent_losses: deque[float] = deque(maxlen=RUNNING_LOSS_STEPS)
+        self.bar = None
+
+    @property
+    def running_loss(self) -> float:
+        return sum(self.recent_losses) / max(len(self.recent_losses), 1)
+
+    def start(self, total: int) -> None:
+        self.bar = tqdm(total=total, unit="step", leave=False, dynamic_ncols=True, file=sys.stderr,
+                        disable=not self.shown)
+
+    def epoch(self, epoch: int, epochs: int) -> None:
+        self.bar.set_description(f"{self.stage} epoch {epoch}/{epochs}", refresh=False)
+
+    def step(self, steps: int, loss: float) -> None:
+        self.recent_losses.append(loss)
+        self.bar.update()
+        if steps % REFRESH_EVERY == 0:
+            self.bar.set_postfix(loss=f"{self.running_loss:.4f}", refresh=False)
+
+    def say(self, line: str, file=None) -> None:
+        """A line above the bar (looked up now: the tests swap sys.stdout)."""
+        if self.shown:
+            tqdm.write(line, file=file or sys.stdout)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,104 @@
+"""--checkpoint and --resume for one run: what it saves after each whole epoch, and the checks
+that a checkpoint belongs to this run before its state is put back (common/run/checkpoint.py
+is the file format)."""
+from __future__ import annotations
+
+import argparse
+
+from common.errors import CourseError, one_line
+from common.loaded import loaded_torch
+from common.run import checkpoint
+
+SAME_RUN = ("stage", "dtype", "batch_size", "seed")  # what a resumed run must share with the saved one
+
+
+class Checkpoints:
+    def __init__(self, stage: str, args: argparse.Namespace, writes: bool):
+        self.stage, self.args, self.writes = stage, args, writes
+        self.objects: tuple = ()
+        self.resumed: dict = {}  # the checkpoint's meta fields, after a resume
+        self.saved_epoch = None  # the epoch the last checkpoint holds
+
+    def resume(self, objects: tuple, say) -> tuple[int, int]:
+        """Remember what holds the run's state; with --resume, put it back. Returns the epoch to
+        start at and the steps already taken."""
+        self.objects = objects
+        if self.args.checkpoint is not None:
+            checkpoint.check_writable(self.args.checkpoint)
+        if self.args.resume is None:
+            return 1, 0
+        meta, states = checkpoint.load(self.args.resume)
+        where = f"--resume {self.args.resume}"
+        for key in SAME_RUN:
+            value = self.stage if key == "stage" else getattr(self.args, key)
+            if meta[key] != value:
+                raise CourseError(f"{where}: made with {key} {meta[key]!r}, but this run has {value!r}")
+        kinds = [checkpoint.describe(o) for o in objects]
+        saved_kinds = [entry["kind"] for entry in meta["state"]]
+        if kinds != saved_kinds:
+            raise CourseError(f"{where}: holds {saved_kinds}, this stage keeps {kinds}")
+        for obj, state in zip(objects, states):
+            checkpoint.restore(obj, state, where, self.args.dtype)
+        restore_rng(meta, where)
+        self._announce_changed_hyperparameters(meta["hyperparameters"], where, say)
+        self.resumed, self.saved_epoch = meta, meta["epoch"]
+        if meta["epoch"] >= self.args.epochs:
+            say(f"{where}: that run already finished its {meta['epoch']} epoch(s) "
+                f"({meta['step']} steps); nothing to train (ask for more with --epochs)")
+            raise SystemExit(0)
+        say(f"resumed from {self.args.resume}: {meta['epoch']} epoch(s), {meta['step']} steps done")
+        return meta["epoch"] + 1, meta["step"]
+
+    def check_steps_per_epoch(self, steps: int) -> None:
+        if self.resumed and steps != self.resumed["steps_per_epoch"]:
+            raise CourseError(f"--resume {self.args.resume}: made with {self.resumed['steps_per_epoch']} "
+                              f"steps per epoch, this run has {steps} (other data?)")
+
+    def save(self, epoch: int, steps: int, steps_per_epoch: int) -> None:
+        """After a whole epoch, with --checkpoint: the run's state, atomically."""
+        if self.args.checkpoint is None or not self.writes:
+            return
+        meta = {"stage": self.stage, "dtype": self.args.dtype, "batch_size": self.args.batch_size,
+                "seed": self.args.seed, "steps_per_epoch": steps_per_epoch, "epoch": epoch,
+                "step": steps, "hyperparameters": self._hyperparameters()}
+        checkpoint.save(self.args.checkpoint, meta, list(self.objects))
+        self.saved_epoch = epoch
+
+    def interrupted_note(self) -> str:
+        """What a learner can do with the checkpoint after an interruption."""
+        if self.args.checkpoint is None:
+            return ""
+        if self.saved_epoch is None:
+            return "; no checkpoint yet (one is saved after each whole epoch)"
+        return (f"; {self.args.checkpoint} holds epoch {self.saved_epoch}: "
+                f"--resume {self.args.checkpoint} continues from epoch {self.saved_epoch + 1}")
+
+    def _hyperparameters(self) -> dict:
+        return {key: getattr(self.args, key) for key in checkpoint.HYPERPARAMETERS if hasattr(self.args, key)}
+
+    def _announce_changed_hyperparameters(self, saved: dict, where: str, say) -> None:
+        """A resume may change --lr, --momentum or --dropout (to lower the learning rate, say):
+        the new values apply from the next step, and the run says so in one line."""
+        now = self._hyperparameters()
+        changed = [f"--{k} {now[k]} (was {saved[k]})" for k in now if k in saved and saved[k] != now[k]]
+        if changed:
+            say(f"{where}: continuing with {', '.join(changed)}")
+        torch = loaded_torch()
+        for obj in self.objects:  # load_state_dict() brought back the old values: the command line wins
+            if torch is not None and isinstance(obj, torch.optim.Optimizer):
+                for group in obj.param_groups:
+                    group.update(lr=self.args.lr, momentum=self.args.momentum)
+
+
+def restore_rng(meta: dict, where: str) -> None:
+    """torch's global generators as the checkpoint saved them (the numpy stage has none)."""
+    torch = loaded_torch()
+    if torch is None:
+        return
+    try:
+        if "torch_rng" in meta:
+            torch.set_rng_state(torch.as_tensor(meta["torch_rng"]))
+        if "cuda_rng" in meta and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([torch.as_tensor(state) for state in meta["cuda_rng"]])
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise CourseError(f"{where}: damaged random-number state ({one_line(str(err), 120)})") from None

@@ -1,0 +1,6 @@
+"""What the tests share (see tests/conftest.py for the fixtures)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
