@@ -10,7 +10,9 @@
    through a CIFAR10-style Dataset (a PIL image per sample, ToTensor, Normalize; batch 4);
 4. achieved GFLOP/s per stage, from the network's FLOP count, against the machine's peak for
    a large float32 matrix product measured in the same run;
-5. peak memory of one step of the numpy stage at batch 256 against stage 6.
+5. peak memory of one step of the numpy stage at batch 256 against stage 6;
+6. stages 11-13 side by side: float32, autocast, autocast and torch.compile (step time, and the
+   first step's, where torch.compile compiles).
 
 Run: python -m benchmarks.bench [--quick] [--out runs/bench]
 """
@@ -70,17 +72,25 @@ def _timed(fn) -> float:
 
 
 # ---------------------------------------------------------------- 1. train_step times
-def step_time(stage, batch_size: int, dtype: str, repeats: int, warmup: int = 3, policy=None) -> float:
-    """Median seconds of one training step, on fresh batches each time; with a thread policy,
-    it looks at the machine between steps as the run recorder does."""
+def step_time(stage, batch_size: int, dtype: str, repeats: int, warmup: int = 3, policy=None,
+              first: list | None = None) -> float:
+    """Median seconds of one training step, on fresh batches each time, the model built as the
+    stage's main() builds it (autocast from stage 12, torch.compile from stage 13); with a thread
+    policy, it looks at the machine between steps as the run recorder does. `first`, if given,
+    receives the seconds of the first step (where torch.compile compiles)."""
     d = driver(stage)
-    model = d.build(reference_params(0), dtype=dtype)
+    options = d.main_options()
+    if "compile" in options:
+        torch.compiler.reset()  # compile afresh for each setting, never from a full cache of earlier ones
+    model = d.build(reference_params(0), dtype=dtype, **options)
     batches = [d.inputs(model, x, y) for x, y in sample_batches(warmup + repeats, batch_size, seed=1)]
     times = []
     for i, (x, y) in enumerate(batches):
         seconds = _timed(lambda: d.train_step(model, x, y, 0.001, 0.9))
         if policy is not None:
             policy.check()
+        if i == 0 and first is not None:
+            first.append(seconds)
         if i >= warmup:
             times.append(seconds)
     return statistics.median(times)
@@ -98,6 +108,23 @@ def bench_steps(repeats: int) -> list[dict]:
     for r in rows:
         r["vs_stage06"] = r["ms"] / reference[r["batch"], r["dtype"]]
         r["gflops"] = flops_per_image_train_step() * r["batch"] / (r["ms"] / 1000) / 1e9
+    return rows
+
+
+# ---------------------------------------------------------------- 6. PyTorch 2: mixed precision and torch.compile
+def bench_pytorch2(repeats: int) -> list[dict]:
+    """Stage 11 (float32), stage 12 (autocast) and stage 13 (autocast and torch.compile) side by
+    side: the step time, its ratio to stage 11, and the first step's seconds (compiling)."""
+    names = [n for n in stage_names() if int(n.split(".stage")[1][:2]) >= 11]
+    rows = []
+    for batch_size in (4, 64):
+        for name in names:
+            first = []
+            ms = 1000 * step_time(name, batch_size, "float32", repeats, warmup=5, first=first)
+            rows.append({"stage": name.split(".")[1], "batch": batch_size, "ms": ms, "first_step_s": first[0]})
+        reference = next(r["ms"] for r in rows if r["batch"] == batch_size and r["stage"].startswith("stage11"))
+        for r in rows[-len(names):]:
+            r["vs_stage11"] = r["ms"] / reference
     return rows
 
 
@@ -274,7 +301,7 @@ def bench_memory() -> list[dict]:
     return rows
 
 
-PARTS = ("steps", "shared", "throughput", "memory")
+PARTS = ("steps", "shared", "throughput", "memory", "pytorch2")
 
 
 # ---------------------------------------------------------------- output
@@ -315,7 +342,7 @@ def main(argv=None) -> dict:
     measure = {"steps": lambda: bench_steps(repeats),
                "shared": lambda: bench_shared(repeats=10 if args.quick else 30),
                "throughput": lambda: bench_throughput(2000 if args.quick else 8000, 4, rounds=1 if args.quick else 5),
-               "memory": bench_memory}
+               "memory": bench_memory, "pytorch2": lambda: bench_pytorch2(repeats)}
     results = {part: measure[part]() for part in PARTS if part in args.parts}
     titles = {
         "steps": "one training step (median ms; ratio to stage 6; achieved GFLOP/s and fraction of the matmul peak)",
@@ -325,6 +352,8 @@ def main(argv=None) -> dict:
                   "one_thread_idle_vs_auto_idle is the most a run can keep beside a busy process when one core is left",
         "throughput": "one epoch at batch 4 (images/s; ratio to the tutorial's loop, goal >= 0.95)",
         "memory": "peak extra memory of one float32 step at batch 256 (MiB)",
+        "pytorch2": "stages 11-13, float32 (median ms; ratio to stage 11; the first step, where torch.compile "
+                    "compiles, in seconds)",
     }
     for r in results.get("steps", []):
         r["of_peak"] = r["gflops"] / peak

@@ -101,17 +101,50 @@ def file_path(text: str) -> str:
 
 
 def device_name(text: str) -> str:
-    """auto, cpu, cuda or cuda:N, where N must be a GPU this machine has."""
-    kind, _, index = text.partition(":")
-    if not (text in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())):
-        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
-    if kind == "cuda":
-        import torch
+    """auto, cpu, or this machine's accelerator (cuda, mps, xpu, ...), perhaps with :N: one that is here."""
+    import torch
 
-        visible = torch.cuda.device_count()
-        if int(index or 0) >= visible:
-            raise argparse.ArgumentTypeError(f"{text}: no such CUDA device here ({visible} visible); use --device cpu")
+    try:
+        device = torch.device(text) if text != "auto" else None
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"must be auto, cpu or an accelerator such as cuda, cuda:1 or mps, "
+                                         f"got {text!r}") from None
+    if device is None or device.type == "cpu":
+        return text
+    here = torch.accelerator.current_accelerator(check_available=True)
+    if here is None or here.type != device.type:
+        has = f"its accelerator is {here.type}" if here is not None else "it has no accelerator"
+        raise argparse.ArgumentTypeError(f"{text}: no such device on this machine ({has}); use --device auto or cpu")
+    if (device.index or 0) >= torch.accelerator.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: no such {device.type} device here "
+                                         f"({torch.accelerator.device_count()} visible); use --device auto or cpu")
     return text
+
+
+def process_device_name(text: str) -> str:
+    """device_name(), for a process group: its backends all-reduce on cuda (nccl) or the cpu (gloo) only."""
+    text = device_name(text)
+    kind = text.partition(":")[0]
+    if kind not in ("auto", "cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text}: a process group all-reduces on cuda (nccl) or cpu (gloo), "
+                                         f"not on {kind}; use --device cpu")
+    return text
+
+
+def device_kind(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The kind of device --device names, auto resolved as the stage resolves it: the machine's
+    accelerator, or for a process group (stage 11) cuda if there is one; None without --device."""
+    if getattr(args, "device", None) is None:
+        return None
+    kind = args.device.partition(":")[0]
+    if kind != "auto":
+        return kind
+    import torch
+
+    if any(a.type is process_device_name for a in parser._actions):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    here = torch.accelerator.current_accelerator(check_available=True)
+    return here.type if here is not None else "cpu"
 
 
 def _number(kind: Callable, text: str):
@@ -179,16 +212,23 @@ def _check_together(parser: OneLineParser, args: argparse.Namespace) -> None:
     for name in ("lr", "momentum"):
         if getattr(args, name) > largest:  # torch cannot even pass such a factor to a float32 kernel
             parser.error(f"argument --{name}: {getattr(args, name)} does not fit in {args.dtype}")
+    kind = device_kind(parser, args)
+    if kind == "mps" and args.dtype == "float64":
+        parser.error(f"argument --dtype: mps has no float64 (--device {args.device} is mps here); "
+                     "use --dtype float32, or --device cpu")
     local_rank = os.environ.get("LOCAL_RANK")
-    if local_rank is not None and getattr(args, "device", "cpu") in ("auto", "cuda"):  # under torchrun: stage 11
+    if local_rank is not None and kind == "cuda" and args.device in ("auto", "cuda"):  # under torchrun: stage 11
         import torch
 
         visible = torch.cuda.device_count()
-        if visible and int(local_rank) >= visible:
+        if int(local_rank) >= visible:
             parser.error(f"argument --device: {args.device} means cuda:LOCAL_RANK, and this is process "
                          f"LOCAL_RANK={local_rank} but only {visible} GPU(s) are visible: start at most {visible} "
                          "process(es) per machine, or use --device cpu")
-    if getattr(args, "data_parallel", False) and getattr(args, "device", "auto") == "cpu":
+    if getattr(args, "data_parallel", False) and kind not in ("cuda", "cpu"):
+        parser.error(f"argument --data-parallel: DataParallel splits batches over CUDA GPUs; on {kind} "
+                     "it would only call the model (drop --data-parallel)")
+    if getattr(args, "data_parallel", False) and kind == "cpu":
         import torch
 
         if torch.cuda.is_available():

@@ -197,10 +197,10 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def show_gradient(grads):
-    """The gradient of conv1's bias after the first step, to look at."""
-    tqdm.write("conv1.bias gradient after step 1, by the hand-written backward: "
-               + " ".join(f"{g:+.4e}" for g in grads["conv1.bias"].tolist()))
+def show_first_step(loss, conv1_bias_grad):
+    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
+               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(params, momentum_buffers, train_batches, args, run):
@@ -209,20 +209,21 @@ def train_one_epoch(params, momentum_buffers, train_batches, args, run):
         loss, dlogits = cross_entropy(logits, y)
         grads = backward(params, cache, dlogits)
         sgd_momentum_update(params, momentum_buffers, grads, args.lr, args.momentum)
-        run.log_step(loss.item(), grads)  # the progress bar; the loss and each layer's gradient norm, on disk
+        run.log_step(loss, grads)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
         if run.steps == 1:
-            show_gradient(grads)  # tqdm.write prints above the progress bar
+            show_first_step(loss, grads["conv1.bias"])  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
 
-def evaluate(params, images, dtype):
-    """The predicted class of every test image: the one with the highest logit."""
+def evaluate(params, images, labels, dtype):
+    """How many test images the network classifies correctly, and the class it predicts for each."""
     predicted = []
     for start in range(0, len(images), EVAL_BATCH_SIZE):
         x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
-        predicted.append(forward(params, x).argmax(dim=1))
-    return torch.cat(predicted)
+        predicted.append(forward(params, x).argmax(dim=1))  # the class with the highest logit
+    predicted = torch.cat(predicted)
+    return (predicted == torch.from_numpy(labels)).sum().item(), predicted
 
 
 def main(argv=None):
@@ -240,7 +241,8 @@ def main(argv=None):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
             train_one_epoch(params, momentum_buffers, train_batches, args, run)
-            run.end_epoch(evaluate(params, data.test_x, dtype), data)  # prints the test accuracy
+            correct, predicted = evaluate(params, data.test_x, data.test_y, dtype)
+            run.end_epoch(correct, data, predicted)  # prints the test accuracy
             if run.steps == args.max_steps:
                 break
         run.save_params(params)

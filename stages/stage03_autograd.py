@@ -84,13 +84,6 @@ def forward(params, x):
     return linear(h, p["fc3.weight"], p["fc3.bias"])  # (N, 10)
 
 
-def show_tensor(name, t):
-    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
-    w = t.clone()  # a copy: the demonstration leaves the weights alone
-    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
-          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
-
-
 # ---------------------------------------------------------------- loss and step
 def cross_entropy(logits, y):
     """Mean softmax cross-entropy."""
@@ -131,10 +124,10 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def show_gradient(params):
-    """The gradient of conv1's bias after the first step, where autograd put it: in .grad."""
-    tqdm.write("conv1.bias.grad after step 1, by loss.backward(): "
-               + " ".join(f"{g:+.4e}" for g in params["conv1.bias"].grad.tolist()))
+def show_first_step(loss, conv1_bias_grad):
+    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
+               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(params, momentum_buffers, train_batches, args, run):
@@ -143,21 +136,22 @@ def train_one_epoch(params, momentum_buffers, train_batches, args, run):
         loss = cross_entropy(forward(params, x), y)
         loss.backward()  # fills p.grad of every parameter
         sgd_momentum_update(params, momentum_buffers, args.lr, args.momentum)
-        run.log_step(loss.item(), params)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        run.log_step(loss, params)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
         if run.steps == 1:
-            show_gradient(params)  # tqdm.write prints above the progress bar
+            show_first_step(loss, params["conv1.bias"].grad)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
-def evaluate(params, images, dtype):
-    """The predicted class of every test image: the one with the highest logit."""
+def evaluate(params, images, labels, dtype):
+    """How many test images the network classifies correctly, and the class it predicts for each."""
     predicted = []
     for start in range(0, len(images), EVAL_BATCH_SIZE):
         x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
-        predicted.append(forward(params, x).argmax(dim=1))
-    return torch.cat(predicted)
+        predicted.append(forward(params, x).argmax(dim=1))  # the class with the highest logit
+    predicted = torch.cat(predicted)
+    return (predicted == torch.from_numpy(labels)).sum().item(), predicted
 
 
 def main(argv=None):
@@ -171,12 +165,12 @@ def main(argv=None):
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
         first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
-        show_tensor("conv1.weight", params["conv1.weight"])
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
             train_one_epoch(params, momentum_buffers, train_batches, args, run)
-            run.end_epoch(evaluate(params, data.test_x, dtype), data)  # prints the test accuracy
+            correct, predicted = evaluate(params, data.test_x, data.test_y, dtype)
+            run.end_epoch(correct, data, predicted)  # prints the test accuracy
             if run.steps == args.max_steps:
                 break
         run.save_params(params)

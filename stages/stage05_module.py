@@ -65,24 +65,13 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def show_tensor(name, t):
-    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
-    w = t.clone()  # a copy: the demonstration leaves the weights alone
-    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
-          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
+def show_parameters(model):
+    """What the module holds: named_parameters() yields each layer's weight and bias, by name."""
+    print("model.named_parameters(): " + ", ".join(f"{name} {tuple(p.shape)}" for name, p in model.named_parameters())
+          + f"; {sum(p.numel() for p in model.parameters()):,} numbers in all")
 
 
 # ---------------------------------------------------------------- loss and step
-@torch.no_grad()
-def show_loss_and_cost(model, x, y):
-    """One loss per image (reduction="none"), and their mean: what F.cross_entropy returns."""
-    logits = model(x)
-    losses = F.cross_entropy(logits, y, reduction="none")  # (N,)
-    each = " ".join(f"{v:.4f}" for v in losses.tolist())
-    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
-          f"{losses.mean():.4f}; F.cross_entropy(logits, y): {F.cross_entropy(logits, y):.4f}")
-
-
 def sgd_momentum_update(model, momentum_buffers, lr, momentum):
     """torch.optim.SGD's rule: buf = momentum * buf + grad (first buf = grad); p -= lr * buf."""
     with torch.no_grad():  # the update is not part of the model: autograd must not record it
@@ -108,12 +97,10 @@ def batches(images, labels, batch_size, dtype, rng):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def show_gradient(model):
-    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
-    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
-               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
-    tqdm.write("norm of each .grad, in named_parameters() order: "
-               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+def show_first_step(loss, conv1_bias_grad):
+    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
+               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(model, momentum_buffers, train_batches, args, run):
@@ -122,21 +109,22 @@ def train_one_epoch(model, momentum_buffers, train_batches, args, run):
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         sgd_momentum_update(model, momentum_buffers, args.lr, args.momentum)
-        run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        run.log_step(loss, model)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
         if run.steps == 1:
-            show_gradient(model)  # tqdm.write prints above the progress bar
+            show_first_step(loss, model.conv1.bias.grad)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
-def evaluate(model, images, dtype):
-    """The predicted class of every test image: the one with the highest logit."""
+def evaluate(model, images, labels, dtype):
+    """How many test images the model classifies correctly, and the class it predicts for each."""
     predicted = []
     for start in range(0, len(images), EVAL_BATCH_SIZE):
         x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
-        predicted.append(model(x).argmax(dim=1))
-    return torch.cat(predicted)
+        predicted.append(model(x).argmax(dim=1))  # the class with the highest logit
+    predicted = torch.cat(predicted)
+    return (predicted == torch.from_numpy(labels)).sum().item(), predicted
 
 
 def main(argv=None):
@@ -147,19 +135,16 @@ def main(argv=None):
         dtype = DTYPES[args.dtype]
         model = Net().to(dtype)
         model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
-        print(f"model: {len(list(model.parameters()))} parameter tensors, "
-              f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
+        show_parameters(model)
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
         first_epoch = run.resume(model, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
-        show_tensor("conv1.weight", model.conv1.weight)
-        x, y = normalise(data.test_x[:4], dtype), torch.from_numpy(data.test_y[:4])  # a batch to look at
-        show_loss_and_cost(model, x, y)
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
             train_one_epoch(model, momentum_buffers, train_batches, args, run)
-            run.end_epoch(evaluate(model, data.test_x, dtype), data)  # prints the test accuracy
+            correct, predicted = evaluate(model, data.test_x, data.test_y, dtype)
+            run.end_epoch(correct, data, predicted)  # prints the test accuracy
             if run.steps == args.max_steps:
                 break
         run.save_params(model.state_dict())

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn, optim
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import transforms
-from torchvision.datasets import CIFAR10
 from tqdm import tqdm
 
 from common.cli import non_negative_int, parse_args, probability
@@ -63,25 +62,6 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def show_tensor(name, t):
-    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
-    w = t.clone()  # a copy: the demonstration leaves the weights alone
-    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
-          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
-
-
-# ---------------------------------------------------------------- loss and step
-@torch.no_grad()
-def show_loss_and_cost(model, criterion, x, y):
-    """One loss per image (reduction="none"), and their mean: what the criterion returns."""
-    model.eval()  # dropout off, as in evaluate(): no random numbers drawn; train_one_epoch() turns it on
-    logits = model(x)
-    losses = nn.CrossEntropyLoss(reduction="none")(logits, y)  # (N,)
-    each = " ".join(f"{v:.4f}" for v in losses.tolist())
-    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
-          f"{losses.mean():.4f}; criterion(logits, y): {criterion(logits, y):.4f}")
-
-
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
     """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
@@ -104,12 +84,8 @@ class ArrayDataset(Dataset):
 
 def make_loaders(data, args):
     transform = make_transform(DTYPES[args.dtype])
-    if data.root is not None:  # the data came through torchvision: use its Dataset
-        train_set = CIFAR10(data.root, train=True, transform=transform)
-        test_set = CIFAR10(data.root, train=False, transform=transform)
-    else:
-        train_set = ArrayDataset(data.train_x, data.train_y, transform)
-        test_set = ArrayDataset(data.test_x, data.test_y, transform)
+    train_set = ArrayDataset(data.train_x, data.train_y, transform)
+    test_set = ArrayDataset(data.test_x, data.test_y, transform)
     generator = torch.Generator().manual_seed(args.seed)  # the shuffle order follows --seed
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=generator,
                               num_workers=args.workers)
@@ -118,12 +94,10 @@ def make_loaders(data, args):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def show_gradient(model):
-    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
-    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
-               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
-    tqdm.write("norm of each .grad, in named_parameters() order: "
-               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+def show_first_step(loss, conv1_bias_grad):
+    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
+               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
@@ -133,9 +107,9 @@ def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
-        run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        run.log_step(loss, model)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
         if run.steps == 1:
-            show_gradient(model)  # tqdm.write prints above the progress bar
+            show_first_step(loss, model.conv1.bias.grad)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
@@ -159,12 +133,14 @@ def show_train_and_eval_modes(model, x):
 
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, test_loader):
-    """The predicted class of every test image: the one with the highest logit."""
+    """How many test images the model classifies correctly, and the class it predicts for each."""
     model.eval()  # dropout off: every prediction uses the whole network
-    predicted = []
-    for x, _ in test_loader:
-        predicted.append(model(x).argmax(dim=1))
-    return torch.cat(predicted)
+    correct, predicted = 0, []
+    for x, y in test_loader:
+        guess = model(x).argmax(dim=1)  # the class with the highest logit
+        correct += (guess == y).sum().item()
+        predicted.append(guess)
+    return correct, torch.cat(predicted)
 
 
 def add_options(parser):
@@ -181,20 +157,17 @@ def main(argv=None):
         data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         model = Net(args.dropout).to(DTYPES[args.dtype])
         model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
-        print(f"model: {len(list(model.parameters()))} parameter tensors, "
-              f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
         criterion = nn.CrossEntropyLoss()
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args)
         first_epoch = run.resume(model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
-        show_tensor("conv1.weight", model.conv1.weight)
-        x, y = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 samples, one batch
-        show_loss_and_cost(model, criterion, x, y)
+        x, _ = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 test images, one batch
         show_train_and_eval_modes(model, x)
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=len(train_loader))
             train_one_epoch(model, train_loader, criterion, optimizer, args, run)
-            run.end_epoch(evaluate(model, test_loader), data)  # prints the test accuracy
+            correct, predicted = evaluate(model, test_loader)
+            run.end_epoch(correct, data, predicted)  # prints the test accuracy
             if run.steps == args.max_steps:
                 break
         run.save_params(model.state_dict())

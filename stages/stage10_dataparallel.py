@@ -29,14 +29,11 @@ Changes from stage 9:
 
 Run: python -m stages.stage10_dataparallel --epochs 1 [--data-parallel]
 """
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
-from torchvision.datasets import CIFAR10
 from tqdm import tqdm
 
 from common.cli import device_name, non_negative_int, parse_args, probability
@@ -70,25 +67,6 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def show_tensor(name, t):
-    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
-    w = t.clone()  # a copy: the demonstration leaves the weights alone
-    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
-          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
-
-
-# ---------------------------------------------------------------- loss and step
-@torch.no_grad()
-def show_loss_and_cost(model, criterion, x, y):
-    """One loss per image (reduction="none"), and their mean: what the criterion returns."""
-    model.eval()  # dropout off, as in evaluate(): no random numbers drawn; train_one_epoch() turns it on
-    logits = model(x)
-    losses = nn.CrossEntropyLoss(reduction="none")(logits, y)  # (N,)
-    each = " ".join(f"{v:.4f}" for v in losses.tolist())
-    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
-          f"{losses.mean():.4f}; criterion(logits, y): {criterion(logits, y):.4f}")
-
-
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
     """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
@@ -111,12 +89,8 @@ class ArrayDataset(Dataset):
 
 def make_loaders(data, args, device):
     transform = make_transform(DTYPES[args.dtype])
-    if data.root is not None:  # the data came through torchvision: use its Dataset
-        train_set = CIFAR10(data.root, train=True, transform=transform)
-        test_set = CIFAR10(data.root, train=False, transform=transform)
-    else:
-        train_set = ArrayDataset(data.train_x, data.train_y, transform)
-        test_set = ArrayDataset(data.test_x, data.test_y, transform)
+    train_set = ArrayDataset(data.train_x, data.train_y, transform)
+    test_set = ArrayDataset(data.test_x, data.test_y, transform)
     generator = torch.Generator().manual_seed(args.seed)  # the shuffle order follows --seed
     pin_memory = device.type == "cuda"  # page-locked batches can be copied to the GPU asynchronously
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=generator,
@@ -126,13 +100,10 @@ def make_loaders(data, args, device):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def show_gradient(model):
-    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
-    model = model.module if isinstance(model, nn.DataParallel) else model  # the Net inside the wrapper
-    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
-               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
-    tqdm.write("norm of each .grad, in named_parameters() order: "
-               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+def show_first_step(loss, conv1_bias_grad):
+    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
+               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run):
@@ -143,52 +114,40 @@ def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
-        run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
+        run.log_step(loss, model)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
         if run.steps == 1:
-            show_gradient(model)  # tqdm.write prints above the progress bar
+            net = model.module if isinstance(model, nn.DataParallel) else model  # the Net, wrapped or not
+            show_first_step(loss, net.conv1.bias.grad)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
 
-@torch.no_grad()
-def show_train_and_eval_modes(model, x):
-    """Dropout 0.5 in a throw-away copy of the model: two train-mode forwards of one batch
-    differ, two eval-mode forwards agree. fork_rng() puts the random state back afterwards,
-    so the run draws exactly the numbers it would draw without this."""
-    probe = copy.deepcopy(model)
-    probe.dropout.p = 0.5
-    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):  # the CPU's and x's GPU's
-        probe.train()
-        first, second = probe(x), probe(x)
-        probe.eval()
-        third, fourth = probe(x), probe(x)
-    print(f"a copy with dropout 0.5: two train-mode forwards of one batch differ by up to "
-          f"{(first - second).abs().max():.4f}, two eval-mode forwards are identical: "
-          f"{torch.equal(third, fourth)} (this run's --dropout: {model.dropout.p})")
-
-
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, device, test_loader):
-    """The predicted class of every test image: the one with the highest logit."""
+    """How many test images the model classifies correctly, and the class it predicts for each."""
     model.eval()  # dropout off: every prediction uses the whole network
-    predicted = []
-    for x, _ in test_loader:
-        predicted.append(model(x.to(device, non_blocking=True)).argmax(dim=1))
-    return torch.cat(predicted)
+    correct, predicted = 0, []
+    for x, y in test_loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        guess = model(x).argmax(dim=1)  # the class with the highest logit
+        correct += (guess == y).sum().item()
+        predicted.append(guess)
+    return correct, torch.cat(predicted)
 
 
 def choose_device(name):
-    """auto: the first GPU if there is one, else the CPU; cuda: the first GPU. (common/cli.py has
-    already refused a GPU that is not there.)"""
+    """auto: this machine's accelerator (CUDA, MPS, XPU, ...) if it has one, else the CPU.
+    (common/cli.py has already refused a device that is not there.)"""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device("cuda:0" if name == "cuda" else name)
+        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
+    return torch.device(name)
 
 
 def gpus_starting_at(device):
     """Every visible GPU, the model's own first: DataParallel requires the parameters on
     device_ids[0] and gathers the outputs there. (With no GPU visible it ignores the list.)"""
-    return [device.index] + [i for i in range(torch.cuda.device_count()) if i != device.index]
+    first = device.index if device.index is not None else torch.cuda.current_device()  # "cuda": the current GPU
+    return [first] + [i for i in range(torch.cuda.device_count()) if i != first]
 
 
 def add_options(parser):
@@ -197,7 +156,7 @@ def add_options(parser):
     parser.add_argument("--dropout", type=probability, default=0.0,
                         help="dropout probability before fc2 and fc3 (0: the reference network)")
     parser.add_argument("--device", type=device_name, default="auto",
-                        help="auto (a GPU if there is one), cpu, cuda or cuda:N")
+                        help="auto (the accelerator if there is one), cpu, cuda, cuda:N, mps, ...")
     parser.add_argument("--data-parallel", action="store_true",
                         help="wrap the model in nn.DataParallel even with one GPU or none")
 
@@ -212,8 +171,6 @@ def main(argv=None):
         data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
         model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
-        print(f"model: {len(list(model.parameters()))} parameter tensors, "
-              f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
         if data_parallel:  # after .to(device), before the optimizer
             model = nn.DataParallel(model, device_ids=gpus_starting_at(device))
         raw_model = model.module if data_parallel else model  # the Net itself: what to save and load
@@ -221,15 +178,11 @@ def main(argv=None):
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args, device)
         first_epoch = run.resume(raw_model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
-        show_tensor("conv1.weight", raw_model.conv1.weight)
-        x, y = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 samples, one batch
-        x, y = x.to(device), y.to(device)
-        show_loss_and_cost(model, criterion, x, y)
-        show_train_and_eval_modes(raw_model, x)
         for epoch in range(first_epoch, args.epochs + 1):
             run.start_epoch(epoch, steps=len(train_loader))
             train_one_epoch(model, device, train_loader, criterion, optimizer, args, run)
-            run.end_epoch(evaluate(model, device, test_loader), data)  # prints the test accuracy
+            correct, predicted = evaluate(model, device, test_loader)
+            run.end_epoch(correct, data, predicted)  # prints the test accuracy
             if run.steps == args.max_steps:
                 break
         run.save_params(raw_model.state_dict())  # keys without "module."

@@ -32,7 +32,6 @@ Changes from stage 10:
 
 Run: torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
 """
-import copy
 import os
 from contextlib import contextmanager
 
@@ -41,12 +40,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn, optim
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
-from torchvision.datasets import CIFAR10
 from tqdm import tqdm
 
-from common.cli import device_name, non_negative_int, parse_args, probability
+from common.cli import non_negative_int, parse_args, probability, process_device_name
 from common.data import load_data
 from common.run import StageRun
 from common.seed import seed_everything
@@ -77,25 +75,6 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def show_tensor(name, t):
-    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
-    w = t.clone()  # a copy: the demonstration leaves the weights alone
-    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
-          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
-
-
-# ---------------------------------------------------------------- loss and step
-@torch.no_grad()
-def show_loss_and_cost(model, criterion, x, y):
-    """One loss per image (reduction="none"), and their mean: what the criterion returns."""
-    model.eval()  # dropout off, as in evaluate(): no random numbers drawn; train_one_epoch() turns it on
-    logits = model(x)
-    losses = nn.CrossEntropyLoss(reduction="none")(logits, y)  # (N,)
-    each = " ".join(f"{v:.4f}" for v in losses.tolist())
-    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
-          f"{losses.mean():.4f}; criterion(logits, y): {criterion(logits, y):.4f}")
-
-
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
     """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
@@ -116,15 +95,13 @@ class ArrayDataset(Dataset):
         return self.transform(self.images[i]), int(self.labels[i])
 
 
-def make_loaders(data, args, device):
+def make_loaders(data, args, device, rank):
     transform = make_transform(DTYPES[args.dtype])
-    if data.root is not None:  # the data came through torchvision: use its Dataset
-        train_set = CIFAR10(data.root, train=True, transform=transform)
-        test_set = CIFAR10(data.root, train=False, transform=transform)
-    else:
-        train_set = ArrayDataset(data.train_x, data.train_y, transform)
-        test_set = ArrayDataset(data.test_x, data.test_y, transform)
+    train_set = ArrayDataset(data.train_x, data.train_y, transform)
+    test_set = ArrayDataset(data.test_x, data.test_y, transform)
     sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed)  # this process's share
+    # every world_size-th test image from this rank's: each image exactly once over all processes
+    test_set = Subset(test_set, range(rank, len(test_set), dist.get_world_size()))
     pin_memory = device.type == "cuda"  # page-locked batches can be copied to the GPU asynchronously
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
                               num_workers=args.workers, pin_memory=pin_memory)
@@ -133,15 +110,10 @@ def make_loaders(data, args, device):
 
 
 # ---------------------------------------------------------------- training and evaluation
-def show_gradient(model):
-    """The gradients after the first step, where autograd put them: in each parameter's .grad."""
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return  # only rank 0 prints
-    model = model.module if isinstance(model, DistributedDataParallel) else model  # the Net inside the wrapper
-    tqdm.write("model.conv1.bias.grad after step 1, by loss.backward(): "
-               + " ".join(f"{g:+.4e}" for g in model.conv1.bias.grad.tolist()))
-    tqdm.write("norm of each .grad, in named_parameters() order: "
-               + ", ".join(f"{name} {p.grad.norm():.3e}" for name, p in model.named_parameters()))
+def show_first_step(loss, conv1_bias_grad):
+    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
+               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run):
@@ -152,38 +124,23 @@ def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
-        run.log_step(loss.item(), model)  # the progress bar; the loss and each layer's p.grad norm, on disk
-        if run.steps == 1:
-            show_gradient(model)  # tqdm.write prints above the progress bar
+        run.log_step(loss, model)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        if run.steps == 1 and run.main_process:  # only rank 0 prints
+            show_first_step(loss, model.module.conv1.bias.grad)  # tqdm.write prints above the progress bar
         if run.steps == args.max_steps:
             return
 
 
-@torch.no_grad()
-def show_train_and_eval_modes(model, x):
-    """Dropout 0.5 in a throw-away copy of the model: two train-mode forwards of one batch
-    differ, two eval-mode forwards agree. fork_rng() puts the random state back afterwards,
-    so the run draws exactly the numbers it would draw without this."""
-    probe = copy.deepcopy(model)
-    probe.dropout.p = 0.5
-    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):  # the CPU's and x's GPU's
-        probe.train()
-        first, second = probe(x), probe(x)
-        probe.eval()
-        third, fourth = probe(x), probe(x)
-    print(f"a copy with dropout 0.5: two train-mode forwards of one batch differ by up to "
-          f"{(first - second).abs().max():.4f}, two eval-mode forwards are identical: "
-          f"{torch.equal(third, fourth)} (this run's --dropout: {model.dropout.p})")
-
-
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, device, test_loader):
-    """The predicted class of every test image: the one with the highest logit."""
+    """How many test images the model classifies correctly, over the shares of all processes."""
     model.eval()  # dropout off: every prediction uses the whole network
-    predicted = []
-    for x, _ in test_loader:
-        predicted.append(model(x.to(device, non_blocking=True)).argmax(dim=1))
-    return torch.cat(predicted)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in test_loader:  # this process's share of the test set
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        correct += (model(x).argmax(dim=1) == y).sum()
+    dist.all_reduce(correct)  # the sum over every process, on every process
+    return correct.item()
 
 
 def choose_device(name):
@@ -215,42 +172,35 @@ def add_options(parser):
                         help="DataLoader worker processes (0: load in the main process)")
     parser.add_argument("--dropout", type=probability, default=0.0,
                         help="dropout probability before fc2 and fc3 (0: the reference network)")
-    parser.add_argument("--device", type=device_name, default="auto",
+    parser.add_argument("--device", type=process_device_name, default="auto",
                         help="auto (a GPU if there is one), cpu, cuda (both: cuda:LOCAL_RANK) or cuda:N")
 
 
 def main(argv=None):
     args = parse_args(__file__, __doc__, argv, add_options)
-    rank = int(os.environ.get("RANK", "0"))
-    with StageRun(__file__, args, main_process=rank == 0) as run:
-        seed_everything(args.seed)
+    rank = int(os.environ.get("RANK", "0"))  # this process's number, from torchrun (0 under plain python)
+    main_process = rank == 0  # the one that prints and writes
+    with StageRun(__file__, args, main_process=main_process) as run:
+        seed_everything(args.seed + rank)  # each process draws its own dropout masks
         device = choose_device(args.device)
         with process_group(device):
-            if rank == 0:
+            if main_process:
                 print(f"device: {device}, DistributedDataParallel over {dist.get_world_size()} process(es)")
-            data = load_data(args.data, args.data_dir, args.seed, announce=rank == 0, verbose=args.verbose)
+            data = load_data(args.data, args.data_dir, args.seed, announce=main_process, verbose=args.verbose)
             model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
             model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
-            if rank == 0:
-                print(f"model: {len(list(model.parameters()))} parameter tensors, "
-                      f"{sum(p.numel() for p in model.parameters()):,} numbers")  # weight and bias of 5 layers
             model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
             raw_model = model.module  # the Net itself: what to save, load and evaluate
             criterion = nn.CrossEntropyLoss()
             optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-            train_loader, test_loader, sampler = make_loaders(data, args, device)
+            train_loader, test_loader, sampler = make_loaders(data, args, device, rank)
             first_epoch = run.resume(raw_model, optimizer)  # the run's state: --checkpoint, --resume
-            if rank == 0:
-                show_tensor("conv1.weight", raw_model.conv1.weight)
-                x, y = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 samples, one batch
-                x, y = x.to(device), y.to(device)
-                show_loss_and_cost(raw_model, criterion, x, y)  # the Net alone: DDP's forward may communicate
-                show_train_and_eval_modes(raw_model, x)
             for epoch in range(first_epoch, args.epochs + 1):
                 sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
                 run.start_epoch(epoch, steps=len(train_loader))
                 train_one_epoch(model, device, train_loader, criterion, optimizer, args, run)
-                run.end_epoch(evaluate(raw_model, device, test_loader), data)  # prints the test accuracy
+                correct = evaluate(raw_model, device, test_loader)
+                run.end_epoch(correct, data)  # prints the test accuracy
                 if run.steps == args.max_steps:
                     break
             run.save_params(raw_model.state_dict())  # keys without "module."

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -18,7 +19,9 @@ from common.harness.stages import load_stage
 # - autograd (3-4): a dict of tensors with requires_grad; forward(params, x), loss.backward(), a
 #   hand-written update;
 # - module (5): Net (an nn.Module); loss.backward(), a hand-written update;
-# - module with optimizer (6-11): Net; nn.CrossEntropyLoss and optim.SGD, built in main().
+# - module with optimizer (6-13): Net; nn.CrossEntropyLoss and optim.SGD, built in main(); from
+#   stage 12 on the step runs under an autocast context with a GradScaler (`amp`), and stage 13
+#   may compile the Net (`compile`: a torch.compile backend, "inductor" as main() uses).
 
 
 @dataclass
@@ -29,6 +32,8 @@ class Model:
     device: Any = None
     momentum_buffers: dict = field(default_factory=dict)  # hand-written updates keep them here
     optimizer: Any = None  # stages with an optimizer: made by the driver at the first step, the way main() makes it
+    autocast: Any = None  # stages 12-13: the autocast context the step runs its forward and loss in
+    scaler: Any = None  # stages 12-13: the GradScaler of the step
 
     @property
     def module(self):
@@ -46,16 +51,28 @@ class Driver:
         else:
             self.family = "autograd"
         self.uses_numpy = stage.DTYPES["float32"] is np.float32
+        self.mixed_precision = hasattr(stage, "autocast_dtype")  # stage 12 on
         if not self.uses_numpy:
             import torch
 
             self.torch = torch
 
+    def main_options(self) -> dict:
+        """The build options that make the model as the stage's main() makes it by default:
+        autocast on from stage 12 (--amp on), torch.compile's inductor from stage 13 (--compile on)."""
+        options = {"amp": True} if self.mixed_precision else {}
+        if hasattr(self.stage, "can_compile"):
+            options["compile"] = "inductor"
+        return options
+
     # ---------------------------------------------------------------- build
     def build(self, params: dict, dtype: str = "float32", *, dropout: float = 0.0, device="cpu",
-              wrap: str | None = None) -> Model:
+              wrap: str | None = None, amp: bool = False, compile: str | None = None) -> Model:
         """The stage's model from the canonical weights. `wrap` is None, "data_parallel" or
-        "distributed" (the latter inside an initialised process group)."""
+        "distributed" (the latter inside an initialised process group); `amp`: autocast the step
+        as the stage does with --amp on; `compile`: torch.compile the Net with this backend."""
+        if (amp and not self.mixed_precision) or (compile and not hasattr(self.stage, "can_compile")):
+            raise ValueError(f"{self.stage.__name__} has no {'amp' if amp else 'compile'}")
         stage_dtype = self.stage.DTYPES[dtype]
         if self.uses_numpy:
             return Model({name: np.array(value, dtype=stage_dtype) for name, value in params.items()}, stage_dtype)
@@ -71,6 +88,8 @@ class Driver:
             raise ValueError(f"{self.stage.__name__} has no dropout")
         net = (self.stage.Net(dropout) if takes_dropout else self.stage.Net()).to(device=device, dtype=stage_dtype)
         net.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
+        if compile:
+            net.compile(backend=compile)  # in place, before any wrap, as main() does
         if wrap == "data_parallel":
             net = torch.nn.DataParallel(net)
         elif wrap == "distributed":
@@ -79,7 +98,13 @@ class Driver:
             net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
         elif wrap is not None:
             raise ValueError(f"unknown wrap {wrap!r}")
-        return Model(net, stage_dtype, device)
+        model = Model(net, stage_dtype, device)
+        if self.mixed_precision:  # as main() builds them: enabled with --amp on, in float32 only
+            amp_dtype = self.stage.autocast_dtype(device)
+            enabled = amp and dtype == "float32"
+            model.autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=enabled)
+            model.scaler = torch.amp.GradScaler(device.type, enabled=enabled and amp_dtype == torch.float16)
+        return model
 
     # ---------------------------------------------------------------- inputs
     def inputs(self, model: Model, x, y=None):
@@ -95,7 +120,8 @@ class Driver:
         x, _ = self.inputs(model, x)
         if isinstance(model.net, dict):
             return self.stage.forward(model.net, x)
-        return model.net(x)
+        with model.autocast or nullcontext():
+            return model.net(x)
 
     def train_step(self, model: Model, x, y, lr: float, momentum: float):
         """One step, composed from the stage's own pieces as its loop composes them."""
@@ -123,10 +149,18 @@ class Driver:
             return loss.item(), grads
         optimizer = self.optimizer(model, lr, momentum)
         optimizer.zero_grad()
-        loss = self.torch.nn.CrossEntropyLoss()(model.net(x), y)
-        loss.backward()
-        grads = self._module_grads(model)
-        optimizer.step()
+        if model.autocast is None:
+            loss = self.torch.nn.CrossEntropyLoss()(model.net(x), y)
+            loss.backward()
+            grads = self._module_grads(model)
+            optimizer.step()
+            return loss.item(), grads
+        with model.autocast:
+            loss = self.torch.nn.CrossEntropyLoss()(model.net(x), y)
+        model.scaler.scale(loss).backward()
+        grads = self._module_grads(model)  # as scaled: the scaler unscales them only inside step()
+        model.scaler.step(optimizer)
+        model.scaler.update()
         return loss.item(), grads
 
     def get_params(self, model: Model) -> dict:
@@ -163,7 +197,8 @@ class Driver:
         available = {
             "params": model.net, "model": model.net, "momentum_buffers": model.momentum_buffers,
             "train_batches": batches, "train_loader": batches, "device": model.device, "run": run,
-            "args": argparse.Namespace(lr=lr, momentum=momentum, max_steps=max_steps),
+            "autocast": model.autocast, "scaler": model.scaler,
+            "args": argparse.Namespace(lr=lr, momentum=momentum, max_steps=max_steps, compile="off"),
         }
         wanted = inspect.signature(self.stage.train_one_epoch).parameters
         if "criterion" in wanted:
@@ -177,12 +212,14 @@ class Driver:
 class StepLog:
     """Stands in for the run recorder when the harness runs a stage's own loop: keeps the losses."""
 
+    main_process = True  # as the recorder of a run of one process says
+
     def __init__(self):
         self.losses: list[float] = []
         self.steps = 0
 
     def log_step(self, loss, gradients=None) -> None:
-        self.losses.append(float(loss))
+        self.losses.append(loss.item() if hasattr(loss, "item") else float(loss))
         self.steps += 1
 
 

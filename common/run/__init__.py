@@ -19,19 +19,18 @@ plots.py (curves.png).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common.errors import DIVERGED, INTERRUPTED, CourseError
-from common.run.gradients import layer_norms
+from common.errors import CourseError
 from common.run import summary
-from common.run.guard import Guard, divergence_message
+from common.run.guard import Guard
 from common.run.progress import Progress
-from common.run.record import Record, score
+from common.run.record import Record, per_class_accuracy
+from common.run.steps import StepLog
 from common.run.resume import Checkpoints
 from common.run.threads import ThreadPolicy
 
@@ -80,29 +79,25 @@ class StageRun:
         self.progress.epoch(epoch, self.args.epochs)
         self.guard.stop_if_asked(self.steps)
 
-    def log_step(self, loss: float, gradients=None) -> None:
-        """One training step done: its loss (before the update) and, if given, the gradients
-        it used, as a dict of arrays or tensors, a dict of parameters, or a module."""
-        loss = float(loss)
+    def log_step(self, loss, gradients=None) -> None:
+        """One training step done: its loss (before the update; a float, or a tensor left where it
+        is) and, if given, the gradients it used, as a dict of arrays or tensors, a dict of
+        parameters, or a module. Both are read back every READ_EVERY steps (common/run/steps.py)."""
         self.steps += 1
-        if not math.isfinite(loss):
-            raise CourseError(divergence_message(loss, self.steps, self.args), DIVERGED)
-        if self.steps == 1:
-            self.progress.say(f"loss before any update: {loss:.4f} (small random weights give ten nearly equal "
-                              f"logits, so each class gets probability about 1/10 and the loss about ln 10 = "
-                              f"{math.log(10):.3f})")
-        self.record.row("losses.csv", (self.steps, self.epoch, repr(loss)))  # repr: every bit
-        if gradients is not None:
-            self.record.row("grad_norms.csv", (self.steps, *(f"{n:.6g}" for n in layer_norms(gradients))))
+        self.step_log.add(self.steps, self.epoch, loss, gradients)
         if self.threads.check():
             self.record.row("threads.csv", (self.steps, self.threads.threads, f"{self.threads.others_busy:.2f}"))
-        self.progress.step(self.steps, loss)
+        self.progress.step()
         self.guard.stop_if_asked(self.steps, every_step=True)
 
-    def end_epoch(self, predicted, data) -> float:
-        """Score the predicted classes of the test set; with --checkpoint, save the run's state
-        when the epoch was whole. Returns the test accuracy."""
-        accuracy, per_class = score(predicted, np.asarray(data.test_y), len(data.classes))
+    def end_epoch(self, correct: int, data, predicted=None) -> float:
+        """The epoch's test result: `correct` of the test images classified right (and, if given,
+        the predicted class of each, for the per-class table); with --checkpoint, save the run's
+        state when the epoch was whole. Returns the test accuracy."""
+        self.step_log.write_pending()
+        accuracy = int(correct) / len(data.test_y)
+        per_class = [] if predicted is None else per_class_accuracy(predicted, np.asarray(data.test_y),
+                                                                    len(data.classes))
         self.accuracies.append(accuracy)
         self._epoch.update(per_class=per_class, classes=tuple(data.classes),
                            data={"source": data.source, "details": getattr(data, "details", None)})
@@ -128,6 +123,7 @@ class StageRun:
         try:
             self.guard.stop_if_asked(self.steps)
             self.record = Record(Path(self.args.out) if self.main_process else None, self.stage, vars(self.args))
+            self.step_log = StepLog(self.record, self.progress, self.args)
         except BaseException as err:
             self.__exit__(type(err), err, err.__traceback__)
             raise
@@ -141,8 +137,10 @@ class StageRun:
             self.progress.close()
             if hasattr(self, "_quiet_numpy"):
                 self._quiet_numpy.__exit__(None, None, None)
+            if self.record is not None and not isinstance(exc, (CourseError, OSError)):
+                self._write_pending()  # what the last steps computed is not lost when the run ends
             if exc is None:
-                self._finish_or_say_why_not()
+                self.guard.finish(self._finish, self._mark_incomplete, self.record_dir)
                 return False
             ending = self.guard.ending(exc, self._interrupted_message(), self.record_dir)
             if ending is not None:
@@ -157,19 +155,11 @@ class StageRun:
                 self.threads.restore()
             self.guard.__exit__(None, None, None)
 
-    def _finish_or_say_why_not(self) -> None:
+    def _write_pending(self) -> None:
         try:
-            self._finish()
-        except KeyboardInterrupt:  # a second signal while finishing: stop now
-            self._mark_incomplete("interrupted while writing the summary and figures")
-            self.guard.end(f"stopped while writing the summary and figures; the training record is in "
-                           f"{self.record_dir}, marked incomplete", INTERRUPTED)
-        except CourseError as err:  # a full disk while finishing: the training record stays
-            self._mark_incomplete("failed while writing the summary and figures")
-            self.guard.end(f"error: {err}", err.exit_code)
-        if self.guard.signalled():  # one signal while finishing: finished first, then say so
-            self.guard.end(f"{self.guard.signal_name()} while writing the summary and figures: they were "
-                           f"finished first, the record is complete in {self.record_dir}", INTERRUPTED)
+            self.step_log.write_pending()
+        except (CourseError, KeyboardInterrupt):  # a divergence among them, or a second Ctrl-C
+            pass
 
     def _finish(self) -> None:
         accuracy = self.accuracies[-1] if self.accuracies else float("nan")

@@ -50,6 +50,8 @@ def describe(obj) -> str:
             return "optimizer"
         if isinstance(obj, torch.Generator):
             return "torch generator"
+        if isinstance(obj, torch.amp.GradScaler):
+            return "grad scaler"
     if isinstance(obj, dict):
         return "arrays"
     raise TypeError(f"cannot checkpoint a {type(obj).__name__}")
@@ -61,7 +63,7 @@ def state_of(obj):
         return None
     if kind == "numpy generator":
         return obj.bit_generator.state
-    if kind in ("module", "optimizer"):
+    if kind in ("module", "optimizer", "grad scaler"):
         return obj.state_dict()
     if kind == "torch generator":
         return obj.get_state()
@@ -81,6 +83,8 @@ def restore(obj, state, where: str, dtype: str) -> None:
             obj.load_state_dict(_checked_module_state(obj, state, where))
         elif kind == "optimizer":
             obj.load_state_dict(_checked_optimizer_state(obj, state, where))
+        elif kind == "grad scaler":
+            obj.load_state_dict(_checked_scaler_state(obj, state, where))
         elif kind == "arrays":
             _restore_arrays(obj, state, where, dtype)
     except CourseError:
@@ -110,6 +114,15 @@ def _checked_module_state(module, state, where):
         raise CourseError(f"{where}: the model's tensors are {sorted(state)}, this model has {sorted(own)}")
     for name, value in state.items():
         _check_like(_checked_tensor(value, f"{where}: {name}"), own[name], f"{where}: {name}")
+    return state
+
+
+def _checked_scaler_state(scaler, state, where):
+    """A disabled scaler (bfloat16, or --amp off) has an empty state; an enabled one its scale and counters."""
+    own = scaler.state_dict()
+    if not isinstance(state, dict) or set(state) != set(own):
+        raise CourseError(f"{where}: the gradient scaler's state has {sorted(state) if isinstance(state, dict) else state!r}, "
+                          f"this run's has {sorted(own)}")
     return state
 
 
@@ -242,8 +255,9 @@ def check_writable(path: Path) -> None:
         raise CourseError(f"--checkpoint {path}: cannot write there ({err.strerror or err})") from None
 
 
-def save(path: Path, meta: dict, objects: list) -> None:
-    """Write a checkpoint atomically: a crash or a full disk leaves the old file or the new one."""
+def save(path: Path, meta: dict, objects: list, rng_by_rank: list | None = None) -> None:
+    """Write a checkpoint atomically: a crash or a full disk leaves the old file or the new one.
+    rng_by_rank: in a run of several processes, each one's (CPU, GPU or None) generator states."""
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
     meta = dict(meta, format=FORMAT, state=[{"kind": describe(o), "value": encode(state_of(o), arrays)}
@@ -254,6 +268,8 @@ def save(path: Path, meta: dict, objects: list) -> None:
         meta["torch_rng"] = encode(torch.get_rng_state().numpy(), arrays)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             meta["cuda_rng"] = encode([state.numpy() for state in torch.cuda.get_rng_state_all()], arrays)
+    if rng_by_rank is not None:
+        meta["rng_by_rank"] = encode(rng_by_rank, arrays)
     try:
         write_atomically(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays), durable=True)
     except OSError as err:
@@ -309,7 +325,7 @@ def load(path: Path) -> tuple[dict, list]:
     _check_fields(meta, where)
     try:
         states = [decode(entry["value"], arrays) for entry in meta["state"]]
-        for key in ("torch_rng", "cuda_rng"):
+        for key in ("torch_rng", "cuda_rng", "rng_by_rank"):
             if key in meta:
                 meta[key] = decode(meta[key], arrays)
     except (ValueError, TypeError, KeyError) as err:

@@ -58,19 +58,35 @@ class Guard:
                               f"{checkpoint.free_space_note(Path(path))}"), WRITE_FAILED
         return None
 
+    def finish(self, finish, mark_incomplete, record_dir: Path) -> None:
+        """Write the summary and figures of a finished run (`finish`): a second signal meanwhile
+        stops at once, a failed write keeps the training record, both marked incomplete."""
+        try:
+            finish()
+        except KeyboardInterrupt:
+            mark_incomplete("interrupted while writing the summary and figures")
+            self.end(f"stopped while writing the summary and figures; the training record is in "
+                     f"{record_dir}, marked incomplete", INTERRUPTED)
+        except CourseError as err:
+            mark_incomplete("failed while writing the summary and figures")
+            self.end(f"error: {err}", err.exit_code)
+        if self.signalled():  # one signal while finishing: finished first, then say so
+            self.end(f"{self.signal_name()} while writing the summary and figures: they were "
+                     f"finished first, the record is complete in {record_dir}", INTERRUPTED)
+
     def end(self, message: str, code: int) -> None:
         if self.shown:
             print(f"{self.stage}: {printable(message)}", file=sys.stderr)
         raise SystemExit(code)
 
 
-def divergence_message(loss: float, steps: int, args) -> str:
+def divergence_message(loss: float, step: int, args) -> str:
     """A NaN or infinite loss, and what the learner can change."""
     blame = f"try a smaller --lr than {args.lr}"
     # SGD's first update uses the gradient alone: momentum first shows in the loss of step 3
-    if getattr(args, "momentum", 0) >= 1 and steps >= 3:
+    if getattr(args, "momentum", 0) >= 1 and step >= 3:
         blame = f"--momentum {args.momentum} is 1 or more, so the update never decays; use a momentum below 1"
-    return f"the loss became {loss} at step {steps}: training diverged; {blame}"
+    return f"the loss became {loss} at step {step}: training diverged; {blame}"
 
 
 # ---------------------------------------------------------------- distributed runs
@@ -87,6 +103,20 @@ class Group:
         value = torch.tensor([int(flag)], device=device)
         self.dist.all_reduce(value, op=self.dist.ReduceOp.MAX)
         return bool(value.item())
+
+    def gather(self, value) -> list:
+        """`value` of every process, in rank order, on every process."""
+        values = [None] * self.dist.get_world_size()
+        self.dist.all_gather_object(values, value)
+        return values
+
+    @property
+    def rank(self) -> int:
+        return self.dist.get_rank()
+
+    @property
+    def size(self) -> int:
+        return self.dist.get_world_size()
 
 
 def process_group() -> Group | None:

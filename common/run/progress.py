@@ -7,7 +7,6 @@ from collections import deque
 from tqdm import tqdm
 
 RUNNING_LOSS_STEPS = 100  # the progress bar and the summary average the loss over this many steps
-REFRESH_EVERY = 50  # steps between progress-bar text updates: formatting every step costs time
 
 
 class Progress:
@@ -29,10 +28,13 @@ class Progress:
     def epoch(self, epoch: int, epochs: int) -> None:
         self.bar.set_description(f"{self.stage} epoch {epoch}/{epochs}", refresh=False)
 
-    def step(self, steps: int, loss: float) -> None:
-        self.recent_losses.append(loss)
+    def step(self) -> None:
         self.bar.update()
-        if steps % REFRESH_EVERY == 0:
+
+    def losses(self, values: list[float]) -> None:
+        """The losses of the steps just read back: the running loss, and the bar's text."""
+        self.recent_losses.extend(values)
+        if self.bar is not None and values:
             self.bar.set_postfix(loss=f"{self.running_loss:.4f}", refresh=False)
 
     def say(self, line: str, file=None) -> None:

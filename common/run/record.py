@@ -74,12 +74,12 @@ class Record:
             f.close()
 
 
-def score(predicted, labels: np.ndarray, n_classes: int) -> tuple[float, list[float]]:
-    """The accuracy of the predicted classes, overall and per class."""
+def per_class_accuracy(predicted, labels: np.ndarray, n_classes: int) -> list[float]:
+    """The accuracy of the predicted classes within each true class."""
     predicted = as_numpy(predicted).astype(np.int64)
     total = np.bincount(labels, minlength=n_classes)
     correct = np.bincount(labels[predicted == labels], minlength=n_classes)
-    return float(correct.sum() / total.sum()), (correct / np.maximum(total, 1)).tolist()
+    return (correct / np.maximum(total, 1)).tolist()
 
 
 def as_numpy(value) -> np.ndarray:

@@ -8,6 +8,7 @@ import argparse
 from common.errors import CourseError, one_line
 from common.loaded import loaded_torch
 from common.run import checkpoint
+from common.run.guard import process_group
 
 SAME_RUN = ("stage", "dtype", "batch_size", "seed")  # what a resumed run must share with the saved one
 
@@ -55,13 +56,18 @@ class Checkpoints:
                               f"steps per epoch, this run has {steps} (other data?)")
 
     def save(self, epoch: int, steps: int, steps_per_epoch: int) -> None:
-        """After a whole epoch, with --checkpoint: the run's state, atomically."""
-        if self.args.checkpoint is None or not self.writes:
+        """After a whole epoch, with --checkpoint: the run's state, atomically (every process of a
+        distributed run calls this: each one's random-number state goes in too)."""
+        if self.args.checkpoint is None:
+            return
+        group = process_group()
+        rng_by_rank = group.gather(own_rng_states()) if group is not None else None
+        if not self.writes:
             return
         meta = {"stage": self.stage, "dtype": self.args.dtype, "batch_size": self.args.batch_size,
                 "seed": self.args.seed, "steps_per_epoch": steps_per_epoch, "epoch": epoch,
                 "step": steps, "hyperparameters": self._hyperparameters()}
-        checkpoint.save(self.args.checkpoint, meta, list(self.objects))
+        checkpoint.save(self.args.checkpoint, meta, list(self.objects), rng_by_rank)
         self.saved_epoch = epoch
 
     def interrupted_note(self) -> str:
@@ -90,15 +96,32 @@ class Checkpoints:
                     group.update(lr=self.args.lr, momentum=self.args.momentum)
 
 
+def own_rng_states() -> list:
+    """This process's CPU generator state and, on a GPU, its GPU's."""
+    torch = loaded_torch()
+    on_gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return [torch.get_rng_state().numpy(), torch.cuda.get_rng_state().numpy() if on_gpu else None]
+
+
 def restore_rng(meta: dict, where: str) -> None:
-    """torch's global generators as the checkpoint saved them (the numpy stage has none)."""
+    """torch's global generators as the checkpoint saved them (the numpy stage has none); in a
+    distributed run, each process's own."""
     torch = loaded_torch()
     if torch is None:
         return
+    cpu, gpus, own_gpu = meta.get("torch_rng"), meta.get("cuda_rng"), None
+    group = process_group()
     try:
-        if "torch_rng" in meta:
-            torch.set_rng_state(torch.as_tensor(meta["torch_rng"]))
-        if "cuda_rng" in meta and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([torch.as_tensor(state) for state in meta["cuda_rng"]])
+        if group is not None and "rng_by_rank" in meta:
+            states = meta["rng_by_rank"]
+            if not isinstance(states, list) or len(states) != group.size:
+                raise CourseError(f"{where}: saved by another number of processes than this run's {group.size}")
+            (cpu, own_gpu), gpus = states[group.rank], None
+        if cpu is not None:
+            torch.set_rng_state(torch.as_tensor(cpu))
+        if gpus is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([torch.as_tensor(state) for state in gpus])
+        if own_gpu is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(torch.as_tensor(own_gpu))  # the current GPU: this process's own
     except (RuntimeError, TypeError, ValueError) as err:
         raise CourseError(f"{where}: damaged random-number state ({one_line(str(err), 120)})") from None
