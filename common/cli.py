@@ -33,7 +33,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the stage docstring's line breaks and add "(default: X)" to every option."""
+    """Keep the description's line breaks and add "(default: X)" to every option that has one."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def positive_int(text: str) -> int:
@@ -156,7 +161,11 @@ def _number(kind: Callable, text: str):
 
 def build_parser(stage_file: str, description: str | None) -> OneLineParser:
     """The shared options; a stage adds its own (e.g. --device) to the parser this returns."""
-    parser = OneLineParser(prog=f"python -m stages.{Path(stage_file).stem}", description=description,
+    stem = Path(stage_file).stem
+    first_line = (description or "").strip().splitlines()[0] if description else None
+    parser = OneLineParser(prog=f"python -m stages.{stem}", usage="%(prog)s [options]",
+                           description=first_line and f"{first_line}\nWhat changed, and why: the top of "
+                                                      f"stages/{stem}.py and docs/stages/{stem}.md.",
                            epilog="Exit codes: 0 done, 2 bad input, 3 diverged, 4 a write failed "
                                   "(disk full), 130 interrupted.",
                            formatter_class=HelpFormatter)
@@ -165,21 +174,16 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
     add("--batch-size", type=batch_size, default=4, help="images per training step")
     add("--lr", type=positive_float, default=0.001, help="learning rate")
     add("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
-    add("--seed", type=seed, default=0, help="seed for weights, data order, synthetic data and dropout masks")
+    add("--seed", type=seed, default=0, help="seed of the weights, data order, synthetic data, dropout")
     add("--dtype", choices=DTYPES, default="float32", help="floating-point precision")
-    add("--data", choices=SOURCES, default="auto",
-        help="data source: auto = --data-dir, else ./data (downloading), else synthetic")
-    add("--data-dir", default=None, help="a torchvision CIFAR-10 root or a folder of .npy files")
-    add("--max-steps", type=positive_int, default=None,
-        help="stop after this many training steps in all (a quick smoke run)")
-    add("--out", default="runs", help="folder for run records (options, losses, accuracy, plot)")
-    add("--checkpoint", type=file_path, default=None, metavar="PATH",
-        help="save the run's state here after every whole epoch, to continue it later with --resume")
-    add("--resume", type=file_path, default=None, metavar="PATH",
-        help="continue the run saved in this checkpoint, from the epoch after the one it holds")
-    add("--threads", type=threads, default="auto",
-        help="CPU threads for torch's operators and numpy's BLAS: auto (see the README) or a number")
-    add("--verbose", action="store_true", help="also print the technical details behind the data-source line")
+    add("--data", choices=SOURCES, default="auto", help="auto: --data-dir, else ./data, else synthetic")
+    add("--data-dir", default=None, metavar="DIR", help="a torchvision CIFAR-10 root or a folder of .npy files")
+    add("--max-steps", type=positive_int, default=None, metavar="N", help="stop after N steps (a quick try)")
+    add("--out", default="runs", metavar="DIR", help="folder of the run records")
+    add("--checkpoint", type=file_path, default=None, metavar="PATH", help="save the run's state after each epoch")
+    add("--resume", type=file_path, default=None, metavar="PATH", help="continue the run saved in PATH")
+    add("--threads", type=threads, default="auto", help="CPU threads: auto (docs/running.md) or a number")
+    add("--verbose", action="store_true", help="the technical detail behind the data line, too")
     return parser
 
 

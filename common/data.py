@@ -59,7 +59,6 @@ class CifarArrays:
     test_x: np.ndarray
     test_y: np.ndarray
     source: str  # one line for the learner: where the data came from
-    root: Path | None = None  # the torchvision root, when the data came through torchvision
     classes: tuple[str, ...] = field(default=CLASSES)  # label k is classes[k]: CIFAR-10's, or the shapes
     fallback: str | None = None  # why the real data was not used, in plain words ("not found and no network")
     details: str | None = None  # the technical reason behind `fallback`, for the run record
@@ -293,7 +292,7 @@ def load_torchvision(root: Path, download: bool) -> CifarArrays:
         raise Unavailable(_why_unavailable(err, root), reason) from None
     return CifarArrays(train.data, np.asarray(train.targets, dtype=np.int64),
                        test.data, np.asarray(test.targets, dtype=np.int64),
-                       source=f"CIFAR-10 via torchvision from {root}", root=root)
+                       source=f"CIFAR-10 via torchvision from {root}")
 
 
 def _why_unavailable(err: Exception, root: Path) -> str:

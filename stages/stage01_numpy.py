@@ -1,28 +1,12 @@
-"""Stage 1: the CIFAR-10 convnet in numpy alone, every forward and backward written by hand.
-
-The network of PyTorch's "Training a Classifier" tutorial, trained with SGD and momentum:
-conv(3->6, 5x5) -> relu -> maxpool 2 -> conv(6->16, 5x5) -> relu -> maxpool 2 -> flatten
--> linear 400->120 -> relu -> 120->84 -> relu -> 84->10, softmax cross-entropy.
+"""Stage 1: the tutorial's CIFAR-10 convnet in numpy alone, every forward and backward written by hand.
 
 Changes from stage 0 (nothing):
-- Everything is written here, so that every later stage can be read as "this hand-written
-  piece is now done by PyTorch". The model is a plain dict of arrays, the convolution is
-  "im2col" (every 5x5 window becomes a column, then one matrix product does all the work),
-  each op has a backward function that turns the gradient of its output into gradients of
-  its inputs, and the update is SGD with momentum exactly as `torch.optim.SGD` defines it:
-  buf = momentum * buf + grad (the first buf is the grad itself), param -= lr * buf.
-  After the first step the stage prints the gradient of conv1's bias: stages 2-6 start from
-  the same weights and the same first batch and print the same numbers (to round-off), from
-  stage 3 on computed by autograd.
-- Images are normalised by hand to [-1, 1], as the tutorial's
-  `Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))` does after `ToTensor()`.
-- The training loop is in `train_one_epoch` and `main`, in plain sight. Everything training
-  changes is the run's state: the parameters, the momentum buffers and the generator that
-  shuffles the data. `run.resume(...)` names them, so that `--checkpoint PATH` can save them
-  after every epoch and `--resume PATH` can put them back (common/run/checkpoint.py); `run` also
-  draws the progress bar, writes the run's record (common/run/) and prints the loss of the
-  first step, taken before any update: small random weights give ten nearly equal logits, so
-  each class gets a probability near 1/10 and the loss is near -ln(1/10) = ln 10 = 2.303.
+- The model is a dict of arrays and each op has a backward function, so that every later stage
+  reads as "this hand-written piece is now done by PyTorch".
+- The convolution is im2col (each 5x5 window becomes a column of one matrix product), because
+  numpy has no 2-D convolution.
+- The update is SGD with momentum as `torch.optim.SGD` defines it (`buf = momentum * buf + grad`,
+  `p -= lr * buf`), so that the later stages can match it number for number.
 
 Run: python -m stages.stage01_numpy --epochs 1
 """

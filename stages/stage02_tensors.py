@@ -1,21 +1,12 @@
-"""Stage 2: the same network with torch tensors; the gradients are still written by hand.
+"""Stage 2: the same hand-written network, with torch tensors in place of numpy arrays.
 
 Changes from stage 1:
-- numpy arrays become torch tensors. Like an array, a tensor has a shape and a dtype; it also
-  has a device (`cpu` here; a GPU such as `cuda:0` from stage 9). A tensor made from a numpy
-  array keeps the array's dtype (`torch.tensor(np.zeros(3))` is float64), one made from
-  Python floats gets torch's default, float32 (numpy's default is float64); here every
-  floating-point tensor is given --dtype explicitly. Most numpy calls have a twin:
-  `sliding_window_view` -> `Tensor.unfold`, `transpose` -> `permute`, `np.where` ->
-  `torch.where`, `np.zeros` -> `torch.zeros`, `copy` -> `clone`, `axis=` -> `dim=`,
-  `keepdims=` -> `keepdim=`.
-- A tensor method whose name ends in `_` changes the tensor in place and returns it
-  (`w.add_(1)`, `w.zero_()`); without the `_` it returns a new tensor (`w.add(1)`). The stage
-  prints this, on a copy of conv1's weight, with the weight's dtype, device and shape.
-- `torch.from_numpy` shares memory with the numpy array, so the weights are copied with
-  `torch.tensor` to keep the caller's arrays untouched (the update changes them in place).
-- Nothing else changes: the forward, the hand-written backward and the momentum update do
-  what stage 1 does, op for op; the tests check that they agree to float64 round-off.
+- Every array is a `torch.Tensor` and every numpy call has its torch twin (`transpose` ->
+  `permute`, `sliding_window_view` -> `unfold`), because autograd, next, works on tensors.
+- The forward, the backward and the update are still written by hand, so the numbers are
+  stage 1's, to round-off.
+- The stage prints a tensor's dtype, device and shape, and shows that a trailing `_` changes a
+  tensor in place.
 
 Run: python -m stages.stage02_tensors --epochs 1
 """

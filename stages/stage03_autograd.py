@@ -1,24 +1,12 @@
-"""Stage 3: autograd computes the gradients; the update is still written by hand.
+"""Stage 3: autograd computes the gradients; the hand-written backward functions are gone.
 
 Changes from stage 2:
-- Every hand-written backward function is gone. The parameters are made with
-  `requires_grad=True`, so torch records each op of the forward in a graph, and
-  `loss.backward()` walks that graph by the chain rule and adds each parameter's gradient
-  to its `.grad`: the computation stage 2 wrote out, now derived from the forward alone.
-  After the first step the stage prints `params["conv1.bias"].grad`, the numbers stage 2's
-  hand-written backward printed.
-- The update runs inside `with torch.no_grad():`. The update is not part of the model, and
-  autograd must not record it. Outside `no_grad()`, torch refuses `p -= lr * buf` on a
-  parameter ("a leaf Variable that requires grad is being used in an in-place operation"):
-  recording it would turn the parameter from a leaf, where `.grad` collects, into the output
-  of an op. `no_grad()` switches recording off for those lines; the change still counts in
-  `p`'s version counter, so a graph that saved the old `p` would refuse to run backward.
-  (The older route, `p.data -= lr * buf`, changes the same numbers through a tensor with a
-  version counter of its own: autograd sees no change, and a backward through a graph that
-  saved the old values would silently use the new ones. `no_grad()` is the supported way.)
-- `.grad` accumulates: each `backward()` adds to it. So `zero_grad(params)` sets it to None
-  at the start of every step, or the step would use the sum of its gradient and the last.
-- Evaluation runs under `torch.no_grad()` too: no graph is needed when no backward follows.
+- The parameters are made with `requires_grad=True` and `loss.backward()` fills each one's
+  `.grad`, because autograd records the forward and walks it back.
+- `zero_grad(params)` sets every `.grad` to None before the step, because `backward()` adds to
+  what `.grad` already holds.
+- The update runs under `torch.no_grad()`, because changing a parameter in place while autograd
+  records is an error.
 
 Run: python -m stages.stage03_autograd --epochs 1
 """

@@ -1,21 +1,12 @@
-"""Stage 4: torch.nn.functional replaces the hand-written ops.
+"""Stage 4: torch.nn.functional replaces the hand-written ops and the loss.
 
 Changes from stage 3:
-- `F.conv2d`, `F.relu`, `F.max_pool2d` and `F.linear` replace the hand-written im2col
-  convolution, relu, max-pool and linear layer. They compute the same results to round-off
-  (a library kernel adds the products in an order of its own), in optimised C++ kernels, and
-  each comes with its backward already written. One difference: `F.max_pool2d` gives NaN for
-  a window holding a NaN, where the hand-written pool skipped a NaN that was not first.
-- `F.cross_entropy` replaces the hand-written softmax cross-entropy. It is `log_softmax`
-  followed by `nll_loss`, and it is numerically stable in the same way (`log_softmax`
-  subtracts the largest logit before exponentiating). It computes one loss per image and
-  by default (`reduction="mean"`) returns their mean, the cost that training minimises;
-  `reduction="none"` returns the losses themselves. The stage prints them for 4 test images,
-  with their mean next to what the default returns.
-- Everything else stays: the parameters are still plain tensors in a dict, and the update is
-  still written by hand under `torch.no_grad()`. `F` is the functional half of `torch.nn`:
-  functions that keep no state, so everything they use, the weights too, is passed in, which
-  suits a dict of weights.
+- `F.conv2d`, `F.relu`, `F.max_pool2d` and `F.linear` replace the hand-written convolution,
+  relu, max-pool and linear layer, because PyTorch's kernels are faster and tested.
+- `F.cross_entropy(logits, y)` replaces the hand-written loss: log-softmax and the mean negative
+  log-likelihood in one call.
+- The stage prints the loss of each of four images (`reduction="none"`) beside their mean, the
+  number `F.cross_entropy` returns by default.
 
 Run: python -m stages.stage04_functional --epochs 1
 """

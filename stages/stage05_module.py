@@ -1,29 +1,12 @@
-"""Stage 5: the network becomes an nn.Module, exactly as the tutorial writes it.
+"""Stage 5: the network becomes an nn.Module, the tutorial's `Net`.
 
 Changes from stage 4:
-- `class Net(nn.Module)`: the layers are made in `__init__` (`nn.Conv2d`, `nn.MaxPool2d`,
-  `nn.Linear`) and used in `forward`. A layer object owns its weight and bias, so the dict of
-  parameters disappears: `model.parameters()` yields the 10 tensors (weight, then bias, of
-  conv1, conv2, fc1, fc2, fc3), `model.named_parameters()` gives them with the canonical names
-  (`"conv1.weight"`, ...), which are also the keys of `model.state_dict()`. A gradient can be
-  looked at where it lives: after the first step the stage prints `model.conv1.bias.grad`
-  and, going through `model.named_parameters()`, the norm of every parameter's `.grad`,
-  weight then bias, layer by layer. `model.zero_grad()` sets every parameter's `.grad` to
-  None at once (`set_to_none=True` is its default since PyTorch 2.0), and `model(x)` calls
-  `forward` (through `__call__`, which also runs any hooks).
-- The weights arrive through `model.load_state_dict(...)` from the canonical names. It copies
-  them into the module's existing parameters, converting them to the parameters' dtype, so
-  this stage starts from exactly the numbers the earlier stages use. A new `nn.Conv2d` or
-  `nn.Linear` is already initialised, by `reset_parameters()`, with
-  U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the reference weights in common/weights.py are drawn
-  from that same distribution. To initialise differently, call a `torch.nn.init` function on
-  the parameter, e.g. `nn.init.kaiming_normal_(model.conv1.weight)`: it changes the tensor in
-  place (the trailing `_`) and switches autograd's recording off by itself. A tensor method
-  such as `model.conv1.weight.normal_()` needs `with torch.no_grad():` around it; the older
-  `model.conv1.weight.data.normal_()` works without, but bypasses autograd's checks.
-- The update loops over `model.named_parameters()` under `torch.no_grad()`. The momentum
-  buffers are still kept by hand, in a dict by parameter name.
-- The dtype is given to the whole module at once: `Net().to(torch.float64)`.
+- `class Net(nn.Module)` makes its layers in `__init__` and uses them in `forward`, so the
+  parameters live in the model, under the tutorial's names (`conv1.weight`, ...).
+- `model.load_state_dict(...)` puts the reference weights in, and `model.zero_grad()` replaces
+  the loop over the dict of parameters.
+- The update loops over `model.named_parameters()`, which the stage prints: each layer's weight
+  and bias, by name.
 
 Run: python -m stages.stage05_module --epochs 1
 """

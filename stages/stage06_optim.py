@@ -1,27 +1,13 @@
-"""Stage 6: a loss module and torch.optim replace the hand-written loss call and update.
+"""Stage 6: a loss module and torch.optim replace the loss call and the hand-written update.
 
 Changes from stage 5:
-- `criterion = nn.CrossEntropyLoss()` is the loss, as in the tutorial: a module whose forward
-  calls `F.cross_entropy`, so a loss can be chosen, configured (`reduction=...`) and passed
-  around like a layer. The per-image losses are now printed next to `criterion(logits, y)`.
-- `optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)` replaces
-  the hand-written update and its momentum buffers. The step is now the one every PyTorch
-  program writes: `optimizer.zero_grad()`, `loss = criterion(model(x), y)`,
-  `loss.backward()`, `optimizer.step()`. The optimizer keeps the momentum buffers in
-  `optimizer.state`, keyed by parameter, and saves them with `optimizer.state_dict()`,
-  which is why the run's state is now the model, the optimizer and the data order.
-- The optimizer is built last, after the model has its weights and dtype. It keeps the
-  Parameter objects that `model.parameters()` yielded and updates them in place, so they must
-  be the ones the model computes with. Here the order is not what makes that so:
-  `load_state_dict` copies into the existing Parameters, and `.to()` gives each one new data
-  but keeps the object, so an optimizer built first would train the same (a test shows it).
-  Building it last is still the safe habit (`Module.cuda()`'s docstring asks for it), since
-  some steps do make new Parameter objects: `load_state_dict(..., assign=True)`, a new layer
-  put in place of an old one, or `.to()` after
-  `torch.__future__.set_overwrite_module_params_on_conversion(True)`; an optimizer built
-  before them updates tensors the model no longer uses. And the optimizer's own state does
-  not follow the model: the momentum buffers that `run.resume` restores through
-  `optimizer.load_state_dict` are put on each parameter's device and dtype as they are then.
+- `criterion = nn.CrossEntropyLoss()` is the loss, as in the tutorial, a module that calls
+  `F.cross_entropy`.
+- `optimizer = optim.SGD(model.parameters(), lr=..., momentum=...)` replaces the hand-written
+  update, so the step is the one every PyTorch program writes: `zero_grad`, loss, `backward`,
+  `step`.
+- The momentum buffers now live in `optimizer.state` (the stage prints one after step 1), so
+  the run's state is the model, the optimizer and the data order.
 
 Run: python -m stages.stage06_optim --epochs 1
 """

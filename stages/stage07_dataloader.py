@@ -1,29 +1,11 @@
-"""Stage 7: PyTorch's data pipeline replaces the hand-written batching and normalisation.
+"""Stage 7: a Dataset and a DataLoader feed the loop, with the tutorial's transform.
 
 Changes from stage 6:
-- A (map-style) `Dataset` answers two questions: how many samples (`__len__`) and sample i
-  (`__getitem__`). torchvision's `CIFAR10` is one, used when the data came through
-  torchvision; the offline .npy copy and the synthetic set go through the small
-  `ArrayDataset` below. Both apply the tutorial's transform,
-  `Compose([ToTensor(), Normalize((0.5,) * 3, (0.5,) * 3)])`: ToTensor turns a uint8
-  (32, 32, 3) image into a (3, 32, 32) tensor in [0, 1] of torch's default dtype, float32,
-  and Normalize maps it to [-1, 1]. In float32 that is exactly what stage 6's `normalise()`
-  computed, bit for bit (a test checks). ToTensor ignores --dtype, so the transform ends with
-  `ConvertImageDtype(dtype)` (nothing to do in float32): from this stage on, a float64 run
-  trains on images normalised in float32 and then widened, which differ from stage 6's
-  float64 images by up to 6e-8 (float32 round-off).
-- A `DataLoader` draws a new order each epoch (`shuffle=True`), takes `batch_size` samples
-  at a time and collates them into one batch, a tensor of images and one of labels (the
-  stage does the same with `default_collate` for the 4 test images it looks at), and can
-  prepare batches in `--workers` background processes. Its shuffle is driven by a
-  `torch.Generator` seeded from --seed, so a run is repeatable, and that generator is now
-  part of the run's state. The order differs from stage 6's numpy permutation, so the losses
-  along the way differ too; the computation per batch does not.
-- `--workers` defaults to 0 (batches made in the main process). Here the per-image work is
-  tiny (a 32x32 image, no augmentation), so a worker has little to take off the main
-  process, and every batch it makes has to be sent back to it; workers pay off when loading
-  or augmenting an image is expensive (decoding JPEGs, random crops) and there are cores to
-  spare.
+- `ArrayDataset` is a `Dataset`: `__len__` says how many images, `__getitem__` gives one as
+  (tensor, label) after the tutorial's `ToTensor()` and `Normalize`, which the stage shows.
+- `DataLoader` batches and shuffles it, its shuffle driven by a `torch.Generator` seeded with
+  --seed, so that a run can be repeated.
+- `--workers N` loads the batches in N processes, for data that costs more to read than this.
 
 Run: python -m stages.stage07_dataloader --epochs 1
 """
@@ -135,7 +117,7 @@ def evaluate(model, test_loader):
 
 def add_options(parser):
     parser.add_argument("--workers", type=non_negative_int, default=0,
-                        help="DataLoader worker processes (0: load in the main process)")
+                        help="DataLoader worker processes (0: the main process)")
 
 
 def main(argv=None):

@@ -1,24 +1,10 @@
-"""Stage 8: train and eval modes, with dropout to show why they exist.
+"""Stage 8: dropout, and the train and eval modes that switch it on and off.
 
 Changes from stage 7:
-- Some layers behave differently while training and while evaluating. Dropout is the classic
-  one: in training it zeroes each activation with probability p (and scales the rest by
-  1/(1-p)), so two forwards of the same batch differ; in evaluation it must do nothing, so
-  that a prediction is deterministic and uses the whole network. `model.train()` and
-  `model.eval()` set a flag on every submodule that such layers read. (BatchNorm is the other
-  classic: batch statistics in training, running averages in evaluation.)
-- `Net` gains `nn.Dropout(p)` before fc2 and fc3, set by --dropout. Its default, 0.0, keeps
-  the reference configuration, so this stage still computes what every other stage computes
-  (at p = 0 dropout returns its input and draws no random numbers).
-- To show the two modes at those defaults, the stage takes a throw-away copy of the model
-  with p = 0.5 and prints how much two train-mode forwards of one batch differ, and that two
-  eval-mode forwards are identical. The copy draws its masks inside
-  `torch.random.fork_rng()`, which restores the random state afterwards, so the run itself
-  draws the very numbers it would draw without the demonstration (a test checks).
-- `train_one_epoch` starts with `model.train()`; `evaluate` starts with `model.eval()` and
-  keeps running under `torch.no_grad()` (since stage 3): eval mode changes what layers do,
-  no_grad stops autograd from recording; an evaluation wants both. So does
-  `show_loss_and_cost`, which looks at 4 test images.
+- `Net` gains `nn.Dropout(p)` before fc2 and fc3 (`--dropout`, 0 by default: the reference
+  network), which zeroes activations at random while training.
+- `train_one_epoch` starts with `model.train()` and `evaluate` with `model.eval()`, because
+  dropout must act in training only; the stage shows both modes on one batch.
 
 Run: python -m stages.stage08_train_eval --epochs 1 --dropout 0.2
 """
@@ -145,9 +131,9 @@ def evaluate(model, test_loader):
 
 def add_options(parser):
     parser.add_argument("--workers", type=non_negative_int, default=0,
-                        help="DataLoader worker processes (0: load in the main process)")
+                        help="DataLoader worker processes (0: the main process)")
     parser.add_argument("--dropout", type=probability, default=0.0,
-                        help="dropout probability before fc2 and fc3 (0: the reference network)")
+                        help="dropout before fc2 and fc3 (0: none)")
 
 
 def main(argv=None):

@@ -1,25 +1,12 @@
-"""Stage 9: the device is chosen once, in main(), and passed down; model and data move to it.
+"""Stage 9: the device is chosen once, in main(), and the model and each batch move to it.
 
 Changes from stage 8:
-- `--device auto|cpu|cuda|cuda:N`. `main()` turns it into a `torch.device` once (auto: the
-  first GPU when `torch.cuda.is_available()`, else the CPU) and hands it to everything that
-  needs it. Asking for a GPU that is not there is a one-line error (exit code 2, checked with
-  the other options in common/cli.py), never a silent fall-back to the CPU.
-- `model.to(device)` moves a module in place and returns the module itself: every parameter
-  stays the same Parameter object, its data swapped for a copy on the device (the stage
-  prints conv1's weight, now on the device). `x.to(device)` leaves a tensor where it is and
-  returns a copy on the device, or `x` itself when it is already there: hence
-  `x = x.to(device)`. The optimizer is still built after the move, as stage 6 explains (built
-  before, it would work too: the Parameter objects stay). What must come after the move is
-  `run.resume`: `optimizer.load_state_dict` puts the restored momentum buffers on each
-  parameter's device as it is at that moment.
-- On CUDA, the DataLoader puts each batch in page-locked ("pinned") memory
-  (`pin_memory=True`; the pinning is itself a copy, made in the main process), from which the
-  GPU copies by DMA, and `x.to(device, non_blocking=True)` queues that copy and returns at
-  once, so the CPU goes straight on to queue the forward. The copy still runs before the
-  forward on the same CUDA stream, and `loss.item()` waits for every step to finish, so in
-  this loop no copy overlaps the GPU's computation; that would take the next batch's copy
-  issued on a second CUDA stream while the current step runs.
+- `--device auto` takes this machine's accelerator (CUDA, MPS, XPU, ...) through
+  `torch.accelerator`, or the CPU; `main()` makes it a `torch.device` once and passes it down.
+- `model.to(device)` moves the model in place, but `x.to(device)` returns a copy, hence
+  `x = x.to(device)` in the loop and in `evaluate`.
+- On CUDA the loader pins its batches (`pin_memory=True`), so that `non_blocking=True` copies
+  can be queued.
 
 Run: python -m stages.stage09_device --epochs 1 --device auto
 """
@@ -145,11 +132,11 @@ def choose_device(name):
 
 def add_options(parser):
     parser.add_argument("--workers", type=non_negative_int, default=0,
-                        help="DataLoader worker processes (0: load in the main process)")
+                        help="DataLoader worker processes (0: the main process)")
     parser.add_argument("--dropout", type=probability, default=0.0,
-                        help="dropout probability before fc2 and fc3 (0: the reference network)")
+                        help="dropout before fc2 and fc3 (0: none)")
     parser.add_argument("--device", type=device_name, default="auto",
-                        help="auto (the accelerator if there is one), cpu, cuda, cuda:N, mps, ...")
+                        help="auto (an accelerator if any), cpu, cuda, cuda:N, mps, ...")
 
 
 def main(argv=None):

@@ -1,33 +1,14 @@
-"""Stage 10: nn.DataParallel spreads each batch over all visible GPUs.
+"""Stage 10: nn.DataParallel splits each batch over all visible GPUs.
 
 Changes from stage 9:
-- With a GPU chosen and more than one visible (or on request with --data-parallel), the model
-  is wrapped: `model = nn.DataParallel(model, device_ids=gpus_starting_at(device))`, after
-  `.to(device)` and before the optimizer is built. DataParallel requires the parameters on
-  device_ids[0], so the list starts at the model's GPU (the default, every GPU in order,
-  starts at cuda:0 and would refuse a model on cuda:1). On every forward, DataParallel
-  scatters the batch into one chunk per GPU, replicates the module onto each GPU, runs the
-  chunks in parallel threads, and gathers the outputs on device_ids[0]; the backward runs
-  through the replicas and sums their gradients into the parameters on device_ids[0], where
-  the optimizer steps. The loss is computed on the gathered outputs, a mean over the whole
-  batch, so for this network a step equals one big forward and backward on one device, to
-  round-off. Not so with dropout (each replica draws its own masks, from its own GPU's
-  generator) or BatchNorm (each chunk is normalised with its own statistics). With no GPU
-  visible, DataParallel simply calls the module.
-- The wrapper holds the network as `model.module`, so the keys of `model.state_dict()` gain
-  a `module.` prefix, and `show_gradient` looks inside the wrapper for `conv1`. Save and load
-  through the unwrapped module, `raw_model`, so that a checkpoint or the record's model.pt
-  loads into a plain `Net` (and vice versa): `Net().load_state_dict(torch.load(path,
-  weights_only=True))`. The record's model.pt holds copies of the tensors on the CPU, so it
-  loads on any machine; a state_dict saved straight from a model on a GPU keeps that device,
-  and a machine without the GPU loads it with `torch.load(path, map_location="cpu")`.
-- PyTorch recommends `DistributedDataParallel` instead, even on one machine: DataParallel is
-  one process driving all GPUs from Python threads, which contend for the GIL; it copies the
-  whole module to every GPU on every step; and it gathers the outputs and reduces the
-  gradients on device_ids[0], which can make that GPU the bottleneck. DDP runs one process
-  per GPU and overlaps an all-reduce of the gradients with the backward (stage 11).
+- With more than one GPU (or `--data-parallel`), `model = nn.DataParallel(model, device_ids=...)`
+  runs each batch's chunks on every GPU and sums the gradients on the first.
+- `gpus_starting_at(device)` puts the model's own GPU first, because DataParallel gathers on
+  `device_ids[0]` and requires the parameters there.
+- The Net is saved through `raw_model`, the module inside the wrapper, so that the saved weights
+  load into a plain `Net`.
 
-Run: python -m stages.stage10_dataparallel --epochs 1 [--data-parallel]
+Run: python -m stages.stage10_dataparallel --epochs 1
 """
 import torch
 import torch.nn.functional as F
@@ -152,13 +133,13 @@ def gpus_starting_at(device):
 
 def add_options(parser):
     parser.add_argument("--workers", type=non_negative_int, default=0,
-                        help="DataLoader worker processes (0: load in the main process)")
+                        help="DataLoader worker processes (0: the main process)")
     parser.add_argument("--dropout", type=probability, default=0.0,
-                        help="dropout probability before fc2 and fc3 (0: the reference network)")
+                        help="dropout before fc2 and fc3 (0: none)")
     parser.add_argument("--device", type=device_name, default="auto",
-                        help="auto (the accelerator if there is one), cpu, cuda, cuda:N, mps, ...")
+                        help="auto (an accelerator if any), cpu, cuda, cuda:N, mps, ...")
     parser.add_argument("--data-parallel", action="store_true",
-                        help="wrap the model in nn.DataParallel even with one GPU or none")
+                        help="wrap in nn.DataParallel even with one GPU or none")
 
 
 def main(argv=None):

@@ -1,34 +1,13 @@
-"""Stage 11, beyond the ten: DistributedDataParallel, one process per device, launched by torchrun.
+"""Stage 11: DistributedDataParallel, one process per device, started by torchrun.
 
 Changes from stage 10:
-- One process per GPU (or several CPU processes), started by torchrun:
-    torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
-  torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process,
-  and `dist.init_process_group(backend)` reads them to join the group: "nccl" between GPUs,
-  "gloo" on CPUs. Started with plain `python -m`, the stage makes a group of one process.
-  Several machines: run the same torchrun on each with `--nnodes N --node-rank K
-  --master-addr HOST --master-port PORT` (or `--rdzv-backend c10d --rdzv-endpoint HOST:PORT`).
-- `DistributedDataParallel(model)` replaces `DataParallel`: every process holds a full
-  replica (at construction DDP copies rank 0's parameters to all the others); during
-  `loss.backward()` the gradients are averaged across processes by an all-reduce (overlapped
-  with the backward, bucket by bucket), so every replica takes the same optimizer step and
-  the replicas stay identical. With a mean loss and shares of equal size, the average of the
-  shares' gradients is the gradient of the whole batch, so two processes on the two halves
-  of each batch take the steps one process takes on the whole batches, to round-off (a test
-  checks); shares of unequal size would give the images of the smaller one more weight.
-- A `DistributedSampler` gives each process its own share of the training set, ceil(N / P)
-  indices for N images and P processes: when P does not divide N it repeats the first
-  indices of the shuffled order to fill the last shares, so an epoch sees a few images twice.
-  `sampler.set_epoch(epoch)` reshuffles differently every epoch, the same way on every
-  process. --batch-size is per process: a step sees batch-size x world-size images. The
-  order follows from the seed and the epoch alone, so no generator is part of the state.
-- Every process seeds torch with --seed, so with --dropout every process draws the same
-  dropout masks, each for its own images; independent masks would need a seed per rank.
-- Only rank 0 prints, draws the progress bar and writes the record and the checkpoint; every
-  process evaluates the (small) test set itself, through the unwrapped module, which needs
-  no communication.
-- The device is `cuda:LOCAL_RANK` with --device auto or cuda on a GPU machine: one GPU per
-  process. `--device cuda:N` puts every process on GPU N, which suits one process only.
+- `dist.init_process_group` joins the processes and `DistributedDataParallel` averages their
+  gradients during `backward()`, so every process takes the same step.
+- A `DistributedSampler` gives each process its share of the training set, reshuffled by
+  `sampler.set_epoch(epoch)`; each process seeds with `--seed + rank`, so its dropout masks are
+  its own.
+- Each process counts the correct predictions on its share of the test set and
+  `dist.all_reduce` sums the counts; rank 0 alone prints and writes.
 
 Run: torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
 """
@@ -169,11 +148,11 @@ def process_group(device):
 
 def add_options(parser):
     parser.add_argument("--workers", type=non_negative_int, default=0,
-                        help="DataLoader worker processes (0: load in the main process)")
+                        help="DataLoader worker processes (0: the main process)")
     parser.add_argument("--dropout", type=probability, default=0.0,
-                        help="dropout probability before fc2 and fc3 (0: the reference network)")
+                        help="dropout before fc2 and fc3 (0: none)")
     parser.add_argument("--device", type=process_device_name, default="auto",
-                        help="auto (a GPU if there is one), cpu, cuda (both: cuda:LOCAL_RANK) or cuda:N")
+                        help="auto, cpu or cuda (both cuda:LOCAL_RANK), cuda:N")
 
 
 def main(argv=None):

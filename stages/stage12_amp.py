@@ -176,13 +176,13 @@ def process_group(device):
 
 def add_options(parser):
     parser.add_argument("--workers", type=non_negative_int, default=0,
-                        help="DataLoader worker processes (0: load in the main process)")
+                        help="DataLoader worker processes (0: the main process)")
     parser.add_argument("--dropout", type=probability, default=0.0,
-                        help="dropout probability before fc2 and fc3 (0: the reference network)")
+                        help="dropout before fc2 and fc3 (0: none)")
     parser.add_argument("--amp", choices=("on", "off"), default="on",
-                        help="mixed precision: autocast the forward and the loss (float32 runs only)")
+                        help="autocast the forward and the loss (float32 only)")
     parser.add_argument("--device", type=process_device_name, default="auto",
-                        help="auto (a GPU if there is one), cpu, cuda (both: cuda:LOCAL_RANK) or cuda:N")
+                        help="auto, cpu or cuda (both cuda:LOCAL_RANK), cuda:N")
 
 
 def main(argv=None):

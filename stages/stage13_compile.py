@@ -2,10 +2,10 @@
 
 Changes from stage 12:
 - `model.compile()` before the DDP wrap, as PyTorch's documentation advises: at the first call,
-  TorchDynamo traces the forward into a graph, AOTAutograd derives the backward, and inductor
-  writes and compiles kernels for both (C++ on a CPU, Triton on a GPU). Later steps reuse them.
-- The first step therefore takes seconds; the stage prints its time and the speed of the
-  steps after it. Evaluation (no gradients, another batch size) compiles once more.
+  TorchDynamo traces the forward, AOTAutograd derives the backward, and inductor generates and
+  compiles kernels for both (C++ on a CPU, Triton on a GPU); later steps reuse them.
+- So the first step takes seconds: the stage prints its time and the speed of the steps after
+  it. Evaluation (no gradients, another batch size) compiles once more.
 - `--compile on` is the default here; `--compile off` is stage 12 exactly. Without a C++
   compiler the stage says so and runs eager.
 
@@ -181,15 +181,15 @@ def process_group(device):
 
 def add_options(parser):
     parser.add_argument("--workers", type=non_negative_int, default=0,
-                        help="DataLoader worker processes (0: load in the main process)")
+                        help="DataLoader worker processes (0: the main process)")
     parser.add_argument("--dropout", type=probability, default=0.0,
-                        help="dropout probability before fc2 and fc3 (0: the reference network)")
+                        help="dropout before fc2 and fc3 (0: none)")
     parser.add_argument("--amp", choices=("on", "off"), default="on",
-                        help="mixed precision: autocast the forward and the loss (float32 runs only)")
+                        help="autocast the forward and the loss (float32 only)")
     parser.add_argument("--compile", choices=("on", "off"), default="on",
-                        help="compile the model's forward and backward with torch.compile")
+                        help="torch.compile the model")
     parser.add_argument("--device", type=process_device_name, default="auto",
-                        help="auto (a GPU if there is one), cpu, cuda (both: cuda:LOCAL_RANK) or cuda:N")
+                        help="auto, cpu or cuda (both cuda:LOCAL_RANK), cuda:N")
 
 
 def main(argv=None):
