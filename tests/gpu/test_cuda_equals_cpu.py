@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 import torch
-from conftest import STAGES, stage_param
+from tests.helpers import STAGES, stage_param
 
 from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches, to_numpy
 

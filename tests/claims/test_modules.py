@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import STAGES, stage_number, stage_param
+from tests.helpers import STAGES, stage_number, stage_param
 from torch import nn
 
 from common.harness import driver, load_stage, sample_batches, trajectory, worst_relative_error

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ALL_STAGES, CONSECUTIVE_STAGES
+from tests.helpers import ALL_STAGES, CONSECUTIVE_STAGES
 from common.harness.reference import reference_step, reference_trajectory
 
 from common.harness import (TOLERANCES, driver, load_stage, one_step, relative_error, sample_batches, to_numpy,

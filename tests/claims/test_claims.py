@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import ALL_STAGES, free_port, stage_number
+from tests.helpers import ALL_STAGES, free_port, stage_number
 from torch import nn, optim
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 from torchvision import transforms
