@@ -216,11 +216,68 @@ def assert_close(actual, expected, dtype: str, what: str = "") -> None:
     assert error <= rtol, f"{what or 'values'}{where}: relative error {error:.2e} > {rtol:.0e} ({dtype})"
 
 
-def assert_differs(actual, expected, dtype: str, what: str = "") -> None:
-    """The opposite: the two differ by more than round-off in `dtype` could explain."""
+def assert_differs(actual, expected, dtype: str, what: str = "", times: float = 1) -> None:
+    """The opposite: they differ by more than `times` the tolerance of `dtype`, more than round-off
+    could explain (times > 1: by far more, for a test that means something only if they do)."""
     where, error = _error(actual, expected)
-    rtol = TOLERANCES[dtype].rtol
-    assert error > rtol, f"{what or 'values'}{where}: relative error {error:.2e} <= {rtol:.0e} ({dtype}): the same"
+    bound = times * TOLERANCES[dtype].rtol
+    assert error > bound, f"{what or 'values'}{where}: relative error {error:.2e} <= {bound:.0e} ({dtype})"
+
+
+# ---------------------------------------------------------------- small pieces for the claims
+def reference_net(stage: str | int, dtype: str = "float64", dropout: float | None = None):
+    """A stage's Net with the reference weights (seed 0), in `dtype`."""
+    import torch
+
+    from common.weights import reference_params
+
+    net_class = load_stage(stage).Net
+    model = (net_class() if dropout is None else net_class(dropout)).to(getattr(torch, dtype))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in reference_params(0).items()})
+    return model
+
+
+def a_batch(n: int = 4, seed: int = 0, dtype: str = "float64"):
+    """n synthetic images, normalised, as a tensor of `dtype`, and their labels."""
+    import torch
+
+    from common.harness import sample_batches
+
+    [(x, y)] = sample_batches(1, n, seed=seed)
+    return torch.as_tensor(x, dtype=getattr(torch, dtype)), torch.as_tensor(y)
+
+
+def train_a_few_steps(model, optimizer, steps: int = 3) -> None:
+    """Steps of batches of 4, on the model's device and in its dtype."""
+    import torch
+    import torch.nn.functional as F
+
+    from common.harness import sample_batches
+
+    weight = next(model.parameters())
+    for x, y in sample_batches(steps, 4, seed=1):
+        optimizer.zero_grad()
+        F.cross_entropy(model(torch.as_tensor(x, dtype=weight.dtype, device=weight.device)),
+                        torch.as_tensor(y, device=weight.device)).backward()
+        optimizer.step()
+
+
+def pretend_gpus(monkeypatch, count: int) -> None:
+    """torch.cuda says this many GPUs are visible (for what a stage decides, not for computing)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def needs_gpus(count: int = 1):
+    """Marks a test `cuda` and skips it where fewer than `count` CUDA GPUs are visible."""
+    def mark(test):
+        import torch
+
+        reason = "no CUDA GPU visible" if count == 1 else f"needs {count} CUDA GPUs"
+        return pytest.mark.cuda(pytest.mark.skipif(torch.cuda.device_count() < count, reason=reason)(test))
+    return mark
 
 
 # ---------------------------------------------------------------- programs run in the background
