@@ -264,10 +264,22 @@ def train_a_few_steps(model, optimizer, steps: int = 3) -> None:
 
 def pretend_gpus(monkeypatch, count: int) -> None:
     """torch.cuda says this many GPUs are visible (for what a stage decides, not for computing)."""
+    pretend_accelerator(monkeypatch, "cuda", count)
+
+
+def pretend_accelerator(monkeypatch, kind: str, count: int = 1) -> None:
+    """torch.accelerator (and torch.cuda for "cuda") says this machine has `count` devices of
+    this kind ("cuda", "mps", "xpu", ...), none with count 0: for what a stage decides, not for
+    computing on them."""
     import torch
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    here = torch.device(kind) if count else None
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: here)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.accelerator, "device_count", lambda: count)
+    cuda = count if kind == "cuda" else 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
 
 
 def needs_gpus(count: int = 1):

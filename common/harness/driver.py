@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -205,8 +205,21 @@ class Driver:
             available["criterion"] = self.torch.nn.CrossEntropyLoss()
         if "optimizer" in wanted:
             available["optimizer"] = self.optimizer(model, lr, momentum)
-        self.stage.train_one_epoch(**{name: available[name] for name in wanted})
+        with self._wrapped_as_in_main(model) as available["model"]:
+            self.stage.train_one_epoch(**{name: available[name] for name in wanted})
         return run.losses if isinstance(run, StepLog) else None  # a real recorder keeps its own record
+
+    @contextmanager
+    def _wrapped_as_in_main(self, model: Model):
+        """The model as the stage's loop receives it from main(): from stage 11 on wrapped in
+        DistributedDataParallel, here in a process group of one unless one is running already."""
+        if not hasattr(self.stage, "process_group") or not isinstance(model.net, self.torch.nn.Module) \
+                or isinstance(model.net, self.torch.nn.parallel.DistributedDataParallel):
+            yield model.net
+            return
+        with group_of_one():
+            yield self.torch.nn.parallel.DistributedDataParallel(
+                model.net, device_ids=[model.device] if model.device.type == "cuda" else None)
 
 
 class StepLog:
@@ -221,6 +234,22 @@ class StepLog:
     def log_step(self, loss, gradients=None) -> None:
         self.losses.append(loss.item() if hasattr(loss, "item") else float(loss))
         self.steps += 1
+
+
+@contextmanager
+def group_of_one():
+    """A gloo process group of this process alone, for as long as the block lasts (nothing is
+    done when one is initialised already)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def driver(stage: ModuleType | int | str) -> Driver:

@@ -52,8 +52,8 @@ def test_backward_adds_to_grad_until_it_is_set_to_none():
 
 def printed_gradient(stage_name: str, tmp_path) -> str:
     out = run_main(stage_name, tmp_path, "--dtype", "float64", "--max-steps", "1").out
-    line = next(line for line in out.splitlines() if "after step 1" in line)
-    return line.split(": ", 1)[1]
+    line = next(line for line in out.splitlines() if line.startswith("step 1: loss "))
+    return line.split("conv1.bias gradient: ", 1)[1]
 
 
 @pytest.mark.stage3

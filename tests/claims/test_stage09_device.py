@@ -35,12 +35,12 @@ def test_choose_device_without_a_gpu(monkeypatch, capsys):
 def test_choose_device_with_two_gpus(monkeypatch, capsys):
     pretend_gpus(monkeypatch, 2)
     stage = load_stage(9)
-    assert stage.choose_device("auto") == stage.choose_device("cuda") == torch.device("cuda:0")
+    assert stage.choose_device("auto") == stage.choose_device("cuda") == torch.device("cuda")
     assert stage.choose_device(stage_options(stage, ["--device", "cuda:1"]).device) == torch.device("cuda:1")
     with pytest.raises(SystemExit) as exit_info:
         stage_options(stage, ["--device", "cuda:2"])
     assert exit_info.value.code == 2
-    assert "cuda:2: no such CUDA device here (2 visible)" in capsys.readouterr().err
+    assert "cuda:2: no such cuda device here (2 visible)" in capsys.readouterr().err
 
 
 @pytest.mark.stage9

@@ -12,7 +12,7 @@ from torch.utils.data import DistributedSampler
 
 from common.harness import load_stage, stage_options
 from common.seed import seed_everything
-from tests.helpers import a_batch, assert_close, assert_differs, free_port, pretend_gpus, reference_net
+from tests.helpers import REPEATABLE, a_batch, assert_close, assert_differs, free_port, pretend_gpus, reference_net
 
 pytestmark = pytest.mark.stage11
 
@@ -84,9 +84,9 @@ def ddp_worker(rank: int, port: int, out_dir: str) -> None:
             for p in model.parameters():
                 p.fill_(rank + 1)
         model = nn.parallel.DistributedDataParallel(model)
-        seed_everything(0)  # as main() does, with --seed 0 on every process
+        seed_everything(0)  # one seed on every process
         alike = model(torch.ones(1, 3, 32, 32, dtype=torch.float64) / 100)
-        seed_everything(rank)  # a seed per process
+        seed_everything(0 + rank)  # as main() does: --seed + rank
         apart = model(torch.ones(1, 3, 32, 32, dtype=torch.float64) / 100)
         weights = model.module.fc3.bias.detach()
         torch.save({"alike": alike.detach(), "apart": apart.detach(), "weights": weights}, f"{out_dir}/rank{rank}.pt")
@@ -106,6 +106,23 @@ def test_ddp_copies_rank_0s_parameters_to_every_process(two_ranks):
     assert two_ranks[0]["weights"].tolist() == [1.0] * 10, "rank 0's own weights"
 
 
-def test_every_rank_seeded_alike_draws_the_same_dropout_masks(two_ranks):
-    assert torch.equal(two_ranks[0]["alike"], two_ranks[1]["alike"])
-    assert not torch.equal(two_ranks[0]["apart"], two_ranks[1]["apart"]), "a seed per rank: masks of their own"
+def test_each_rank_seeded_with_seed_plus_rank_draws_its_own_dropout_masks(two_ranks):
+    assert not torch.equal(two_ranks[0]["apart"], two_ranks[1]["apart"]), "--seed + rank: masks of their own"
+    assert torch.equal(two_ranks[0]["alike"], two_ranks[1]["alike"]), "one seed everywhere: the same masks"
+
+
+def main_in_a_group_of_two(rank: int, port: int, out_dir: str) -> None:
+    """stage 11's main() as torchrun starts it, then the seed of the generator it drew from."""
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    load_stage(11).main([*REPEATABLE, "--dropout", "0.5", "--seed", "7", "--out", out_dir])
+    torch.save(torch.initial_seed(), f"{out_dir}/seed{rank}.pt")
+
+
+def test_main_seeds_each_process_with_seed_plus_rank(tmp_path):
+    """What each process's dropout draws from: torch's generator, seeded --seed + RANK by main()
+    (the weights come from the reference arrays, equal everywhere; DDP broadcasts rank 0's anyway)."""
+    mp.start_processes(main_in_a_group_of_two, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    assert [torch.load(tmp_path / f"seed{rank}.pt") for rank in range(2)] == [7, 8]
