@@ -55,8 +55,8 @@ def train_one_batch_size(data, batch_size: int, lr: float, epochs: int, seconds_
     train_loader, test_loader = stage.make_loaders(data, args, device)
 
     def accuracy() -> float:
-        predicted = stage.evaluate(model.net, device, test_loader).cpu().numpy()
-        return float((predicted == data.test_y).mean())
+        correct, _ = stage.evaluate(model.net, device, test_loader)
+        return correct / len(data.test_y)
 
     steps = len(train_loader)
     evaluate_after = {round(k * steps / EVALS_PER_EPOCH) for k in range(1, EVALS_PER_EPOCH + 1)}

@@ -37,7 +37,11 @@ def test_help_names_every_default(stage_name, capsys):
         load_stage(stage_name).main(["--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
-    assert "Changes from stage" in out and "(default: 4)" in out and "(default: 0.001)" in out
+    stage = load_stage(stage_name)
+    assert stage.__doc__.splitlines()[0] in out, "the stage's one line"
+    assert f"docs/stages/{stage.__name__.split('.')[1]}.md" in out, "where its lesson is"
+    assert "(default: 4)" in out and "(default: 0.001)" in out
+    assert len(out.splitlines()) <= 45, "one screen"
 
 
 BAD_INPUT = [  # (arguments, expected exit code, a piece of the message)
@@ -77,7 +81,7 @@ def test_asking_for_a_missing_gpu_is_one_line_and_exit_code_2(stage_name, tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         load_stage(stage_name).main(["--device", "cuda", "--data", "synthetic", "--out", str(tmp_path)])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "no such CUDA device" in err and "Traceback" not in err
+    assert exit_info.value.code == 2 and "cuda: no such device on this machine" in err and "Traceback" not in err
 
 
 BAD_DATA_DIRS = {  # (what to write into an otherwise good .npy folder, a piece of the message)
