@@ -280,8 +280,11 @@ def without_values(line: str, uses: list[tuple]) -> str:
     """The line without the values typed that hold brackets: argparse may quote them as they are."""
     for _, _, value in uses:
         if value and any(bracket in value for bracket in "()[]{}"):
-            for shown in (repr(value), printable(value)):  # repr() first: it holds the other
-                line = line.replace(shown, "")
+            # repr() first: it holds the other. Only the first form found, once: a bare ")" removed
+            # everywhere would take the line's own "(see --help)" with it
+            shown = next((form for form in (repr(value), printable(value)) if form in line), None)
+            if shown is not None:
+                line = line.replace(shown, "", 1)
     return line
 
 
@@ -579,6 +582,16 @@ def test_a_control_character_typed_stays_escaped_in_one_line(argv, shown, fuzz_d
     with fresh_folder():
         outcome = outcome_of_main(1, argv + pinned(1, fuzz_data))
     assert outcome.code == 2 and len(outcome.lines) == 1 and shown in outcome.lines[0], outcome.err
+
+
+def test_a_one_bracket_value_is_not_mistaken_for_a_message_cut_off(fuzz_data):
+    """Found in the fuzz test's own checks: argparse quotes the ")" of `-h=)`, and removing every
+    bare ")" as well once left the line's "(see --help" open."""
+    uses = [(["-h=)"], "--help", ")")]
+    with fresh_folder():
+        outcome = outcome_of_main(1, ["-h=)"] + pinned(1, fuzz_data))
+    assert outcome.code == 2 and "ignored explicit argument ')'" in outcome.lines[0], outcome.err
+    assert not cut_unmarked(without_values(outcome.lines[0], uses)), outcome.lines[0]
 
 
 MOMENTUM_CASES = {  # the options added to --momentum 3, and the blame
