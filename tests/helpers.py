@@ -129,7 +129,10 @@ SMOKE = ["--data", "synthetic", "--epochs", "1", "--batch-size", "8", "--max-ste
 REPEATABLE = SMOKE + ["--threads", "1"]
 # LEARNS: long enough to learn the synthetic set (300 steps of 16 at lr 0.01; chance is 10%).
 LEARNS = ["--data", "synthetic", "--epochs", "1", "--batch-size", "16", "--lr", "0.01", "--max-steps", "300"]
-# TINY_EPOCHS(data): whole epochs of 10 steps in a moment (batches of 4 from a folder of 40 images,
+# ONE_EPOCH: a whole epoch of the synthetic set, 1000 steps of 8: long enough for a signal to arrive in
+# the middle of it; with a larger batch, a course run with no --max-steps that takes seconds.
+ONE_EPOCH = ["--data", "synthetic", "--epochs", "1", "--batch-size", "8"]
+# tiny_epochs(data): whole epochs of 10 steps in a moment (batches of 4 from a folder of 40 images,
 # conftest's `tiny_data`), for checkpoints and resumes, which happen at the end of an epoch.
 TINY_TRAIN, TINY_TEST = 40, 10
 

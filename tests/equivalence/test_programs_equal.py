@@ -3,41 +3,54 @@ optimizer and loop, trained for a few dozen steps from one seed, writes the same
 
 The harness drives every stage through one contract (common/harness/), building the
 optimizer and the loss itself where a stage builds them in main(); these tests cover what
-main() builds. Stages 1-6 shuffle with the same numpy generator; stages 7-10 share a
-DataLoader, whose order is another one, so they are compared among themselves.
+main() builds. The stages before the DataLoader shuffle with the same numpy generator; the
+stages with a DataLoader share its order, another one, so they are compared among themselves;
+stage 11's DistributedSampler orders the data otherwise again.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from tests.helpers import STAGES, stage_number
 
-from common.harness import TOLERANCES, load_stage, worst_relative_error
+from common.harness import load_stage
+from common.tools import course
 from common.weights import reference_params
+from tests.helpers import (SMOKE, STAGES, assert_close, assert_differs, has_module_net, is_distributed,
+                           run_main, stage_number, uses_dataloader)
 
 STEPS = 40
-RUN = ["--data", "synthetic", "--dtype", "float64", "--seed", "5", "--batch-size", "8", "--lr", "0.01",
-       "--epochs", "1", "--max-steps", str(STEPS)]
+RUN = ["--dtype", "float64", "--seed", "5", "--lr", "0.01", "--max-steps", str(STEPS)]  # after SMOKE
 GROUPS = {
-    "numpy order (stages 1-6)": [n for n in STAGES if stage_number(n) <= 6],
-    "DataLoader order (stages 7-10)": [n for n in STAGES if 7 <= stage_number(n) <= 10],
+    "numpy order": [n for n in STAGES if not uses_dataloader(load_stage(n))],
+    "DataLoader order": [n for n in STAGES if uses_dataloader(load_stage(n)) and not is_distributed(load_stage(n))],
 }
 
 
 def final_params(stage_name: str, out) -> dict:
-    summary = load_stage(stage_name).main(RUN + ["--out", str(out)])
-    assert summary["steps"] == STEPS
-    with np.load(f"{summary['record']}/params.npz") as saved:
-        return dict(saved)
+    result = run_main(stage_name, out, *RUN)
+    assert result.summary["steps"] == STEPS
+    return result.params
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("group", GROUPS, ids=lambda group: f"{group} (stages {', '.join(str(stage_number(n)) for n in GROUPS[group])})")
 def test_every_program_in_a_group_writes_the_same_params(group, tmp_path):
     first, *others = GROUPS[group]
     expected = final_params(first, tmp_path)
-    _, moved = worst_relative_error(expected, reference_params(5))
-    assert moved > 1e3 * TOLERANCES["float64"].rtol, "training must move the weights for this to mean anything"
+    assert_differs(expected, reference_params(5), "float64", "training must move the weights for this to mean "
+                   "anything", times=1e3)
     for stage_name in others:
-        name, error = worst_relative_error(final_params(stage_name, tmp_path), expected)
-        assert error <= TOLERANCES["float64"].rtol, f"{stage_name}: {name} differs from {first} by {error:.2e}"
+        assert_close(final_params(stage_name, tmp_path), expected, "float64", f"{stage_name} against {first}")
+
+
+BEFORE_NN_MODULE = [n for n in STAGES if not has_module_net(load_stage(n))]
+
+
+def test_the_course_runner_gives_every_stage_before_nn_module_the_same_float32_losses(tmp_path):
+    """With one seed, the numpy stage and the torch stages after it see the same weights and batches,
+    so in float32 too, run one after the other by the course runner, they end at the same loss."""
+    numbers = [str(stage_number(n)) for n in BEFORE_NN_MODULE]
+    summaries = course.main(["--stages", *numbers, "--out", str(tmp_path)] + SMOKE + ["--max-steps", "20"])
+    assert [s["stage"] for s in summaries] == [n.split(".")[1] for n in BEFORE_NN_MODULE]
+    losses = [s["final_loss"] for s in summaries]
+    assert_close(losses, [losses[0]] * len(losses), "float32", f"final losses of stages {', '.join(numbers)}")
+    assert (tmp_path / f"course-summary-stages-{'-'.join(numbers)}-smoke.json").exists()

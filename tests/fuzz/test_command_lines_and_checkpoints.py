@@ -43,14 +43,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers import npy_data_dir
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from common.run import checkpoint
 from common.cli import build_parser, device_name, file_path
 from common.errors import printable
 from common.harness import load_stage
+from common.run import checkpoint
+from tests.helpers import npy_data_dir
 
 pytestmark = pytest.mark.fuzz
 
@@ -94,7 +94,7 @@ def hidden_torch():
             sys.modules["torch"] = saved
 
 
-def run_main(stage_number: int, argv: list[str]) -> Outcome:
+def outcome_of_main(stage_number: int, argv: list[str]) -> Outcome:
     """`main(argv)` in this process. Any exception but SystemExit escapes: that is a failure.
     A warning that Python shows by default counts as a line of stderr, where a learner's
     terminal would show it."""
@@ -149,9 +149,9 @@ def figures_not_drawn():
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
+def fuzz_data(tmp_path_factory) -> Path:
     """A data folder in the .npy layout: 20 training images, 10 test images."""
-    return npy_data_dir(tmp_path_factory.mktemp("tiny_data"), TRAIN_IMAGES, TEST_IMAGES)
+    return npy_data_dir(tmp_path_factory.mktemp("fuzz_data"), TRAIN_IMAGES, TEST_IMAGES)
 
 
 @contextlib.contextmanager
@@ -280,8 +280,11 @@ def without_values(line: str, uses: list[tuple]) -> str:
     """The line without the values typed that hold brackets: argparse may quote them as they are."""
     for _, _, value in uses:
         if value and any(bracket in value for bracket in "()[]{}"):
-            for shown in (repr(value), printable(value)):  # repr() first: it holds the other
-                line = line.replace(shown, "")
+            # repr() first: it holds the other. Only the first form found, once: a bare ")" removed
+            # everywhere would take the line's own "(see --help)" with it
+            shown = next((form for form in (repr(value), printable(value)) if form in line), None)
+            if shown is not None:
+                line = line.replace(shown, "", 1)
     return line
 
 
@@ -295,13 +298,13 @@ def blames_what_was_given(line: str, uses: list[tuple]) -> bool:
 @pytest.mark.parametrize("stage_number", CLI_STAGES)
 @settings(max_examples=50, deadline=None, database=None)  # no deadline: never assert on speed
 @given(drawn=st.data())
-def test_any_command_line_exits_0_2_or_3_with_one_line(stage_number, drawn, tiny_data):
+def test_any_command_line_exits_0_2_or_3_with_one_line(stage_number, drawn, fuzz_data):
     argv, uses = drawn.draw(command_lines(stage_number), label="argv")
     with fresh_folder() as folder:
         for file, content in PRECIOUS.items():
             (folder / file).write_bytes(content)
         (folder / "a_folder").mkdir()
-        outcome = run_main(stage_number, argv + pinned(stage_number, tiny_data))
+        outcome = outcome_of_main(stage_number, argv + pinned(stage_number, fuzz_data))
         event(f"exit {outcome.code}")
         assert_one_line_or_none(outcome)
         written = files_in(folder)
@@ -338,10 +341,10 @@ def extreme_values(draw, stage_number: int) -> list[str]:
 @pytest.mark.parametrize("stage_number", CLI_STAGES)
 @settings(max_examples=15, deadline=None, database=None)
 @given(drawn=st.data())
-def test_extreme_values_train_diverge_or_are_refused_in_one_line(stage_number, drawn, tiny_data):
+def test_extreme_values_train_diverge_or_are_refused_in_one_line(stage_number, drawn, fuzz_data):
     argv = drawn.draw(extreme_values(stage_number), label="argv")
     with fresh_folder() as folder:
-        outcome = run_main(stage_number, argv + pinned(stage_number, tiny_data))
+        outcome = outcome_of_main(stage_number, argv + pinned(stage_number, fuzz_data))
         event(f"exit {outcome.code}")
         assert_one_line_or_none(outcome)
         if outcome.code == 2:
@@ -351,13 +354,13 @@ def test_extreme_values_train_diverge_or_are_refused_in_one_line(stage_number, d
 
 # ---------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
-def good_checkpoints(tmp_path_factory, tiny_data) -> dict[int, Path]:
+def good_checkpoints(tmp_path_factory, fuzz_data) -> dict[int, Path]:
     """Each checkpoint stage's checkpoint after one whole epoch of 10 steps."""
     made = {}
     for stage_number in CHECKPOINT_STAGES:
         folder = tmp_path_factory.mktemp(f"good{stage_number}")
         made[stage_number] = folder / "c.npz"
-        outcome = run_main(stage_number, ["--data-dir", str(tiny_data), *CHECKPOINT_RUN, "--epochs", "1",
+        outcome = outcome_of_main(stage_number, ["--data-dir", str(fuzz_data), *CHECKPOINT_RUN, "--epochs", "1",
                                           "--checkpoint", str(made[stage_number]), "--out", str(folder / "runs")])
         assert outcome.code == 0, outcome.err[-500:]
     return made
@@ -506,7 +509,7 @@ def damaged_checkpoints(draw, good: bytes) -> Damaged:
 def resume(stage_number: int, data: Path, epochs: int, extra: Sequence[str] = ()) -> Outcome:
     """Resume from c.npz in the working folder, saving to it again; --max-steps 11 stops one
     step into epoch 2 (its end would save a new checkpoint)."""
-    return run_main(stage_number, ["--data-dir", str(data), *CHECKPOINT_RUN, "--epochs", str(epochs),
+    return outcome_of_main(stage_number, ["--data-dir", str(data), *CHECKPOINT_RUN, "--epochs", str(epochs),
                                    "--max-steps", "11", "--resume", "c.npz", "--checkpoint", "c.npz", *extra])
 
 
@@ -514,12 +517,12 @@ def resume(stage_number: int, data: Path, epochs: int, extra: Sequence[str] = ()
 @settings(max_examples=100, deadline=None, database=None)
 @given(drawn=st.data(), epochs=st.sampled_from([1, 2]))
 def test_a_damaged_checkpoint_resumes_or_is_refused_and_kept(stage_number, drawn, epochs, good_checkpoints,
-                                                            tiny_data):
+                                                            fuzz_data):
     good = good_checkpoints[stage_number].read_bytes()
     content = drawn.draw(damaged_checkpoints(good), label="checkpoint").content
     with fresh_folder() as folder:
         (folder / "c.npz").write_bytes(content)
-        outcome = resume(stage_number, tiny_data, epochs)
+        outcome = resume(stage_number, fuzz_data, epochs)
         event(f"exit {outcome.code}")
         assert_one_line_or_none(outcome)
         kept = (folder / "c.npz").read_bytes() == content
@@ -540,7 +543,7 @@ def test_a_damaged_checkpoint_resumes_or_is_refused_and_kept(stage_number, drawn
 @settings(max_examples=10, deadline=None, database=None)
 @given(epochs=st.sampled_from([1, 2]), drawn=st.data())
 def test_a_resume_announces_each_changed_hyperparameter_in_one_line(stage_number, epochs, drawn, good_checkpoints,
-                                                                   tiny_data):
+                                                                   fuzz_data):
     """--lr, --momentum and --dropout may change on a resume; a finished run still says so, and
     exits 0, before it says it has nothing left to train."""
     choices = {"--lr": st.sampled_from(["0.001", "1e-3", "0.002", "1e-6"]) | st.floats(1e-6, 1).map(repr),
@@ -557,7 +560,7 @@ def test_a_resume_announces_each_changed_hyperparameter_in_one_line(stage_number
     with fresh_folder() as folder:
         (folder / "c.npz").write_bytes(good)
         extra = [token for option, text in given_values.items() if text is not None for token in (option, text)]
-        outcome = resume(stage_number, tiny_data, epochs, extra)
+        outcome = resume(stage_number, fuzz_data, epochs, extra)
         assert outcome.code == 0 and outcome.lines == [], outcome.err[-500:]
         announced = [line for line in outcome.out.splitlines() if "continuing with" in line]
         assert len(announced) == (1 if changed else 0), outcome.out
@@ -575,10 +578,20 @@ def test_a_resume_announces_each_changed_hyperparameter_in_one_line(stage_number
     (["--resume", "new\nline.npz"], "--resume new\\nline.npz: no such file"),
     (["--\x1b[2J"], "unrecognized arguments: --\\x1b[2J"),  # unescaped, it would clear the screen
 ], ids=["a value", "an unknown argument", "a file name", "a terminal escape"])
-def test_a_control_character_typed_stays_escaped_in_one_line(argv, shown, tiny_data):
+def test_a_control_character_typed_stays_escaped_in_one_line(argv, shown, fuzz_data):
     with fresh_folder():
-        outcome = run_main(1, argv + pinned(1, tiny_data))
+        outcome = outcome_of_main(1, argv + pinned(1, fuzz_data))
     assert outcome.code == 2 and len(outcome.lines) == 1 and shown in outcome.lines[0], outcome.err
+
+
+def test_a_one_bracket_value_is_not_mistaken_for_a_message_cut_off(fuzz_data):
+    """Found in the fuzz test's own checks: argparse quotes the ")" of `-h=)`, and removing every
+    bare ")" as well once left the line's "(see --help" open."""
+    uses = [(["-h=)"], "--help", ")")]
+    with fresh_folder():
+        outcome = outcome_of_main(1, ["-h=)"] + pinned(1, fuzz_data))
+    assert outcome.code == 2 and "ignored explicit argument ')'" in outcome.lines[0], outcome.err
+    assert not cut_unmarked(without_values(outcome.lines[0], uses)), outcome.lines[0]
 
 
 MOMENTUM_CASES = {  # the options added to --momentum 3, and the blame
@@ -589,21 +602,21 @@ MOMENTUM_CASES = {  # the options added to --momentum 3, and the blame
 
 @pytest.mark.parametrize("stage_number", [1, 6])
 @pytest.mark.parametrize("case", MOMENTUM_CASES)
-def test_a_divergence_blames_momentum_only_once_momentum_was_used(stage_number, case, tiny_data):
+def test_a_divergence_blames_momentum_only_once_momentum_was_used(stage_number, case, fuzz_data):
     """With --lr 1e38 the loss is NaN at step 2, after one update, which SGD makes from the
     gradient alone; --momentum 3 alone diverges later, as the buffer roughly triples every step."""
     extra, blamed = MOMENTUM_CASES[case]
     with fresh_folder():
-        argv = ["--momentum", "3", "--batch-size", "1"] + pinned(stage_number, tiny_data) + extra
-        outcome = run_main(stage_number, argv)
+        argv = ["--momentum", "3", "--batch-size", "1"] + pinned(stage_number, fuzz_data) + extra
+        outcome = outcome_of_main(stage_number, argv)
     assert outcome.code == 3 and blamed in outcome.lines[0], outcome.lines
 
 
-def test_a_batch_size_beyond_what_dataloader_takes_is_refused(tiny_data):
+def test_a_batch_size_beyond_what_dataloader_takes_is_refused(fuzz_data):
     """DataLoader's BatchSampler cuts batches with itertools.islice, which takes at most sys.maxsize."""
     with fresh_folder():
-        largest = run_main(10, ["--batch-size", str(sys.maxsize)] + pinned(10, tiny_data))
-        beyond = run_main(10, ["--batch-size", str(sys.maxsize + 1)] + pinned(10, tiny_data))
+        largest = outcome_of_main(10, ["--batch-size", str(sys.maxsize)] + pinned(10, fuzz_data))
+        beyond = outcome_of_main(10, ["--batch-size", str(sys.maxsize + 1)] + pinned(10, fuzz_data))
     assert largest.code == 0, largest.err[-500:]
     assert beyond.code == 2 and f"--batch-size: must be a positive integer up to {sys.maxsize}" in beyond.lines[0]
 
@@ -677,12 +690,12 @@ FOUND = {  # damage that once escaped main() as a traceback, or trained on wrong
 
 
 @pytest.mark.parametrize("case", FOUND)
-def test_a_checkpoint_that_once_escaped_main_is_refused_in_one_line(case, good_checkpoints, tiny_data):
+def test_a_checkpoint_that_once_escaped_main_is_refused_in_one_line(case, good_checkpoints, fuzz_data):
     stage_number, damage, message = FOUND[case]
     content = damage(good_checkpoints[stage_number].read_bytes())
     with fresh_folder() as folder:
         (folder / "c.npz").write_bytes(content)
-        outcome = resume(stage_number, tiny_data, epochs=2)
+        outcome = resume(stage_number, fuzz_data, epochs=2)
         assert outcome.code == 2 and len(outcome.lines) == 1, outcome.err[-500:]
         assert "--resume c.npz: " in outcome.lines[0] and message in outcome.lines[0], outcome.lines[0]
         assert (folder / "c.npz").read_bytes() == content

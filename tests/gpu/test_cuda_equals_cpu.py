@@ -12,7 +12,7 @@ import inspect
 import pytest
 import torch
 
-from common.harness import driver, load_stage, sample_batches, to_numpy
+from common.harness import driver, sample_batches, to_numpy
 from tests.helpers import assert_close, needs_gpus, stages_where, takes_option
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")]

@@ -14,7 +14,7 @@ import pytest
 from common import data as data_module
 from common.data import CLASSES, SYNTHETIC_CLASSES, load_data, make_synthetic
 from common.errors import CourseError
-from tests.helpers import ROOT
+from tests.helpers import LEARNS, ROOT, STAGES
 
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"  # beside the checkout, where there is one
 
@@ -81,6 +81,11 @@ def test_synthetic_class_names_describe_their_shapes(name):
     shape = data_module._SHAPES[name]
     assert shape(np.array(inside[0]), np.array(inside[1])), f"{name}: {inside} should be inside"
     assert not shape(np.array(outside[0]), np.array(outside[1])), f"{name}: {outside} should be outside"
+
+
+def test_synthetic_data_is_learnable(shared_run):
+    """Chance is 10%; a few hundred steps must do far better, or the synthetic set teaches nothing."""
+    assert shared_run(STAGES[0], preset=LEARNS).summary["test_accuracy"] > 0.5
 
 
 def test_synthetic_source_needs_no_files(tmp_path, monkeypatch, capsys):

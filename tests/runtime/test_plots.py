@@ -14,8 +14,9 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from common.tools.compare import plot as plot_comparison
 from common.run.plots import SMOOTHING_STEPS, draw_run, moving_average, plot_run
+from common.tools.compare import plot as plot_comparison
+from tests.helpers import assert_close
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
 
@@ -117,7 +118,7 @@ def test_several_epochs_write_each_accuracy_on_its_point(tmp_path):
     ax = accuracy_axes(fig)
     written = {t.get_text(): tuple(t.xy) for t in ax.texts if hasattr(t, "xy")}
     for epoch, a in enumerate(accuracies, 1):
-        assert written[f"{100 * a:.1f}%"] == pytest.approx((epoch, 100 * a))
+        assert_close(written[f"{100 * a:.1f}%"], (epoch, 100 * a), "float64", f"where epoch {epoch}'s value is written")
     assert list(ax.get_xticks()) == [1, 2, 3]  # whole epochs only, no 1.25
     assert "60.11%" in ax.get_title()
 
@@ -144,7 +145,8 @@ def test_the_moving_average_is_labelled_with_the_window_it_used(tmp_path, steps)
     x, y = average.get_data()
     assert len(x) >= 2  # a line one can see, not a single point
     assert x[0] == window and x[-1] == steps  # each point averages the steps up to it, none after
-    assert y[0] == pytest.approx(loss[:window].mean()) and y[-1] == pytest.approx(loss[-window:].mean())
+    assert_close(y[0], loss[:window].mean(), "float64", "the first average")
+    assert_close(y[-1], loss[-window:].mean(), "float64", "the last average")
 
 
 def test_a_run_of_a_few_steps_draws_each_step_and_no_average(tmp_path):
@@ -172,7 +174,7 @@ def test_gradient_norms_get_a_log_panel_with_one_average_per_layer(tmp_path):
     for layer in LAYERS:
         x, y = line_labelled(ax, f"^{layer}$").get_data()
         assert x[0] == window
-        np.testing.assert_allclose(y, moving_average(column(record, "grad_norms.csv", layer), window))
+        assert_close(y, moving_average(column(record, "grad_norms.csv", layer), window), "float64", layer)
     assert window_claimed(line_labelled(loss_axes(fig), "moving average").get_label()) == window
 
 

@@ -1,10 +1,11 @@
-"""Nothing lost on a full disk or at a signal while finishing, and one line for each ending.
+"""Nothing lost on a full disk or at a signal, and one line for each ending.
 
 A full disk is played by the kernel's file-size limit (RLIMIT_FSIZE): past it, a write fails
 with EFBIG exactly where a full disk fails with ENOSPC, in the middle of a file, and the
-program must cope the same way. A signal "while finishing" is made to arrive while the
-figures are drawn by holding plot_run() until the test has sent it, so it never depends on
-how fast the machine is.
+program must cope the same way. A signal is a real one, sent to a real process: while it trains
+(every stage), while it draws its figures (made to arrive then by holding plot_run() until the
+test has sent it, so it never depends on how fast the machine is), and to stage 11's processes
+under torchrun, or to one of two processes of a group.
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers import EVENT_TIMEOUT, ROOT, Background
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from common.errors import WRITE_FAILED
-from common.harness import load_stage
-
-RUN = ["--data", "synthetic", "--epochs", "1", "--batch-size", "8"]
+from tests.helpers import (ALL_STAGES, EVENT_TIMEOUT, ONE_EPOCH, ROOT, SMOKE, Background, exit_of_main, free_port,
+                           run_main, tiny_epochs)
 
 
 def limited_file_size(limit: int):
@@ -35,8 +36,8 @@ def limited_file_size(limit: int):
     return preexec
 
 
-def run_limited(stage: str, args: list[str], out: Path, limit: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", stage, *RUN, *args, "--out", str(out)], cwd=ROOT,
+def run_limited(stage: str, args: list[str], out: Path, limit: int, preset=SMOKE) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", stage, *preset, *args, "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=EVENT_TIMEOUT, preexec_fn=limited_file_size(limit),
                           env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
 
@@ -81,15 +82,13 @@ def test_a_full_disk_while_saving_the_parameters_leaves_no_partial_file(tmp_path
     assert len(rows(record / "losses.csv")) == 20
 
 
-def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path):
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_data):
     checkpoint = tmp_path / "c.npz"
-    short = ["--batch-size", "800", "--checkpoint", str(checkpoint)]
-    first = subprocess.run([sys.executable, "-m", "stages.stage06_optim", *RUN, *short, "--out", str(tmp_path)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=EVENT_TIMEOUT)
-    assert first.returncode == 0, first.stderr[-500:]
+    epochs = tiny_epochs(tiny_data) + ["--checkpoint", str(checkpoint)]
+    run_main(6, tmp_path, "--epochs", "1", preset=epochs)  # the first epoch, in this process: no limit
     before = checkpoint.read_bytes()
-    result = run_limited("stages.stage06_optim", short + ["--epochs", "2", "--resume", str(checkpoint)],
-                         tmp_path / "second", limit=200_000)  # a checkpoint is ~500 kB
+    result = run_limited("stages.stage06_optim", ["--epochs", "2", "--resume", str(checkpoint)],
+                         tmp_path / "second", limit=200_000, preset=epochs)  # a checkpoint is ~500 kB
     assert result.returncode == WRITE_FAILED and "the previous checkpoint is unchanged" in result.stderr
     assert "Traceback" not in result.stderr
     assert checkpoint.read_bytes() == before
@@ -107,10 +106,8 @@ def test_no_space_left_is_one_line_with_the_free_space(tmp_path, monkeypatch, ca
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", filling_write)
-    with pytest.raises(SystemExit) as exit_info:
-        load_stage(2).main(RUN + ["--max-steps", "100", "--out", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == WRITE_FAILED
+    code, _, err = exit_of_main(2, SMOKE + ["--max-steps", "100", "--out", str(tmp_path)], capsys)
+    assert code == WRITE_FAILED
     [line] = [line for line in err.splitlines() if "error" in line]  # the rest is the progress bar
     assert "losses.csv: No space left on device" in line and "MB free" in line
 
@@ -122,10 +119,8 @@ def test_a_full_disk_while_drawing_the_figures_is_one_line_and_keeps_the_record(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr("common.run.plots.plot_run", full_disk)
-    with pytest.raises(SystemExit) as exit_info:
-        load_stage(6).main(RUN + ["--max-steps", "20", "--out", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == WRITE_FAILED and "Traceback" not in err
+    code, _, err = exit_of_main(6, SMOKE + ["--max-steps", "20", "--out", str(tmp_path)], capsys)
+    assert code == WRITE_FAILED and "Traceback" not in err
     [line] = [line for line in err.splitlines() if "error" in line]
     assert "curves.png: No space left on device" in line and "MB free" in line
     record = record_of(tmp_path)
@@ -133,6 +128,25 @@ def test_a_full_disk_while_drawing_the_figures_is_one_line_and_keeps_the_record(
     assert len(rows(record / "losses.csv")) == 20 and (record / "params.npz").exists()
     summary = json.loads((record / "summary.json").read_text())
     assert summary["complete"] is False and "summary and figures" in summary["ended"]
+
+
+# ---------------------------------------------------------------- signals while training
+def losses_written(out: Path) -> int:
+    files = list(out.glob("*/*/losses.csv"))
+    return sum(1 for _ in open(files[0])) - 1 if files else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage_name", [p.values[0] for p in ALL_STAGES], ids=[p.id for p in ALL_STAGES])
+def test_ctrl_c_without_checkpoint_is_one_line_and_keeps_the_record(stage_name, tmp_path):
+    run = Background(["-m", stage_name, *ONE_EPOCH, "--out", str(tmp_path / "runs")], tmp_path)
+    run.wait_for(lambda: losses_written(tmp_path / "runs") >= 1, "the first step")
+    run.process.send_signal(signal.SIGINT)
+    result = run.finish()
+    assert result.returncode == 130 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    steps = int(last_line.split(" at step ")[1].split(";")[0])
+    assert losses_written(tmp_path / "runs") == steps >= 1
 
 
 # ---------------------------------------------------------------- signals while finishing
@@ -161,7 +175,7 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 def run_holding_the_figures(tmp_path: Path, signals_to_send: list[int]) -> tuple[subprocess.CompletedProcess, Path]:
     release, runs = tmp_path / "release", tmp_path / "runs"
-    run = Background(["-c", HELD_PLOT, str(release), "stages.stage06_optim", *RUN, "--max-steps", "30",
+    run = Background(["-c", HELD_PLOT, str(release), "stages.stage06_optim", *SMOKE, "--max-steps", "30",
                       "--out", str(runs)], tmp_path)
     run.wait_for(lambda: list(runs.glob("*/*/drawing")), "the figures")
     *first, last = signals_to_send
@@ -194,13 +208,14 @@ def test_a_second_signal_while_finishing_stops_at_once_and_marks_the_record(tmp_
     assert len(rows(record / "losses.csv")) == 30, "the training record is whole"
 
 
-# ---------------------------------------------------------------- stage 11 under torchrun
+# ---------------------------------------------------------------- stage 11: under torchrun, and in two processes
 @pytest.mark.slow
 @pytest.mark.stage11
 def test_ctrl_c_to_torchrun_stops_every_process_after_the_same_step(tmp_path):
     """Ctrl-C reaches the whole process group: torchrun and both workers."""
     runs = tmp_path / "runs"
-    run = Background(["-m", "common.tools.torchrun", "--nproc-per-node", "2", "-m", "stages.stage11_distributed", *RUN,
+    run = Background(["-m", "common.tools.torchrun", "--nproc-per-node", "2", "-m", "stages.stage11_distributed",
+                      *ONE_EPOCH,
                       "--out", str(runs)], tmp_path, start_new_session=True)
 
     def losses() -> list[dict]:
@@ -217,6 +232,7 @@ def test_ctrl_c_to_torchrun_stops_every_process_after_the_same_step(tmp_path):
     assert len(losses()) == steps
 
 
+@pytest.mark.stage11
 def test_a_failing_process_under_torchrun_is_one_line_each(tmp_path):
     result = subprocess.run([sys.executable, "-m", "common.tools.torchrun", "--nproc-per-node", "2", "-m",
                              "stages.stage11_distributed", "--data-dir", "/nonexistent", "--out", str(tmp_path)],
@@ -224,3 +240,34 @@ def test_a_failing_process_under_torchrun_is_one_line_each(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
     assert "--data-dir /nonexistent: no such folder" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("torchrun: ")
+
+
+def stop_worker(rank: int, port: int, out_dir: str) -> None:
+    """A signal reaches one process only (rank 1, at step 23): both must stop after the same step."""
+    import signal as signal_module
+
+    from common.run import signals
+    from common.run.guard import Guard
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        guard = Guard("stage11_distributed", shown=rank == 0)
+        stopped_at = None
+        for step in range(1, 60):
+            if rank == 1 and step == 23:
+                signals._received.append(signal_module.SIGINT)  # as the handler notes a Ctrl-C
+            try:
+                guard.stop_if_asked(step, every_step=True)
+            except KeyboardInterrupt:
+                stopped_at = step
+                break
+        np.save(f"{out_dir}/stopped{rank}.npy", np.array(stopped_at if stopped_at is not None else -1))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.stage11
+def test_a_signal_to_one_process_stops_every_process_after_the_same_step(tmp_path):
+    mp.start_processes(stop_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    stopped = [int(np.load(tmp_path / f"stopped{r}.npy")) for r in range(2)]
+    assert stopped == [30, 30], "they agree every 10 steps: the first agreement after step 23 is at step 30"

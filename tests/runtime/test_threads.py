@@ -9,10 +9,11 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
+from common.harness import driver, sample_batches
 from common.run import threads
-from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches
 from common.run.threads import ThreadPolicy
 from common.weights import reference_params
+from tests.helpers import assert_close, exit_of_main, run_main
 
 
 def blas_threads() -> int:
@@ -102,15 +103,14 @@ def test_auto_never_goes_below_one_thread_or_above_the_default(monkeypatch, two_
 
 
 def test_a_run_puts_the_thread_count_back_when_it_ends(tmp_path, two_threads_to_start_with):
-    load_stage(6).main(["--data", "synthetic", "--max-steps", "3", "--threads", "1", "--out", str(tmp_path)])
+    run_main(6, tmp_path, "--threads", "1")
     assert torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "257", "two", ""])
 def test_a_thread_count_outside_1_to_256_is_refused(value, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        load_stage(6).main(["--threads", value, "--out", str(tmp_path)])
-    assert exit_info.value.code == 2 and "--threads" in capsys.readouterr().err
+    code, _, err = exit_of_main(6, ["--threads", value, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--threads" in err
 
 
 def test_the_thread_count_changes_at_most_the_last_bits(two_threads_to_start_with):
@@ -125,4 +125,4 @@ def test_the_thread_count_changes_at_most_the_last_bits(two_threads_to_start_wit
         for x, y in batches:
             d.train_step(model, x, y, 0.01, 0.9)
         results[count] = d.get_params(model)
-    assert max(relative_error(results[2][n], results[1][n]) for n in results[1]) <= TOLERANCES["float32"].rtol
+    assert_close(results[2], results[1], "float32", "parameters after 20 steps on 2 threads and on 1")

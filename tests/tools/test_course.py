@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.tools import course
 from common.harness import stage_names
 from common.run.plots import plt
+from common.tools import course
+from tests.helpers import ONE_EPOCH
 
-QUICK = ["--data", "synthetic", "--epochs", "1"]
 ALL = list(range(1, len(stage_names()) + 1))
 
 
@@ -58,10 +58,10 @@ def runs(tmp_path_factory):
     printed = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(course, "stage_names", lambda: two_stages)
-        printed["full"] = run_course(QUICK + ["--batch-size", "500", "--out", str(out)])
+        printed["full"] = run_course(ONE_EPOCH + ["--batch-size", "500", "--out", str(out)])
         full_png = digest(out / "course-summary.png")
-        printed["smoke"] = run_course(QUICK + ["--max-steps", "3", "--out", str(out)])
-    printed["partial"] = run_course(QUICK + ["--stages", "4", "--max-steps", "3", "--out", str(out)])
+        printed["smoke"] = run_course(ONE_EPOCH + ["--max-steps", "3", "--out", str(out)])
+    printed["partial"] = run_course(ONE_EPOCH + ["--stages", "4", "--max-steps", "3", "--out", str(out)])
     return out, printed, full_png
 
 

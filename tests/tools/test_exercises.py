@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import copy_of_the_course, make
 
-from common.tools import exercises
 from common.errors import CourseError
+from common.tools import exercises
 from common.tools.exercises import EXERCISES, check, hint_sentence, load_file, report, stage_file, write_exercise
+from tests.helpers import copy_of_the_course, make
 
 STAGES = [pytest.param(n, id=f"stage{n}", marks=getattr(pytest.mark, f"stage{n}")) for n in EXERCISES]
 

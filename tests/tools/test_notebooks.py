@@ -7,10 +7,10 @@ import time
 
 import nbformat
 import pytest
-from tests.helpers import copy_of_the_course, make
 
-from common.tools import notebooks
 from common.harness import stage_names
+from common.tools import notebooks
+from tests.helpers import copy_of_the_course, make
 
 STAGE_FILES = notebooks.stage_files()
 STAGES = [pytest.param(path, id=path.stem, marks=getattr(pytest.mark, f"stage{int(path.stem[5:7])}"))

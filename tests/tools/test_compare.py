@@ -1,12 +1,13 @@
-"""The learner's tools: compare stage outputs, the batch-size experiment."""
+"""`make compare`: every stage on the same batches, its differences from stage 1 within the
+tolerances, and a stage that disagrees named."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from common.tools import batch_experiment, compare
 from common.harness import TOLERANCES, load_stage
+from common.tools import compare
 
 
 def test_compare_finds_every_stage_in_agreement(tmp_path, capsys):
@@ -32,16 +33,3 @@ def test_compare_names_a_stage_that_disagrees(tmp_path, monkeypatch, capsys):
         compare.main(["--steps", "3", "--stages", "1", "2", "--dtype", "float64", "--out", str(tmp_path)])
     assert exit_info.value.code == 1
     assert "DISAGREES: float64: stage02_tensors differs from stage01_numpy in parameters" in capsys.readouterr().err
-
-
-def test_batch_experiment_compares_at_equal_epochs_and_equal_time(tmp_path, capsys):
-    runs = batch_experiment.main(["--batch-sizes", "32", "8", "--epochs", "1", "--out", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert list(runs) == [8, 32], "the smallest batch runs first: its time sets the budget"
-    budget = runs[8][-1]["seconds"]
-    assert runs[32][-1]["seconds"] >= budget and runs[32][-1]["epoch"] >= 1
-    assert runs[32][0]["lr"] == pytest.approx(0.001 * (32 / 4) ** 0.5) and runs[8][0]["epoch"] == 0.0
-    assert "At equal epochs" in out and "At equal time" in out
-    saved = json.loads((tmp_path / "batch-experiment.json").read_text())
-    assert saved["budget_seconds"] == pytest.approx(budget)
-    assert (tmp_path / "batch-experiment.png").stat().st_size > 20_000

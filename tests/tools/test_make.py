@@ -1,0 +1,35 @@
+"""The make targets themselves: `make diff` shows the lesson, no target runs the learner's text as a
+command, and `make test-quick` picks its tests by folder and marker."""
+from __future__ import annotations
+
+import pytest
+
+from common.tools import make as make_py
+from tests.helpers import ROOT, make
+
+def test_make_diff_shows_the_lesson():
+    result = make(ROOT, "diff", "FROM=2", "TO=3")
+    assert result.returncode == 0, result.stderr
+    assert "+        loss.backward()" in result.stdout
+    assert "-def conv2d_backward(dout, cols, weight):" in result.stdout
+    assert "--- a/stages/stage02_tensors.py" in result.stdout
+
+
+@pytest.mark.parametrize("arguments", [
+    ["diff", "FROM=2; touch {marker}", "TO=3"],
+    ["diff", "FROM=2", "TO=$(touch {marker})"],
+    ["test-quick", "ARGS=--collect-only -q tests/runtime/test_weights.py; touch {marker}"],
+    ["test-quick", "ARGS=--collect-only -q tests/runtime/test_weights.py `touch {marker}`"],
+], ids=["FROM with ;", "TO with $()", "ARGS with ;", "ARGS with backquotes"])
+def test_make_targets_never_run_user_text_as_a_command(arguments, tmp_path):
+    marker = tmp_path / "ran"
+    result = make(ROOT, *(a.format(marker=marker) for a in arguments))
+    assert not marker.exists(), "the learner's text was run as a shell command"
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+
+
+def test_make_test_quick_names_folders_that_hold_tests():
+    folders = [ROOT / arg for arg in make_py.QUICK if arg.startswith("tests/")]
+    assert folders and all(folder.is_dir() and list(folder.glob("test_*.py")) for folder in folders)
