@@ -1,108 +1,69 @@
-"""Shared fixtures: the stages as pytest parameters, each carrying its own marker (-m stage3)."""
+"""The test suite's fixtures and hooks. Nothing is imported from this file: what tests share by
+name (the stages as parameters, presets, run_main, assert_close, ...) is in tests/helpers.py.
+
+Where a test lives says what it proves:
+
+    equivalence/  every stage computes what the independent reference computes, and what the
+                  stage before it computes; the programs themselves, run by main(), agree; a
+                  seed repeats a run bit for bit; stage 11's two processes take one process's steps
+    claims/       one file per stage, test_stageNN_<name>.py: each claim that stage's docstring
+                  and lesson makes about PyTorch, shown by running it. A claim that runs over
+                  several stages lives with the stage that first makes it, over the stages that
+                  have what it needs (tests.helpers.stages_where)
+    runtime/      what every stage imports: data, weights, the command line, the record a run
+                  leaves, checkpoints, reliability (a full disk, signals), threads, figures
+    tools/        what the make targets run: course, compare, batch experiment, gradcheck, site,
+                  notebooks, exercises, bench, and make itself
+    fuzz/         the property-based (hypothesis) tests, marked `fuzz`
+    gpu/          whole stages on a GPU against the CPU, marked `cuda`
+    layout/       the rooms of the course and who may import whom
+
+The GPU rule: a claim about the GPU stays in its stage's claims file, marked `cuda` and skipped
+where no GPU is visible; gpu/ holds only the comparisons of whole stages on a GPU with the CPU.
+`-m cuda` selects both; `-m stage9` selects one stage's tests, wherever they live.
+
+Fixtures of a wider scope run an expensive program once where several tests read what it left;
+those tests only read it.
+"""
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+pytest.register_assert_rewrite("tests.helpers")  # its asserts explain themselves as a test's do
 
-from common.harness import stage_names  # noqa: E402
 from common.weights import reference_params  # noqa: E402
-
-STAGES = stage_names()
-
-
-def stage_number(name: str) -> int:
-    return int(name.split(".stage")[1][:2])
-
-
-def stage_param(name: str):
-    """A stage module name as a test parameter, marked `stageN` so -m can select it."""
-    return pytest.param(name, id=name.split(".")[1], marks=getattr(pytest.mark, f"stage{stage_number(name)}"))
-
-
-def stage_pair_param(previous: str, current: str):
-    return pytest.param(previous, current, id=f"{stage_number(previous)}->{stage_number(current)}",
-                        marks=getattr(pytest.mark, f"stage{stage_number(current)}"))
-
-
-ALL_STAGES = [stage_param(n) for n in STAGES]
-CONSECUTIVE_STAGES = [stage_pair_param(a, b) for a, b in zip(STAGES, STAGES[1:])]
+from tests.helpers import REPEATABLE, TINY_TEST, TINY_TRAIN, npy_data_dir, run_main, smoke_argv  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def params():
+    """The reference weights, seed 0, as float64 arrays (read only)."""
     return reference_params(0)
 
 
-# ---------------------------------------------------------------- programs run in the background
-EVENT_TIMEOUT = 900  # a safety net only: the tests wait for events (a file, a row), never for a speed
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A data folder of 40 training and 10 test images (tests.helpers.tiny_epochs)."""
+    return npy_data_dir(tmp_path_factory.mktemp("tiny_data"), TINY_TRAIN, TINY_TEST)
 
 
-class Background:
-    """A course program started in the background, its output going to files: a pipe that no one
-    reads while the test waits could fill up and stall the program on a slow machine."""
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """shared_run(stage, *argv, preset=...): run_main once per session for each stage and argv,
+    for tests that only read what the run printed and left."""
+    done = {}
 
-    def __init__(self, argv: list[str], folder: Path, **popen):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.stdout, self.stderr = folder / "stdout.txt", folder / "stderr.txt"
-        with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
-            self.process = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=out, stderr=err, **popen)
+    def run(stage: str, *argv: str, preset: list[str] = REPEATABLE):
+        key = (stage, tuple(preset), argv)
+        if key not in done:
+            done[key] = run_main(stage, tmp_path_factory.mktemp("shared_run"), *argv, preset=preset)
+        return done[key]
 
-    def wait_for(self, condition, what: str) -> None:
-        deadline = time.monotonic() + EVENT_TIMEOUT
-        while not condition():
-            if self.process.poll() is not None:
-                raise AssertionError(f"the run ended (code {self.process.returncode}) before {what}: "
-                                     f"{self.stderr.read_text()[-500:]}")
-            assert time.monotonic() < deadline, f"gave up waiting for {what}"
-            time.sleep(0.02)
-
-    def finish(self) -> subprocess.CompletedProcess:
-        self.process.wait(timeout=EVENT_TIMEOUT)
-        return subprocess.CompletedProcess(self.process.args, self.process.returncode,
-                                           self.stdout.read_text(), self.stderr.read_text())
+    return run
 
 
-def free_port() -> int:
-    """A TCP port free at this moment, for a test's own process group."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------- the make targets, in a copy
-def copy_of_the_course(dest: Path) -> Path:
-    """What the Makefile targets need, copied, so that they write into `dest`, not the real work/."""
-    for folder in ("common", "stages"):
-        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("Makefile", "requirements.txt"):
-        shutil.copy(ROOT / name, dest)
-    return dest
-
-
-def make(course: Path, *args: str) -> subprocess.CompletedProcess:
-    """make in the copy, with this interpreter's environment; -o: never (re)build that environment."""
-    venv = Path(sys.prefix)
-    return subprocess.run(["make", "--no-print-directory", f"VENV={venv}", "-o", str(venv / ".installed"), *args],
-                          cwd=course, capture_output=True, text=True, timeout=EVENT_TIMEOUT)
-
-
-# ---------------------------------------------------------------- a small data folder
-def npy_data_dir(folder: Path, n_train: int = 20, n_test: int = 10) -> Path:
-    """A data folder in the course's offline .npy layout, random images and labels, seed 0."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        np.save(folder / f"{split}_x.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
-        np.save(folder / f"{split}_y.npy", rng.integers(0, 10, n))
-    return folder
+@pytest.fixture(scope="session")
+def smoke_run(shared_run):
+    """smoke_run(stage): each stage's one run of tests.helpers.smoke_argv(stage), which the tests
+    of what a run prints, what it leaves and whether it repeats all read."""
+    return lambda stage: shared_run(stage, *smoke_argv(stage), preset=REPEATABLE)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_STAGES, ROOT, npy_data_dir, stage_number
+from tests.helpers import ALL_STAGES, ROOT, make, npy_data_dir, stage_number
 
 from common.tools import course
 from common.harness import load_stage
@@ -138,13 +138,8 @@ def test_same_seed_same_losses_in_every_torch_free_and_torch_stage(tmp_path):
     assert (tmp_path / "course-summary-stages-1-2-3-smoke.json").exists()
 
 
-def make(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", *arguments], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-
-
 def test_make_diff_shows_the_lesson():
-    result = make("diff", "FROM=2", "TO=3")
+    result = make(ROOT, "diff", "FROM=2", "TO=3")
     assert result.returncode == 0, result.stderr
     assert "+        loss.backward()" in result.stdout
     assert "-def conv2d_backward(dout, cols, weight):" in result.stdout
@@ -154,12 +149,12 @@ def test_make_diff_shows_the_lesson():
 @pytest.mark.parametrize("arguments", [
     ["diff", "FROM=2; touch {marker}", "TO=3"],
     ["diff", "FROM=2", "TO=$(touch {marker})"],
-    ["test-quick", "ARGS=--collect-only -q tests/test_weights.py; touch {marker}"],
-    ["test-quick", "ARGS=--collect-only -q tests/test_weights.py `touch {marker}`"],
+    ["test-quick", "ARGS=--collect-only -q tests/runtime/test_weights.py; touch {marker}"],
+    ["test-quick", "ARGS=--collect-only -q tests/runtime/test_weights.py `touch {marker}`"],
 ], ids=["FROM with ;", "TO with $()", "ARGS with ;", "ARGS with backquotes"])
 def test_make_targets_never_run_user_text_as_a_command(arguments, tmp_path):
     marker = tmp_path / "ran"
-    result = make(*(a.format(marker=marker) for a in arguments))
+    result = make(ROOT, *(a.format(marker=marker) for a in arguments))
     assert not marker.exists(), "the learner's text was run as a shell command"
     assert result.returncode != 0 and "Traceback" not in result.stderr
 

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from tests.helpers import ROOT
 
 from common.tools.gradcheck import FLOAT64_GOAL, PARAM_NAMES, STEP, check, gradcheck_directions, main, reported_numbers
 from stages import stage01_numpy as stage1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import copy_of_the_course, make
+from tests.helpers import copy_of_the_course, make
 
 from common.tools import exercises
 from common.errors import CourseError

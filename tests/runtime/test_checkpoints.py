@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ALL_STAGES, EVENT_TIMEOUT, ROOT, Background, npy_data_dir
+from tests.helpers import ALL_STAGES, EVENT_TIMEOUT, ROOT, Background, npy_data_dir
 
 from common.harness import load_stage
 

@@ -14,8 +14,9 @@ import pytest
 from common import data as data_module
 from common.data import CLASSES, SYNTHETIC_CLASSES, load_data, make_synthetic
 from common.errors import CourseError
+from tests.helpers import ROOT
 
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"  # beside the checkout, where there is one
 
 
 def small_arrays(n_train=20, n_test=10, seed=0):

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import npy_data_dir
+from tests.helpers import npy_data_dir
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from tests.helpers import free_port
 
 from common.harness import driver, sample_batches, to_numpy, worst_relative_error
 from common.weights import reference_params

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import STAGES, stage_number
+from tests.helpers import STAGES, stage_number
 
 from common.harness import TOLERANCES, load_stage, worst_relative_error
 from common.weights import reference_params

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from tests.helpers import ROOT
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 

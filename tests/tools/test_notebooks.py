@@ -7,7 +7,7 @@ import time
 
 import nbformat
 import pytest
-from conftest import copy_of_the_course, make
+from tests.helpers import copy_of_the_course, make
 
 from common.tools import notebooks
 from common.harness import stage_names

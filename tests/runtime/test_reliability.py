@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EVENT_TIMEOUT, ROOT, Background
+from tests.helpers import EVENT_TIMEOUT, ROOT, Background
 
 from common.errors import WRITE_FAILED
 from common.harness import load_stage

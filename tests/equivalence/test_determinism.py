@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ALL_STAGES
+from tests.helpers import ALL_STAGES
 
 from common.harness import load_stage
 

@@ -1,0 +1,70 @@
+"""Stage 3's claims (autograd), each shown by running it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.harness import driver, load_stage
+from tests.helpers import STAGES, has_hand_written_gradients, run_main, uses_dataloader
+
+
+@pytest.mark.stage3
+def test_in_place_update_of_a_leaf_without_no_grad_raises():
+    p = torch.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad is being used in an in-place"):
+        p -= 0.1 * torch.ones(3)
+    with torch.no_grad():
+        p -= 0.1 * torch.ones(3)
+    assert p.is_leaf and p.grad_fn is None and p.requires_grad
+
+
+@pytest.mark.stage3
+def test_an_update_under_no_grad_is_still_seen_by_a_graph_that_saved_the_old_value():
+    p = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = (p * p).sum()  # saves p for the backward
+    with torch.no_grad():
+        p.mul_(10)  # counted in p's version counter
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.stage3
+def test_data_update_skips_autograd_checks():
+    p = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = (p * p).sum()  # d loss / dp = 2 p, with p as the loss saw it: (2, 4)
+    p.data.mul_(10)  # a tensor with a version counter of its own: autograd sees nothing
+    loss.backward()  # no error ...
+    assert p.grad.tolist() == [20.0, 40.0], "... and a silently wrong gradient, from the new values"
+
+
+@pytest.mark.stage3
+def test_backward_adds_to_grad_until_it_is_set_to_none():
+    stage = load_stage(3)
+    params = {"w": torch.tensor([3.0], requires_grad=True)}
+    for _ in range(2):
+        (params["w"] * 2).sum().backward()
+    assert params["w"].grad.tolist() == [4.0], "two backward() calls: 2 + 2"
+    stage.zero_grad(params)
+    assert params["w"].grad is None
+    (params["w"] * 2).sum().backward()
+    assert params["w"].grad.tolist() == [2.0]
+
+
+def printed_gradient(stage_name: str, tmp_path) -> str:
+    out = run_main(stage_name, tmp_path, "--dtype", "float64", "--max-steps", "1").out
+    line = next(line for line in out.splitlines() if "after step 1" in line)
+    return line.split(": ", 1)[1]
+
+
+@pytest.mark.stage3
+def test_hand_written_and_autograd_gradients_print_the_same_numbers(tmp_path):
+    """The stages that shuffle with numpy start from the same weights and batch: the gradient
+    printed by the first stage's backward by hand is the one autograd puts in .grad, in the
+    first stage with autograd and in the last stage before the DataLoader."""
+    numpy_order = [name for name in STAGES if not uses_dataloader(load_stage(name))]
+    by_hand = next(name for name in numpy_order if has_hand_written_gradients(load_stage(name)))
+    first_autograd = next(name for name in numpy_order if driver(name).family == "autograd")
+    printed = printed_gradient(by_hand, tmp_path / "by hand")
+    assert len(printed.split()) == 6, "conv1's six biases"
+    for name in (first_autograd, numpy_order[-1]):
+        assert printed_gradient(name, tmp_path / name) == printed, name

@@ -1,0 +1,68 @@
+"""Stage 4's claims (torch.nn.functional), each shown by running it; and the per-image losses it
+prints, in every stage that prints them."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.harness import driver, load_stage
+from common.weights import reference_params
+from tests.helpers import a_batch, assert_close, has_optimizer, shows, stages_where
+
+
+@pytest.mark.stage4
+def test_f_cross_entropy_is_log_softmax_then_nll_loss_averaged():
+    logits, y = torch.randn(7, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), torch.arange(7)
+    by_hand = -F.log_softmax(logits, dim=1)[torch.arange(7), y].mean()
+    assert_close(F.cross_entropy(logits, y), F.nll_loss(F.log_softmax(logits, dim=1), y), "float64", "nll_loss")
+    assert_close(F.cross_entropy(logits, y), by_hand, "float64", "by hand")
+
+
+@pytest.mark.stage4
+def test_f_cross_entropy_subtracts_the_largest_logit_before_exponentiating():
+    logits, y = torch.tensor([[1000.0, 0.0, -5.0]]), torch.tensor([1])
+    naive = -torch.log(logits.exp()[0, 1] / logits.exp().sum())  # exp(1000) overflows to inf
+    assert not torch.isfinite(naive)
+    assert F.cross_entropy(logits, y).item() == 1000.0, "-log softmax = 1000 + log(1 + e^-1005): 1000 in float32"
+
+
+@pytest.mark.stage4
+def test_reduction_none_gives_one_loss_per_image_and_the_default_is_their_mean():
+    logits, y = torch.randn(5, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), torch.arange(5)
+    losses = F.cross_entropy(logits, y, reduction="none")
+    assert losses.shape == (5,)
+    assert_close(losses.mean(), F.cross_entropy(logits, y), "float64", "F.cross_entropy")
+    assert_close(losses.mean(), nn.CrossEntropyLoss()(logits, y), "float64", "nn.CrossEntropyLoss")
+
+
+def printed_numbers(line: str, after: str) -> list[float]:
+    return [float(v) for v in re.findall(r"[-+]?\d+\.\d+(?:e[-+]\d+)?", line.split(after, 1)[1])]
+
+
+@pytest.mark.parametrize("stage_name", stages_where(shows("show_loss_and_cost")))
+def test_the_printed_cost_is_the_mean_of_the_printed_losses(stage_name, capsys):
+    stage = load_stage(stage_name)
+    x, y = a_batch(4, dtype="float32")
+    model = driver(stage).build(reference_params(0))
+    if has_optimizer(stage):  # the loss is a module the stage builds, the criterion
+        stage.show_loss_and_cost(model.net, nn.CrossEntropyLoss(), x, y)
+    else:
+        stage.show_loss_and_cost(model.net, x, y)
+    line = capsys.readouterr().out
+    each, rest = line.split("; their mean, the cost: ")
+    losses = printed_numbers(each, "(reduction='none'): ")
+    mean, returned = (float(v) for v in re.findall(r"\d+\.\d{4}", rest))
+    assert len(losses) == 4 and abs(sum(losses) / 4 - mean) <= 1e-4  # each printed to 4 decimals
+    assert mean == returned, "the default reduction returns the mean"
+    assert abs(mean - math.log(10)) < 0.2, "untrained: each of 10 classes gets about 1/10"
+
+
+@pytest.mark.parametrize("stage_name", stages_where(shows("show_loss_and_cost")))
+def test_every_stage_from_functional_on_prints_each_loss_and_their_mean(stage_name, smoke_run):
+    out = smoke_run(stage_name).out
+    assert "(reduction='none')" in out and "their mean, the cost" in out
