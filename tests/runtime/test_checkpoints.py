@@ -20,7 +20,7 @@ from tests.helpers import ALL_STAGES, EVENT_TIMEOUT, ROOT, Background, npy_data_
 from common.harness import load_stage
 
 STAGE = "stages.stage08_train_eval"  # has dropout, so torch's RNG state must survive the resume too
-# Bit-identical resumes need one thread count throughout (see the README's Determinism).
+# Bit-identical resumes need one thread count throughout (see docs/running.md, Determinism).
 RUN = ["--data", "synthetic", "--epochs", "2", "--batch-size", "8", "--dropout", "0.3", "--threads", "1"]
 STEPS_PER_EPOCH = 1000  # 8000 synthetic images / batch 8
 SHORT = ["--data", "synthetic", "--batch-size", "800", "--threads", "1"]  # 10 steps an epoch: checkpoints in seconds
