@@ -158,3 +158,26 @@ def test_the_numpy_stage_runs_without_loading_torch(stage_name, tmp_path):
                             timeout=EVENT_TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert "torch loaded: False" in result.stdout
+
+
+@pytest.mark.stage1
+def test_along_one_coordinate_the_logits_are_affine_between_kinks_and_the_loss_is_curved():
+    """Why a finite difference has a truncation error even where no kink is crossed: moved along
+    conv1's largest-gradient weight by -h, 0, +h (one linear piece, float64), the logits' second
+    difference is round-off, the loss's is not."""
+    stage1, point = load_stage(1), gradcheck.reference_point("float64")
+    gradient = gradcheck.analytic_gradients(point)["conv1.weight"]
+    [index] = gradcheck.largest_gradient_indices(gradient, 1)
+    h, eps = 2.5e-5, np.finfo(np.float64).eps  # below the nearest kink, 2.9e-5 away
+
+    def at(step):
+        params = dict(point.params, **{"conv1.weight": point.params["conv1.weight"].copy()})
+        params["conv1.weight"][index] += step
+        logits, cache = stage1.forward_with_cache(params, point.x)
+        return logits, float(stage1.cross_entropy(logits, point.y)[0]), gradcheck.linear_piece(cache)
+
+    (below, loss_below, piece_below), (here, loss, piece), (above, loss_above, piece_above) = at(-h), at(0), at(h)
+    assert piece_below == piece == piece_above, "one linear piece: no kink between the three points"
+    assert np.abs(above - 2 * here + below).max() <= 8 * eps * np.abs(here).max(), "the logits: affine"
+    rounding = eps * max(abs(loss), np.abs(here).sum())  # the loss's round-off, at most this order
+    assert abs(loss_above - 2 * loss + loss_below) > 20 * rounding, "the loss: curved"
