@@ -11,8 +11,9 @@ and at least that budget. Then it compares
     products and less Python overhead per image), so it fits more epochs into the same seconds.
 "epochs done" at the budget is the last evaluation within it: a multiple of 1/4 epoch.
 The learning rate grows with the square root of the batch size, lr = base_lr * sqrt(B / 4),
-a common rule for SGD that keeps the step-to-step noise comparable across batch sizes (the
-linear rule, lr proportional to B, diverges at B = 256 with momentum 0.9 here).
+a common rule for SGD that keeps the step-to-step noise comparable across batch sizes. (The
+linear rule, lr proportional to B, is the other common one; the results depend on the rule:
+docs/measurements.md has both at B = 256.)
 
 Run: python -m common.tools.batch_experiment [--batch-sizes 4 16 64 256] [--epochs 3] [--data cifar10]
 """

@@ -1,7 +1,7 @@
 """Gradient check: finite differences of the loss against stage 1's hand-written gradients.
 
 Only stage 1 is checked, so there is no --stage option: stage 1 writes every gradient by
-hand, and the equivalence tests prove every later stage equal to it. This module calls its
+hand, and the equivalence tests check every later stage against it. This module calls its
 `forward_with_cache`, `cross_entropy` and `backward` directly.
 
 A finite difference along one coordinate of a parameter,
