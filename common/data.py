@@ -3,7 +3,7 @@
 Where the data comes from (`--data auto`, the default), in order:
 1. `--data-dir DIR` when given: a torchvision CIFAR-10 root (holding `cifar-10-batches-py/`)
    or a folder in the offline `.npy` layout (train_x.npy or shards, train_y.npy, test_x.npy,
-   test_y.npy; see the README);
+   test_y.npy; see docs/running.md);
 2. the torchvision root `./data`, downloaded by torchvision's own `CIFAR10` class if needed;
 3. a built-in synthetic data set, made from the seed in a fraction of a second.
 `--data cifar10` insists on the real thing; `--data synthetic` always works. When `auto` falls

@@ -1,7 +1,7 @@
 """The test suite's fixtures and hooks. Nothing is imported from this file: what tests share by
 name (the stages as parameters, presets, run_main, assert_close, ...) is in tests/helpers.py.
 
-Where a test lives says what it proves:
+Where a test lives says what it checks:
 
     equivalence/  every stage computes what the independent reference computes, and what the
                   stage before it computes; the programs themselves, run by main(), agree; a

@@ -125,7 +125,7 @@ def takes_option(flag: str) -> Callable[[ModuleType], bool]:
 # The start of a stage's argv; a test adds what it needs after it (argparse keeps the last value).
 # SMOKE: a run of a few steps on the built-in synthetic set, for what main() prints and writes.
 SMOKE = ["--data", "synthetic", "--epochs", "1", "--batch-size", "8", "--max-steps", "3"]
-# REPEATABLE: SMOKE that repeats bit for bit: one thread count throughout (the README's Determinism).
+# REPEATABLE: SMOKE that repeats bit for bit: one thread count throughout (docs/running.md, Determinism).
 REPEATABLE = SMOKE + ["--threads", "1"]
 # LEARNS: long enough to learn the synthetic set (300 steps of 16 at lr 0.01; chance is 10%).
 LEARNS = ["--data", "synthetic", "--epochs", "1", "--batch-size", "16", "--lr", "0.01", "--max-steps", "300"]

@@ -1,22 +1,23 @@
 """Gradient check: finite differences of the loss against stage 1's hand-written gradients.
 
 Only stage 1 is checked, so there is no --stage option: stage 1 writes every gradient by
-hand, and the equivalence tests prove every later stage equal to it. This module calls its
+hand, and the equivalence tests check every later stage against it. This module calls its
 `forward_with_cache`, `cross_entropy` and `backward` directly.
 
 A finite difference along one coordinate of a parameter,
   one-sided   (L(p + h) - L(p)) / h          truncation error ~ h
   central     (L(p + h) - L(p - h)) / (2h)   truncation error ~ h**2
-also carries the loss's rounding error divided by the step, ~ eps * L / h. And this network
-is piecewise linear: relu and max-pool have kinks, where a unit switches on or off or
-another input wins a pooling window. Moved along one coordinate, the logits are affine
-between two kinks and the loss is smooth there; a step that crosses a kink mixes the slopes
-of two pieces. So the step must stay below the distance to the nearest kink (every image
-in the batch brings its own units, and so its own kinks). With the reference weights and
-the default batch of 4, that is 2.9e-5 for conv1's largest-gradient weight. float64 can
-afford such a step. float32 cannot: over 2.9e-5 that loss changes by little more than one
-of its own rounding units. And float32's textbook step, cbrt(eps) = 5e-3, crosses kinks,
-where float64 is just as wrong (~1e-1 on conv1.weight): the kink, not float32, spoils it.
+also carries the loss's rounding error divided by the step, ~ eps * L / h. And relu and
+max-pool have kinks, where a unit switches on or off or another input wins a pooling window.
+Moved along one coordinate of one parameter, the logits are piecewise affine: affine between
+two kinks. The loss, the softmax cross-entropy of those logits, is smooth and curved there
+(hence the truncation error above); a step that crosses a kink mixes the slopes of two pieces.
+So the step must stay below the distance to the nearest kink (every image in the batch
+brings its own units, and so its own kinks). With the reference weights and the default batch
+of 4, that is 2.9e-5 for conv1's largest-gradient weight. float64 can afford such a step.
+float32 cannot: over 2.9e-5 that loss changes by about 1.5 of its own rounding units. And
+float32's textbook step, cbrt(eps) = 5e-3, crosses kinks, where float64 is just as wrong
+(~1e-1 on conv1.weight): the kink, not float32, spoils it.
 
 The command prints errors at the textbook steps (and how many steps crossed a kink), draws
 the error against h from 1e-1 down to 1e-10 with each curve's best step, and runs
@@ -425,7 +426,9 @@ def gradcheck_parameter(dtype: str, name: str, batch_size: int = 4, seed: int = 
 def gradcheck_directions(dtype: str, batch_size: int = 4, seed: int = 0) -> TorchCheck:
     """gradcheck on t -> L(p_1 + t_1 u_1, ..., p_10 + t_10 u_10) at t = 0, with a random unit
     direction u_k in every parameter tensor. It perturbs 10 numbers (each twice), not 62,006,
-    yet checks every tensor's gradient g_k: autograd's chain rule makes dL/dt_k = <g_k, u_k>.
+    and checks one projection of every tensor's gradient g_k: autograd's chain rule makes
+    dL/dt_k = <g_k, u_k>. One number per tensor: a wrong element of a large tensor can pass
+    (zeroing one large element of fc1.weight's gradient does; tests/claims/test_stage01_numpy.py).
     (gradcheck's fast_mode draws random directions too, but when it fails it recomputes the
     numerical Jacobian one number at a time for its error message: 124,012 losses here.)"""
     point = reference_point(dtype, batch_size, seed)

@@ -22,9 +22,15 @@ from tests.helpers import (ALL_STAGES, EVENT_TIMEOUT, ROOT, ONE_EPOCH, Backgroun
                            run_main, tiny_epochs)
 
 STAGE = "stages.stage08_train_eval"  # has dropout, so torch's RNG state must survive the resume too
-# Bit-identical resumes need one thread count throughout (see the README's Determinism).
-INTERRUPTED = ONE_EPOCH + ["--epochs", "2", "--dropout", "0.3", "--threads", "1"]
-STEPS_PER_EPOCH = 1000  # 8000 synthetic images / batch 8: a signal sent in epoch 2 arrives in epoch 2
+# Bit-identical resumes need one thread count throughout (see docs/running.md, Determinism).
+RUN = ["--data", "synthetic", "--epochs", "2", "--batch-size", "8", "--dropout", "0.3", "--threads", "1"]
+STEPS_PER_EPOCH = 1000  # 8000 synthetic images / batch 8
+SHORT = ["--data", "synthetic", "--batch-size", "800", "--threads", "1"]  # 10 steps an epoch: checkpoints in seconds
+
+
+def run_stage(args: list[str], out: Path, stage: str = STAGE) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", stage, *args, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=EVENT_TIMEOUT)
 
 
 def losses_written(out: Path) -> int:
