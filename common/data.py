@@ -76,6 +76,11 @@ def data_name(source: str | None) -> str:
     return SYNTHETIC_NAME if source.startswith(SYNTHETIC_SOURCE) else CIFAR10_NAME
 
 
+def on_data(name: str) -> str:
+    """ "on synthetic shapes, not CIFAR-10" for a title, or what a record that names no data gets instead."""
+    return "(the record names no data)" if name == UNKNOWN_NAME else f"on {name}"
+
+
 def load_data(source: str = "auto", data_dir: str | os.PathLike | None = None, seed: int = 0, *,
               announce: bool = True, verbose: bool = False) -> CifarArrays:
     """Load CIFAR-10 (or its synthetic stand-in) and check it.

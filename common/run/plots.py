@@ -22,7 +22,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from common.data import CHANCE, UNKNOWN_NAME, data_name  # noqa: E402
+from common.data import CHANCE, data_name, on_data  # noqa: E402
 from common.errors import WRITE_FAILED, CourseError  # noqa: E402
 from common.run import checkpoint  # noqa: E402
 
@@ -39,11 +39,6 @@ def recorded_data(record_dir: Path) -> str:
         return data_name(summary["data"]["source"])
     except (OSError, ValueError, KeyError, TypeError):  # no summary, or one without the data
         return data_name(None)
-
-
-def on(data: str) -> str:
-    """ "on synthetic shapes, not CIFAR-10", or what a record that names no data gets instead."""
-    return "(the record names no data)" if data == UNKNOWN_NAME else f"on {data}"
 
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
@@ -139,7 +134,7 @@ def draw_accuracy(ax: Axes, accuracy: dict, data: str) -> None:
     else:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator("auto", integer=True))
-    ax.set_title(f"test accuracy after epoch {epochs[-1]}: {percent[-1]:.2f}%\n{on(data)}")
+    ax.set_title(f"test accuracy after epoch {epochs[-1]}: {percent[-1]:.2f}%\n{on_data(data)}")
     ax.axhline(100 * CHANCE, color="0.5", ls="--", lw=1)
     ax.annotate(f"chance\n{100 * CHANCE:.0f}%", xy=(1, 100 * CHANCE), xycoords=("axes fraction", "data"), xytext=(4, 0),
                 textcoords="offset points", va="center", fontsize=8, color="0.4")  # beside the axes, off the data
@@ -180,7 +175,7 @@ def draw_run(record_dir: Path) -> Figure:
     data = recorded_data(record_dir)
     draw_accuracy(axes[-1], accuracy, data)
     steps = f"{int(losses['step'][-1])} training steps" if losses else "no training step"
-    fig.suptitle(f"{record_dir.parent.name}: {steps} {on(data)}")
+    fig.suptitle(f"{record_dir.parent.name}: {steps} {on_data(data)}")
     return fig
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import OneLineParser
-from common.data import CHANCE, SYNTHETIC_NAME, data_name
+from common.data import CHANCE, SYNTHETIC_NAME, data_name, on_data
 from common.errors import BAD_INPUT
 from common.harness import ROOT, load_stage, stage_names
 from common.tools.exercises.catalog import EXERCISES
@@ -247,10 +247,8 @@ def draw_accuracy(ax, summaries: list[dict], colors: list) -> None:
     bars = ax.barh(labels, np.nan_to_num(accuracy), color=colors)
     ax.bar_label(bars, labels=["no test" if np.isnan(a) else f"{a:.2f}%" for a in accuracy], padding=3, fontsize=8)
     ax.axvline(100 * CHANCE, color="0.5", ls="--", lw=1)
-    from common.run.plots import on
-
     ax.set(xlabel=f"test accuracy (%); dashed: chance ({100 * CHANCE:.0f}%)",
-           title=f"test accuracy at the end\n{on(data_of(summaries))}",
+           title=f"test accuracy at the end\n{on_data(data_of(summaries))}",
            xlim=(0, 118), xticks=range(0, 101, 20))  # room beyond 100 for the values
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=8)
