@@ -103,10 +103,11 @@ def notes(summaries: list[dict]) -> list[str]:
         found.append(SYNTHETIC_NOTE)
     sampled = [i for i, s in enumerate(summaries) if uses_a_distributed_sampler(s["stage"])]
     if sampled and len(sampled) < len(summaries):
+        first = stage_number(summaries[sampled[0]]["stage"])
         found.append(f"{group_label(summaries, sampled)} take{'s' if len(sampled) == 1 else ''} the batches from "
-                     "a DistributedSampler, which shuffles in another order than the stages before them: after one "
-                     "epoch the order alone moves the accuracy by a few points, so that gap is the data order, "
-                     "not a cost of DDP (docs/stages/stage11_distributed.md)")
+                     "a DistributedSampler, which shuffles in another order than the stages before them; one "
+                     f"epoch's accuracy moves by a few points with the order alone, so stage {first}'s gap to the "
+                     "stages before it is the data order, not a cost of DDP (docs/stages/stage11_distributed.md)")
     return found
 
 
