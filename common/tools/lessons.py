@@ -6,8 +6,8 @@ A lesson page is a `# Stage N: <title>` line, one paragraph, and the level-2 sec
 that the site and the notebooks can put their own parts between the sections: the diff after
 "Why", the figure after "What to look at", the exercise before "Next".
 
-Its links are written for the page's own folder (`../running.md`, `stage07_dataloader.md`,
-`../../tests/claims/...`); `relink` points them from wherever the text is shown instead.
+Its links are written for the page's own folder (`../running.md`, `stage07_dataloader.md`, the
+claim tests' files); `relink` points them from wherever the text is shown instead.
 """
 from __future__ import annotations
 
