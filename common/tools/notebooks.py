@@ -195,11 +195,16 @@ class Prose:
             return f"{file.stem}.ipynb{anchor}"  # another stage's lesson: its notebook, beside this one
         return self.elsewhere(file, anchor)
 
-    def section(self, heading: str, level: str = "##") -> list[str]:
-        """The section as one markdown cell, or nothing where the page lacks it."""
+    def body(self, heading: str) -> str:
+        """The section's markdown, its links pointing from the notebook; "" where the page lacks it."""
         if self.lesson is None or heading not in self.lesson.sections:
-            return []
-        return [markdown(f"{level} {heading}\n\n" + relink(self.lesson.sections[heading], self.lesson, self.target_for))]
+            return ""
+        return relink(self.lesson.sections[heading], self.lesson, self.target_for)
+
+    def section(self, heading: str) -> list[str]:
+        """The section as one markdown cell, or nothing where the page lacks it."""
+        text = self.body(heading)
+        return [markdown(f"## {heading}\n\n{text}")] if text else []
 
     def opening(self, docstring: str) -> str:
         """The title and first paragraph; without a lesson page, the docstring."""
@@ -220,6 +225,13 @@ def stage_cells(stage: Path, docstring: str, sections: list) -> list[str]:
     return cells
 
 
+def run_text(stage: Path, prose: Prose) -> str:
+    """The notebook's run, then how the lesson page runs the stage from a terminal."""
+    terminal = prose.body("Run it")
+    return markdown(RUN_TEXT.format(stem=stage.stem)
+                    + (f"\n\nFrom a terminal, as the lesson page runs it:\n\n{terminal}" if terminal else ""))
+
+
 def exercise_cells(stage: Path) -> list[str]:
     n = int(stage.stem[5:7])
     if n not in EXERCISES:
@@ -237,7 +249,7 @@ def percent_text(stage: Path, out_dir: Path = NOTEBOOKS_DIR, lessons_dir: Path =
     set_up = SET_UP.format(repository=COURSE_REPOSITORY, no_course=NO_COURSE)
     cells = [prose.opening(docstring), code(set_up), *prose.section("What changes"), *prose.section("Why"),
              *stage_cells(stage, docstring, sections),
-             markdown(RUN_TEXT.format(stem=stage.stem)), code(RUN_CODE.format(stem=stage.stem, args=RUN_ARGS)),
+             run_text(stage, prose), code(RUN_CODE.format(stem=stage.stem, args=RUN_ARGS)),
              *prose.section("What to look at"), *prose.section("Fine print"), *exercise_cells(stage),
              *prose.section("Next")]
     return "\n".join(cells)

@@ -90,6 +90,8 @@ def test_the_lesson_pages_text_is_the_markdown_around_the_code(tmp_path):
                      "## What to look at", "## Fine print", "## Do it yourself", "## Next"]
     what_changes = next(c.source for c in cells if c.source.startswith("## What changes"))
     assert "## a comment in code" in what_changes, "a ## inside a fenced block stays in its section"
+    run_it = next(c.source for c in cells if c.source.startswith("## Run it"))
+    assert "One whole epoch" in run_it and "make run STAGE=6" in run_it, "the notebook's run, then the page's"
     assert f"({stages[k + 1].stem}.ipynb)" in cells[-1].source, "the next lesson: the next notebook"
     assert "(../docs/tools.md#make-diff)" in cells[0].source, "other links point from notebooks/"
     assert (out / "../docs/tools.md").resolve() == (tmp_path / "docs" / "tools.md").resolve()
