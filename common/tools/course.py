@@ -86,7 +86,8 @@ def format_summary(summaries: list[dict]) -> str:
     for s in summaries:
         lines.append(f"{s['stage']:<24}{s['steps']:>8}{s['final_loss']:>12.4f}"
                      f"{100 * s['test_accuracy']:>14.2f}%{s['seconds']:>10.1f}")
-    lines += [textwrap.fill(note, 100, initial_indent="note: ", subsequent_indent="      ") for note in notes(summaries)]
+    lines += [textwrap.fill(note, 100, initial_indent="note: ", subsequent_indent="      ")
+              for note in notes(summaries)]
     return "\n".join(lines)
 
 

@@ -11,10 +11,10 @@ data.source). The pages work on a phone: nothing is wider than a 400 px screen, 
 the old line above the new one where two columns no longer fit (NARROW), and every figure is a
 link to itself at full size.
 
-The diff shows each stage's docstring once, in the box at the top, and below it only the code:
+The diff shows each stage's docstring once, in its own box above the lesson, and only the code:
 removed lines red on the left, added lines green on the right, and within a changed line the
-changed words marked darker. Long lines wrap at spaces, never inside a word (a word wider than
-its cell scrolls sideways).
+changed words marked darker. Long lines wrap at spaces, never inside a word, except on a narrow
+screen a word longer than LONG_WORD characters, which could not fit there whole.
 
 The stage figures come from the last *full* course run (runs/course-summary.json, written by
 `make run`: every stage, no --max-steps), whatever ran after it: a smoke or partial run writes
@@ -104,12 +104,13 @@ p.note { color: #444; font-size: .92rem; max-width: 52rem; }
   table.diff td.code { padding-left: calc(.3rem + min(var(--indent, 0ch), 6ch) + 2ch);
                        text-indent: calc(-1 * (min(var(--indent, 0ch), 6ch) + 2ch)); }
   table.diff .word.long { white-space: normal; overflow-wrap: anywhere; }
-  table.diff td.removed + td.num { border-top: 1px dashed #ccc; } table.diff td.removed + td.num + td.added { border-top: 1px dashed #ccc; }
+  table.diff td.removed + td.num, table.diff td.removed + td.num + td.added { border-top: 1px dashed #ccc; }
 }
 @media (max-width: 600px) {
   body { margin: 1rem auto; } h1 { font-size: 1.6rem; }
   table.commands tr, table.commands td, table.commands th { display: block; border: 0; padding: .1rem .4rem; }
-  table.commands tr { border-bottom: 1px solid #ddd; padding: .3rem 0; } table.commands tr:first-child { display: none; }
+  table.commands tr { border-bottom: 1px solid #ddd; padding: .3rem 0; }
+  table.commands tr:first-child { display: none; }
   table.commands code { white-space: normal; }
   table.stages td, table.stages th { padding: .3rem .4rem; }
   .prose pre { white-space: pre-wrap; overflow-wrap: anywhere; }
@@ -263,7 +264,7 @@ def diff_rows(old: str, new: str) -> list[str]:
     rows = []
     if old_end or new_end:
         rows.append(f'<tr class="fold"><td colspan="4">lines 1–{old_end} and 1–{new_end}: the module docstrings '
-                    f"(this stage's is at the top of the page)</td></tr>")
+                    f"(this stage's is shown above)</td></tr>")
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if tag == "equal":
             for k in folded(i2 - i1):
@@ -295,7 +296,7 @@ def folded(n: int) -> list[int | None]:
 def source_rows(source: str) -> list[str]:
     """Table rows of a whole program below its docstring (the first stage has no predecessor)."""
     _, end = docstring_and_end(source)
-    rows = [f'<tr class="fold"><td colspan="2">lines 1–{end}: the module docstring (at the top of the page)'
+    rows = [f'<tr class="fold"><td colspan="2">lines 1–{end}: the module docstring (shown above)'
             '</td></tr>'] if end else []
     rows += [f"<tr>{code_cell(tokens, end + k + 1, 'same')}</tr>" for k, tokens in enumerate(line_tokens(source)[end:])]
     return rows
@@ -434,7 +435,8 @@ def exercise_box(number: int, name: str) -> str:
         return (f'<div class="todo" id="exercise"><p>Do it yourself: this stage has no exercise yet '
                 f"(<code>make exercise</code> covers stages {min(EXERCISES)} to {max(EXERCISES)}).</p></div>")
     blanks = ", ".join(f"<code>{html.escape(b)}</code>" for b in EXERCISES[number].blanks)
-    return (f'<div class="todo" id="exercise"><p><strong>Do it yourself: <code>make exercise STAGE={number}</code></strong> '
+    return (f'<div class="todo" id="exercise"><p><strong>Do it yourself: '
+            f"<code>make exercise STAGE={number}</code></strong> "
             f"writes <code>work/{name}.py</code>, this stage with its lesson taken out: {blanks}. Fill them in, then "
             f"<code>make check STAGE={number}</code> checks your file against PyTorch"
             f"{f' and stage {number - 1}' if number > 1 else ''} and names what disagrees; "
@@ -459,7 +461,8 @@ def pager(site: Site, k: int) -> str:
 def diff_part(path: Path, previous: Path | None) -> str:
     name, source = path.stem, path.read_text()
     if previous is None:
-        return "\n".join(['<h2 id="the-code">The whole program</h2>', table("diff source", NUM_CODE, source_rows(source))])
+        return "\n".join(['<h2 id="the-code">The whole program</h2>',
+                          table("diff source", NUM_CODE, source_rows(source))])
     return "\n".join([
         f'<h2 id="the-code">The code: {previous.stem} → {name}</h2>',
         f"<p>Old: {previous.stem}, new: {name}; their code below the docstrings. Red: removed, green: added; "
@@ -492,8 +495,9 @@ def stage_page(site: Site, k: int) -> str:
     links = " · ".join(f'<a href="{p.stem}.html">{stage_number(p)}</a>' for p in files)
     lesson_link = Path(os.path.relpath(site.lessons_dir.resolve() / f"{name}.md", site.out.resolve())).as_posix()
     body = [f'<nav><a href="index.html">index</a> · stages: {links}</nav>',
-            f"<h1>{html.escape(lesson.title if lesson else name)}</h1>",  # without a page: the docstring below titles it
-            f'<p><code>stages/{name}.py</code> · the lesson page: <a class="lesson-page" href="{html.escape(lesson_link)}">'
+            f"<h1>{html.escape(lesson.title if lesson else name)}</h1>",  # no page: the docstring below titles it
+            f'<p><code>stages/{name}.py</code> · the lesson page: '
+            f'<a class="lesson-page" href="{html.escape(lesson_link)}">'
             f"docs/stages/{name}.md</a>{'' if lesson else ' (not written yet)'}</p>"]
     if lesson is not None:
         body.append(f'<div class="prose">{site.rendered(lesson, lesson.intro)}</div>')

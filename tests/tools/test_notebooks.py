@@ -69,7 +69,8 @@ def test_a_notebook_holds_its_stage_cut_at_the_section_rules(path, tmp_path):
     assert [line for line in code if line.strip()] == stage_code_lines(path)
     [run] = [c for c in cells if c.cell_type == "code" and "main(" in c.source and "Image(" in c.source]
     assert f"main({notebooks.RUN_ARGS!r})" in run.source
-    assert "--max-steps" not in notebooks.RUN_ARGS and notebooks.RUN_ARGS[:4] == ["--data", "synthetic", "--epochs", "1"]
+    assert "--max-steps" not in notebooks.RUN_ARGS, "a whole epoch"
+    assert notebooks.RUN_ARGS[:4] == ["--data", "synthetic", "--epochs", "1"]
     number = int(path.stem[5:7])
     checks = [c for c in cells if c.cell_type == "code" and f'exercise(["check", "{number}"])' in c.source]
     assert len(checks) == (1 if number in EXERCISES else 0)
@@ -107,7 +108,8 @@ def set_up_in(folder, repository=None) -> subprocess.CompletedProcess:
 def test_without_the_course_or_its_address_the_set_up_says_what_to_do_in_one_line(tmp_path):
     done = set_up_in(tmp_path)
     assert done.returncode != 0 and done.stderr.strip() == notebooks.NO_COURSE
-    assert "OWNER" not in notebooks.SET_UP and "clone the course" in notebooks.NO_COURSE and ".zip" in notebooks.NO_COURSE
+    assert "OWNER" not in notebooks.SET_UP, "no placeholder to edit"
+    assert "clone the course" in notebooks.NO_COURSE and ".zip" in notebooks.NO_COURSE
 
 
 def test_a_course_uploaded_as_a_zip_is_unpacked_and_found(tmp_path):
