@@ -21,8 +21,8 @@ bytes. Stage 1 runs with torch hidden, as in its own process, where nothing impo
 `import torch` on its way fails the test.
 
 curves.png is not drawn here: drawing it takes about a second, more than the rest of a run on 20
-images, and plot_run() reads only the record's CSV files and its folder's name
-(tests/test_plots.py draws them). Examples per stage: 50 command lines, 15 sets of extreme values,
+images, and plot_run() reads only the record's CSV files, its summary.json's data source and its
+folder's name (tests/runtime/test_plots.py draws them). Examples per stage: 50 command lines, 15 sets of extreme values,
 100 damaged checkpoints, 10 resumes with other hyperparameters; the tests at the end replay what
 the fuzzing found. No deadlines: these tests never assert on speed. `pytest -m fuzz
 --hypothesis-show-statistics tests/test_fuzz.py` shows what was exercised.
