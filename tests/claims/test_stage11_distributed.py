@@ -101,11 +101,13 @@ def two_ranks(tmp_path_factory):
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
+@pytest.mark.slow  # two processes started, each loading torch
 def test_ddp_copies_rank_0s_parameters_to_every_process(two_ranks):
     assert torch.equal(two_ranks[1]["weights"], two_ranks[0]["weights"])
     assert two_ranks[0]["weights"].tolist() == [1.0] * 10, "rank 0's own weights"
 
 
+@pytest.mark.slow
 def test_every_rank_seeded_alike_draws_the_same_dropout_masks(two_ranks):
     assert torch.equal(two_ranks[0]["alike"], two_ranks[1]["alike"])
     assert not torch.equal(two_ranks[0]["apart"], two_ranks[1]["apart"]), "a seed per rank: masks of their own"
