@@ -13,7 +13,7 @@ MAKE_PY := $(PYTHON) -m common.tools.make
 help:
 	@echo "make run [STAGE=N] [ARGS='...']  run the course (or one stage), one epoch each on the default data"
 	@echo "make test [ARGS='-m stage3']     the whole test suite (or a part of it)"
-	@echo "make test-quick                 the equivalence and unit tests, without the slow and fuzz tests"
+	@echo "make test-quick                 the equivalence proofs and the claims, without the slow and fuzz tests"
 	@echo "make smoke                      every stage for 20 steps on synthetic data"
 	@echo "make diff FROM=2 TO=3           the lesson between two stages, as a unified diff"
 	@echo "make ddp [NPROC=2] [ARGS='...']  stage 11 in NPROC processes under torchrun"
