@@ -43,14 +43,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.cli import build_parser, device_name, file_path
 from common.errors import printable
 from common.harness import load_stage
 from common.run import checkpoint
-from tests.helpers import npy_data_dir
+from tests.helpers import event, npy_data_dir
 
 pytestmark = pytest.mark.fuzz
 
@@ -598,6 +598,17 @@ def test_a_one_bracket_value_is_not_mistaken_for_a_message_cut_off(argv, fuzz_da
         outcome = outcome_of_main(1, argv + pinned(1, fuzz_data))
     assert outcome.code == 2 and len(outcome.lines) == 1, outcome.err
     assert not cut_unmarked(without_values(outcome.lines[0], uses)), outcome.lines[0]
+
+
+def test_an_event_with_a_lone_surrogate_is_escaped_for_the_statistics(monkeypatch):
+    """Found at 500 examples: a refusal quoting a drawn "\\udb96" went into event(), and
+    hypothesis's pytest plugin, encoding its statistics as UTF-8, ended the session."""
+    import hypothesis
+
+    seen = []
+    monkeypatch.setattr(hypothesis, "event", seen.append)
+    event("unrecognized arguments: \udb96")
+    assert seen == ["unrecognized arguments: \\udb96"] and seen[0].encode("utf-8")
 
 
 MOMENTUM_CASES = {  # the options added to --momentum 3, and the blame

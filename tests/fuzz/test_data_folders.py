@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.data import load_data
 from common.errors import CourseError
-from tests.helpers import ROOT
+from tests.helpers import ROOT, event
 
 pytestmark = pytest.mark.fuzz
 
