@@ -50,12 +50,24 @@ from common.cli import build_parser, device_name, file_path
 from common.errors import printable
 from common.harness import load_stage
 from common.run import checkpoint
-from tests.helpers import event, npy_data_dir
+from tests.helpers import STAGES, event, has_optimizer, loads_torch, npy_data_dir, stage_number, takes_option
 
 pytestmark = pytest.mark.fuzz
 
-CLI_STAGES = [1, 6, 10]  # the numpy stage, a torch stage, and the one with --workers, --dropout, --device
-CHECKPOINT_STAGES = [1, 10]  # arrays and a numpy generator; a module, an optimizer and torch generators
+# Found by what they have: the numpy stage (1), the first with an optimizer (6), and the one with
+# the most options, --workers, --dropout, --device and --data-parallel (10).
+NUMPY_STAGE = stage_number(next(name for name in STAGES if not loads_torch(load_stage(name))))
+OPTIM_STAGE = stage_number(next(name for name in STAGES if has_optimizer(load_stage(name))))
+WIDEST_STAGE = stage_number(next(name for name in STAGES if takes_option("--data-parallel")(load_stage(name))))
+
+
+def numbered(*numbers: int) -> list:
+    return [pytest.param(n, id=str(n), marks=getattr(pytest.mark, f"stage{n}")) for n in numbers]
+
+
+CLI_STAGES = numbered(NUMPY_STAGE, OPTIM_STAGE, WIDEST_STAGE)  # whose option sets differ
+# arrays and a numpy generator; a module, an optimizer and torch generators
+CHECKPOINT_STAGES = numbered(NUMPY_STAGE, WIDEST_STAGE)
 TRAIN_IMAGES, TEST_IMAGES = 20, 10
 CHECKPOINT_RUN = ["--batch-size", "2", "--threads", "1"]  # with the tiny folder: 10 steps an epoch
 
@@ -100,7 +112,7 @@ def outcome_of_main(stage_number: int, argv: list[str]) -> Outcome:
     terminal would show it."""
     out, err = io.StringIO(), io.StringIO()
     stage = load_stage(stage_number)
-    torch_state = hidden_torch() if stage_number == 1 else contextlib.nullcontext()
+    torch_state = contextlib.nullcontext() if loads_torch(stage) else hidden_torch()
     code = 0
     with torch_state, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
             warnings.catch_warnings(record=True) as caught:
@@ -246,7 +258,7 @@ def command_lines(draw, stage_number: int) -> tuple[list[str], list[tuple]]:
 
 def pinned(stage_number: int, data: Path) -> list[str]:
     """Options after the drawn ones: argparse keeps the last value given."""
-    extra = ["--workers", "0"] if stage_number >= 7 else []
+    extra = ["--workers", "0"] if takes_option("--workers")(load_stage(stage_number)) else []
     return ["--data", "auto", "--data-dir", str(data), "--max-steps", "2", "--threads", "1", *extra]
 
 
@@ -336,7 +348,7 @@ def extreme_values(draw, stage_number: int) -> list[str]:
                "--batch-size": st.sampled_from(["1", "19", "20", "21", str(2**63 - 1), str(2**63), str(2**70)]),
                "--epochs": st.sampled_from(["1", "2", str(2**63), str(10**30)]),
                "--dtype": st.sampled_from(["float32", "float64"])}
-    if stage_number >= 8:
+    if takes_option("--dropout")(load_stage(stage_number)):
         numbers["--dropout"] = st.sampled_from(["0", "0.5", "0.999999", "5e-324"])
     chosen = draw(st.lists(st.sampled_from(sorted(numbers)), min_size=1, max_size=4, unique=True))
     return [token for option in chosen for token in (option, draw(numbers[option]))]
@@ -361,7 +373,7 @@ def test_extreme_values_train_diverge_or_are_refused_in_one_line(stage_number, d
 def good_checkpoints(tmp_path_factory, fuzz_data) -> dict[int, Path]:
     """Each checkpoint stage's checkpoint after one whole epoch of 10 steps."""
     made = {}
-    for stage_number in CHECKPOINT_STAGES:
+    for stage_number in (param.values[0] for param in CHECKPOINT_STAGES):
         folder = tmp_path_factory.mktemp(f"good{stage_number}")
         made[stage_number] = folder / "c.npz"
         outcome = outcome_of_main(stage_number, ["--data-dir", str(fuzz_data), *CHECKPOINT_RUN, "--epochs", "1",
@@ -553,7 +565,7 @@ def test_a_resume_announces_each_changed_hyperparameter_in_one_line(stage_number
     choices = {"--lr": st.sampled_from(["0.001", "1e-3", "0.002", "1e-6"]) | st.floats(1e-6, 1).map(repr),
                "--momentum": st.sampled_from(["0.9", "0", "0.5", "0.99"]),
                "--dropout": st.sampled_from(["0", "0.0", "0.5"])}
-    if stage_number < 8:
+    if not takes_option("--dropout")(load_stage(stage_number)):
         del choices["--dropout"]
     given_values = {option: drawn.draw(st.none() | values, label=option) for option, values in choices.items()}
     good = good_checkpoints[stage_number].read_bytes()
@@ -584,7 +596,7 @@ def test_a_resume_announces_each_changed_hyperparameter_in_one_line(stage_number
 ], ids=["a value", "an unknown argument", "a file name", "a terminal escape"])
 def test_a_control_character_typed_stays_escaped_in_one_line(argv, shown, fuzz_data):
     with fresh_folder():
-        outcome = outcome_of_main(1, argv + pinned(1, fuzz_data))
+        outcome = outcome_of_main(NUMPY_STAGE, argv + pinned(NUMPY_STAGE, fuzz_data))
     assert outcome.code == 2 and len(outcome.lines) == 1 and shown in outcome.lines[0], outcome.err
 
 
@@ -595,7 +607,7 @@ def test_a_one_bracket_value_is_not_mistaken_for_a_message_cut_off(argv, fuzz_da
     about another option."""
     uses = [(["-h=)"], "--help", ")")] + ([(["--epochs", "0"], "--epochs", "0")] if "--epochs" in argv else [])
     with fresh_folder():
-        outcome = outcome_of_main(1, argv + pinned(1, fuzz_data))
+        outcome = outcome_of_main(NUMPY_STAGE, argv + pinned(NUMPY_STAGE, fuzz_data))
     assert outcome.code == 2 and len(outcome.lines) == 1, outcome.err
     assert not cut_unmarked(without_values(outcome.lines[0], uses)), outcome.lines[0]
 
@@ -617,7 +629,7 @@ MOMENTUM_CASES = {  # the options added to --momentum 3, and the blame
 }
 
 
-@pytest.mark.parametrize("stage_number", [1, 6])
+@pytest.mark.parametrize("stage_number", numbered(NUMPY_STAGE, OPTIM_STAGE))
 @pytest.mark.parametrize("case", MOMENTUM_CASES)
 def test_a_divergence_blames_momentum_only_once_momentum_was_used(stage_number, case, fuzz_data):
     """With --lr 1e38 the loss is NaN at step 2, after one update, which SGD makes from the
@@ -632,8 +644,8 @@ def test_a_divergence_blames_momentum_only_once_momentum_was_used(stage_number, 
 def test_a_batch_size_beyond_what_dataloader_takes_is_refused(fuzz_data):
     """DataLoader's BatchSampler cuts batches with itertools.islice, which takes at most sys.maxsize."""
     with fresh_folder():
-        largest = outcome_of_main(10, ["--batch-size", str(sys.maxsize)] + pinned(10, fuzz_data))
-        beyond = outcome_of_main(10, ["--batch-size", str(sys.maxsize + 1)] + pinned(10, fuzz_data))
+        largest = outcome_of_main(WIDEST_STAGE, ["--batch-size", str(sys.maxsize)] + pinned(WIDEST_STAGE, fuzz_data))
+        beyond = outcome_of_main(WIDEST_STAGE, ["--batch-size", str(sys.maxsize + 1)] + pinned(WIDEST_STAGE, fuzz_data))
     assert largest.code == 0, largest.err[-500:]
     assert beyond.code == 2 and f"--batch-size: must be a positive integer up to {sys.maxsize}" in beyond.lines[0]
 
@@ -684,25 +696,25 @@ def changed_array(key: str, change):
 
 GENERATOR_STATE = ("state", 2, "value", "dict", 1, 1, "dict")  # stage 1's data-order generator: {"state", "inc"}
 FOUND = {  # damage that once escaped main() as a traceback, or trained on wrongly: stage, damage, the refusal
-    "zip entry encrypted": (1, zip_entry_field(8, b"\x01"), "is encrypted"),
-    "zip version 10.9": (1, zip_entry_field(6, b"\x6d"), "zip file version 10.9"),
-    "npy header bracket left open": (1, lambda c: c.replace(b"'shape': (), }", b"'shape':[(), }", 1),
+    "zip entry encrypted": (NUMPY_STAGE, zip_entry_field(8, b"\x01"), "is encrypted"),
+    "zip version 10.9": (NUMPY_STAGE, zip_entry_field(6, b"\x6d"), "zip file version 10.9"),
+    "npy header bracket left open": (NUMPY_STAGE, lambda c: c.replace(b"'shape': (), }", b"'shape':[(), }", 1),
                                      "not a readable checkpoint (('EOF in multi-line statement'"),
-    "JSON nested 5000 deep": (1, lambda c: packed("[" * 5000 + "]" * 5000, unpacked(c)[1]), "maximum recursion"),
-    "malformed entry, long": (1, set_in_meta("state", 1, "value", "", None),  # {"dict": [...], "": None}
+    "JSON nested 5000 deep": (NUMPY_STAGE, lambda c: packed("[" * 5000 + "]" * 5000, unpacked(c)[1]), "maximum recursion"),
+    "malformed entry, long": (NUMPY_STAGE, set_in_meta("state", 1, "value", "", None),  # {"dict": [...], "": None}
                               "(malformed entry {'dict': [['fc3.weight', {'array': 'a10'}], ['fc3.bias', …)"),
-    "generator state over 128 bits": (1, set_in_meta(*GENERATOR_STATE, 0, 1, 2**200), "does not fit this run"),
-    "generator state negative": (1, set_in_meta(*GENERATOR_STATE, 0, 1, -1), "does not fit this run"),
-    "a momentum buffer a number": (1, set_in_meta("state", 1, "value", "dict", 0, 1, 3.0),
+    "generator state over 128 bits": (NUMPY_STAGE, set_in_meta(*GENERATOR_STATE, 0, 1, 2**200), "does not fit this run"),
+    "generator state negative": (NUMPY_STAGE, set_in_meta(*GENERATOR_STATE, 0, 1, -1), "does not fit this run"),
+    "a momentum buffer a number": (NUMPY_STAGE, set_in_meta("state", 1, "value", "dict", 0, 1, 3.0),
                                    "fc3.weight is a float, not an array"),
-    "a momentum buffer of text": (1, changed_array("a10", lambda a: a.astype("U3")),
+    "a momentum buffer of text": (NUMPY_STAGE, changed_array("a10", lambda a: a.astype("U3")),
                                   "fc3.weight is <U3, where this run has float32"),
-    "a complex momentum buffer": (1, changed_array("a10", lambda a: a.astype("complex64")),
+    "a complex momentum buffer": (NUMPY_STAGE, changed_array("a10", lambda a: a.astype("complex64")),
                                   "fc3.weight is complex64, where this run has float32"),
-    "a 0-d momentum buffer": (10, changed_array("a10", lambda a: np.float32(1)),
+    "a 0-d momentum buffer": (WIDEST_STAGE, changed_array("a10", lambda a: np.float32(1)),
                               "optimizer momentum_buffer of 0: torch.float32 () where"),
-    "SGD dampening a string": (10, sgd_setting("dampening", "x"), "made with the optimizer's dampening 'x'"),
-    "SGD maximize": (10, sgd_setting("maximize", True), "made with the optimizer's maximize True"),
+    "SGD dampening a string": (WIDEST_STAGE, sgd_setting("dampening", "x"), "made with the optimizer's dampening 'x'"),
+    "SGD maximize": (WIDEST_STAGE, sgd_setting("maximize", True), "made with the optimizer's maximize True"),
 }
 
 
