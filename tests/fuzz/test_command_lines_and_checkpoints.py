@@ -312,7 +312,9 @@ def blames_what_was_given(line: str, uses: list[tuple]) -> bool:
 
 
 @pytest.mark.parametrize("stage_number", CLI_STAGES)
-@settings(max_examples=50, deadline=None, database=None)  # no deadline: never assert on speed
+# 50: ten times as many, run twice, found nothing the replays below do not hold; 50 found one of
+# those in about one run in ten. No deadline: never assert on speed.
+@settings(max_examples=50, deadline=None, database=None)
 @given(drawn=st.data())
 def test_any_command_line_exits_0_2_or_3_with_one_line(stage_number, drawn, fuzz_data):
     argv, uses = drawn.draw(command_lines(stage_number), label="argv")
@@ -355,7 +357,7 @@ def extreme_values(draw, stage_number: int) -> list[str]:
 
 
 @pytest.mark.parametrize("stage_number", CLI_STAGES)
-@settings(max_examples=15, deadline=None, database=None)
+@settings(max_examples=15, deadline=None, database=None)  # 150 found nothing more
 @given(drawn=st.data())
 def test_extreme_values_train_diverge_or_are_refused_in_one_line(stage_number, drawn, fuzz_data):
     argv = drawn.draw(extreme_values(stage_number), label="argv")
@@ -530,7 +532,7 @@ def resume(stage_number: int, data: Path, epochs: int, extra: Sequence[str] = ()
 
 
 @pytest.mark.parametrize("stage_number", CHECKPOINT_STAGES)
-@settings(max_examples=100, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)  # 1000 found nothing more; FOUND holds what 100 did
 @given(drawn=st.data(), epochs=st.sampled_from([1, 2]))
 def test_a_damaged_checkpoint_resumes_or_is_refused_and_kept(stage_number, drawn, epochs, good_checkpoints,
                                                             fuzz_data):
@@ -556,7 +558,7 @@ def test_a_damaged_checkpoint_resumes_or_is_refused_and_kept(stage_number, drawn
 
 
 @pytest.mark.parametrize("stage_number", CHECKPOINT_STAGES)
-@settings(max_examples=10, deadline=None, database=None)
+@settings(max_examples=10, deadline=None, database=None)  # 100 found nothing more: few combinations to draw
 @given(epochs=st.sampled_from([1, 2]), drawn=st.data())
 def test_a_resume_announces_each_changed_hyperparameter_in_one_line(stage_number, epochs, drawn, good_checkpoints,
                                                                    fuzz_data):
