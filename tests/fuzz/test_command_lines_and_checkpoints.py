@@ -264,8 +264,12 @@ def pinned(stage_number: int, data: Path) -> list[str]:
 
 def shows_whole(line: str, value: str) -> bool:
     """A value the message quotes is quoted whole (escaped as by printable(), or by repr() as
-    argparse does), or its cut is marked with an ellipsis."""
-    forms = [shown for shown in {printable(value), repr(value)[1:-1]} if len(shown) >= 4]
+    argparse does, or as the number it was read as: 1.7976931348623157e+308 for ...e308), or
+    its cut is marked with an ellipsis."""
+    forms = {printable(value), repr(value)[1:-1]}
+    with contextlib.suppress(ValueError):
+        forms.add(str(float(value)))
+    forms = [shown for shown in forms if len(shown) >= 4]
     starts = [line.find(shown[:12]) for shown in forms if shown[:12] in line]
     return not starts or any(shown in line for shown in forms) or "…" in line[min(starts):]
 
@@ -623,6 +627,16 @@ def test_an_event_with_a_lone_surrogate_is_escaped_for_the_statistics(monkeypatc
     monkeypatch.setattr(hypothesis, "event", seen.append)
     event("unrecognized arguments: \udb96")
     assert seen == ["unrecognized arguments: \\udb96"] and seen[0].encode("utf-8")
+
+
+def test_a_number_quoted_as_it_was_read_counts_as_quoted_whole(fuzz_data):
+    """Found at 50 examples: --lr 1.7976931348623157e308 is refused as "1.7976931348623157e+308
+    does not fit in float32", the number as read, whole."""
+    argv, value = ["--lr", "1.7976931348623157e308"], "1.7976931348623157e308"
+    with fresh_folder():
+        outcome = outcome_of_main(WIDEST_STAGE, argv + pinned(WIDEST_STAGE, fuzz_data))
+    assert outcome.code == 2 and "1.7976931348623157e+308 does not fit in float32" in outcome.lines[0], outcome.err
+    assert shows_whole(outcome.lines[0], value)
 
 
 MOMENTUM_CASES = {  # the options added to --momentum 3, and the blame
