@@ -10,6 +10,7 @@ import contextlib
 import csv
 import inspect
 import io
+import os
 import re
 import shutil
 import socket
@@ -383,12 +384,19 @@ def copy_of_the_course(dest: Path) -> Path:
     return dest
 
 
+# What an outer make (`make test ARGS='-x'`) hands down to every make started under it, in the
+# environment and in MAKEFLAGS: the make a test starts must see only the variables it gives.
+MAKE_VARIABLES = ("ARGS", "STAGE", "FROM", "TO", "NPROC", "FORCE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL",
+                  "MAKEOVERRIDES")
+
+
 def make(course: Path, *args: str) -> subprocess.CompletedProcess:
     """make in `course` (a copy, or ROOT), with this interpreter's environment; -o: never (re)build
     that environment, whatever the timestamps of requirements.txt and its marker file say."""
     venv = Path(sys.prefix)
+    env = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
     return subprocess.run(["make", "--no-print-directory", f"VENV={venv}", "-o", str(venv / ".installed"), *args],
-                          cwd=course, capture_output=True, text=True, timeout=EVENT_TIMEOUT)
+                          cwd=course, capture_output=True, text=True, timeout=EVENT_TIMEOUT, env=env)
 
 
 # ---------------------------------------------------------------- a small data folder
