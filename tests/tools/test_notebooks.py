@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
@@ -67,15 +68,30 @@ def course_with_notebooks(tmp_path_factory):
     return course
 
 
+def timed_execute(path):
+    start = time.perf_counter()
+    return notebooks.execute(path), time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def executed(course_with_notebooks, request):
+    """The notebooks of the headless tests this session runs, executed two at a time as they are
+    asked for: each runs in a kernel of its own, so two keep two cores busy while this process
+    only waits for them."""
+    wanted = [item.callspec.params["path"] for item in request.session.items
+              if getattr(item, "originalname", None) == "test_every_notebook_runs_headless_and_shows_its_run_inline"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {path.stem: pool.submit(timed_execute, course_with_notebooks / "notebooks" / f"{path.stem}.ipynb")
+               for path in wanted}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", STAGES)
-def test_every_notebook_runs_headless_and_shows_its_run_inline(path, course_with_notebooks):
+def test_every_notebook_runs_headless_and_shows_its_run_inline(path, course_with_notebooks, executed):
     """Run as Jupyter runs it, in a python3 kernel started in notebooks/; the set-up cell finds
     the course one folder up, so it neither clones nor installs anything (there is no network)."""
-    notebook_path = course_with_notebooks / "notebooks" / f"{path.stem}.ipynb"
-    start = time.perf_counter()
-    notebook = notebooks.execute(notebook_path)
-    print(f"{path.stem}: {time.perf_counter() - start:.1f}s")
+    notebook, seconds = executed[path.stem].result()
+    print(f"{path.stem}: {seconds:.1f}s")
     set_up, run = notebook.cells[1], notebook.cells[-1]
     assert set_up.outputs == [], "the set-up cell cloned or installed something"
     assert not (course_with_notebooks / "notebooks" / "pytorch-by-refactoring").exists()
