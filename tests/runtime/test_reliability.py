@@ -137,7 +137,7 @@ def losses_written(out: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage_name", [p.values[0] for p in ALL_STAGES], ids=[p.id for p in ALL_STAGES])
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
 def test_ctrl_c_without_checkpoint_is_one_line_and_keeps_the_record(stage_name, tmp_path):
     run = Background(["-m", stage_name, *ONE_EPOCH, "--out", str(tmp_path / "runs")], tmp_path)
     run.wait_for(lambda: losses_written(tmp_path / "runs") >= 1, "the first step")
