@@ -12,7 +12,7 @@ import torch
 
 from common.harness import load_stage
 from common.weights import reference_params
-from tests.helpers import EVENT_TIMEOUT, REPEATABLE, ROOT, run_main, shows, smoke_argv, stages_where
+from tests.helpers import EVENT_TIMEOUT, ROOT, shows, stages_where
 
 
 @pytest.mark.stage2
@@ -118,16 +118,16 @@ PRINTOUTS = {"show_tensor": "w.add(1) is w", "show_loss_and_cost": "reduction='n
 @pytest.mark.parametrize("stage_name", stages_where(lambda stage: any(hasattr(stage, name) for name in PRINTOUTS)))
 def test_the_teaching_printouts_leave_the_run_bit_for_bit_unchanged(stage_name, smoke_run, tmp_path, monkeypatch):
     """The printouts copy, fork or only read: with them switched off, the run is the same. Where
-    the stage has dropout the run uses it (smoke_argv), so it draws random numbers the printouts
-    must not take. (On the CPU, where a run repeats bit for bit; the GPU's fork is checked in
-    stage 9's claims.)"""
+    the stage has dropout the run uses it (tests.helpers.smoke_argv), so it draws random numbers the printouts
+    must not take. (On the CPU, where a run repeats bit for bit: the runs take --device cpu where
+    there is one; the GPU's fork is checked in stage 9's claims.)"""
     stage = load_stage(stage_name)
     shown = smoke_run(stage_name)
     words = [PRINTOUTS[name] for name in PRINTOUTS if hasattr(stage, name)]
     for name in PRINTOUTS:
         if hasattr(stage, name):
             monkeypatch.setattr(stage, name, lambda *args: None)
-    hidden = run_main(stage_name, tmp_path, *smoke_argv(stage), preset=REPEATABLE)
+    hidden = smoke_run(stage_name, tmp_path)  # the same run again, with the printouts switched off
     assert all(w in shown.out and w not in hidden.out for w in words), "the printouts were switched off"
     assert shown.text("losses.csv") == hidden.text("losses.csv"), "the losses, in full precision"
     shown_params, hidden_params = shown.params, hidden.params

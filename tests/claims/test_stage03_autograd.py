@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from common.harness import driver, load_stage
-from tests.helpers import STAGES, a_batch, has_hand_written_gradients, reference_net, run_main, uses_dataloader
+from tests.helpers import STAGES, a_batch, has_hand_written_gradients, reference_net, run_main, tiny, uses_dataloader
 
 
 @pytest.mark.stage3
@@ -50,24 +50,24 @@ def test_backward_adds_to_grad_until_it_is_set_to_none():
     assert params["w"].grad.tolist() == [2.0]
 
 
-def printed_gradient(stage_name: str, tmp_path) -> str:
-    out = run_main(stage_name, tmp_path, "--dtype", "float64", "--max-steps", "1").out
+def printed_gradient(stage_name: str, tmp_path, data_dir) -> str:
+    out = run_main(stage_name, tmp_path, "--dtype", "float64", "--epochs", "1", "--max-steps", "1", preset=tiny(data_dir)).out
     line = next(line for line in out.splitlines() if line.startswith("step 1: loss"))
     return line.split("conv1.bias gradient: ", 1)[1]
 
 
 @pytest.mark.stage3
-def test_hand_written_and_autograd_gradients_print_the_same_numbers(tmp_path):
+def test_hand_written_and_autograd_gradients_print_the_same_numbers(tmp_path, tiny_data):
     """The stages that shuffle with numpy start from the same weights and batch: the gradient
     printed by the first stage's backward by hand is the one autograd puts in .grad, in the
     first stage with autograd and in the last stage before the DataLoader."""
     numpy_order = [name for name in STAGES if not uses_dataloader(load_stage(name))]
     by_hand = next(name for name in numpy_order if has_hand_written_gradients(load_stage(name)))
     first_autograd = next(name for name in numpy_order if driver(name).family == "autograd")
-    printed = printed_gradient(by_hand, tmp_path / "by hand")
+    printed = printed_gradient(by_hand, tmp_path / "by hand", tiny_data)
     assert len(printed.split()) == 6, "conv1's six biases"
     for name in (first_autograd, numpy_order[-1]):
-        assert printed_gradient(name, tmp_path / name) == printed, name
+        assert printed_gradient(name, tmp_path / name, tiny_data) == printed, name
 
 
 @pytest.mark.stage3

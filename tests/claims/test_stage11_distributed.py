@@ -101,11 +101,13 @@ def two_ranks(tmp_path_factory):
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
+@pytest.mark.slow  # two processes started, each loading torch
 def test_ddp_copies_rank_0s_parameters_to_every_process(two_ranks):
     assert torch.equal(two_ranks[1]["weights"], two_ranks[0]["weights"])
     assert two_ranks[0]["weights"].tolist() == [1.0] * 10, "rank 0's own weights"
 
 
+@pytest.mark.slow
 def test_each_rank_seeded_with_seed_plus_rank_draws_its_own_dropout_masks(two_ranks):
     assert not torch.equal(two_ranks[0]["apart"], two_ranks[1]["apart"]), "--seed + rank: masks of their own"
     assert torch.equal(two_ranks[0]["alike"], two_ranks[1]["alike"]), "one seed everywhere: the same masks"
@@ -121,6 +123,7 @@ def main_in_a_group_of_two(rank: int, port: int, out_dir: str) -> None:
     torch.save(torch.initial_seed(), f"{out_dir}/seed{rank}.pt")
 
 
+@pytest.mark.slow
 def test_main_seeds_each_process_with_seed_plus_rank(tmp_path):
     """What each process's dropout draws from: torch's generator, seeded --seed + RANK by main()
     (the weights come from the reference arrays, equal everywhere; DDP broadcasts rank 0's anyway)."""

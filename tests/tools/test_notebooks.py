@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
@@ -151,15 +152,30 @@ def printed(cell) -> str:
     return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
 
 
+def timed_execute(path):
+    start = time.perf_counter()
+    return notebooks.execute(path), time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def executed(course_with_notebooks, request):
+    """The notebooks of the headless tests this session runs, executed two at a time as they are
+    asked for: each runs in a kernel of its own, so two keep two cores busy while this process
+    only waits for them."""
+    wanted = [item.callspec.params["path"] for item in request.session.items
+              if getattr(item, "originalname", None) == "test_every_notebook_runs_headless_learns_and_checks_its_exercise"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {path.stem: pool.submit(timed_execute, course_with_notebooks / "notebooks" / f"{path.stem}.ipynb")
+               for path in wanted}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", STAGES)
-def test_every_notebook_runs_headless_learns_and_checks_its_exercise(path, course_with_notebooks):
+def test_every_notebook_runs_headless_learns_and_checks_its_exercise(path, course_with_notebooks, executed):
     """Run as Jupyter runs it, in a python3 kernel started in notebooks/; the set-up cell finds
     the course one folder up, so it neither clones nor installs anything (there is no network)."""
-    notebook_path = course_with_notebooks / "notebooks" / f"{path.stem}.ipynb"
-    start = time.perf_counter()
-    notebook = notebooks.execute(notebook_path)
-    print(f"{path.stem}: {time.perf_counter() - start:.1f}s")
+    notebook, seconds = executed[path.stem].result()
+    print(f"{path.stem}: {seconds:.1f}s")
     set_up = notebook.cells[1]
     assert set_up.outputs == [], "the set-up cell cloned or installed something"
     [run] = [c for c in notebook.cells if c.cell_type == "code" and "Image(" in c.source]
