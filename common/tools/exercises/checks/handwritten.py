@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from common.harness import sample_batches
-from common.tools.exercises.framework import (ONE_BATCH, Subject, by_autograd, expect_close, expect_dicts_close, random,
-                                              returned, torch_dtype, torch_reference)
+from common.tools.exercises.framework import (ONE_BATCH, Mismatch, Subject, by_autograd, expect_close,
+                                              expect_dicts_close, random, returned, torch_dtype, torch_reference)
 from common.weights import reference_params
 
 # ---------------------------------------------------------------- each function alone: hand-written ops
@@ -119,8 +119,15 @@ def check_cross_entropy(s: Subject, dtype: str) -> None:
             got_loss = s.module.cross_entropy(native_logits, s.labels(y))
             got_loss.backward()
             dlogits = native_logits.grad
-        expect_close("loss", got_loss, loss, dtype, on)
-        expect_close("gradient of the loss with respect to the logits", dlogits, grads["logits"], dtype, on)
+        try:
+            expect_close("loss", got_loss, loss, dtype, on)
+            expect_close("gradient of the loss with respect to the logits", dlogits, grads["logits"], dtype, on)
+        except Mismatch as err:
+            if scale == 3:
+                raise
+            raise err.because("right on ordinary logits, wrong on logits in the thousands: exp() overflows there "
+                              "unless each row's largest logit is subtracted first (which changes neither the "
+                              "loss nor the softmax)") from None
 
 
 def check_backward(s: Subject, dtype: str) -> None:
