@@ -223,7 +223,8 @@ EXERCISES = {
         "choose_device": "'auto' or 'cuda': this process's GPU, cuda:LOCAL_RANK (the environment's LOCAL_RANK, 0 "
                          "when unset), when there are GPUs, else the CPU; any other name as it is, as a "
                          "torch.device. The check runs it as the process of LOCAL_RANK 1, with and without GPUs.",
-        "make_loaders": "A DistributedSampler(train_set, shuffle=True, seed=args.seed) gives this process its "
+        "make_loaders": "Stage 10's datasets (make_transform(DTYPES[args.dtype]), an ArrayDataset of each set); "
+                        "a DistributedSampler(train_set, shuffle=True, seed=args.seed) gives this process its "
                         "share of the training set; the test set becomes Subset(test_set, range(rank, n, "
                         "dist.get_world_size())); the training DataLoader takes sampler=sampler (no shuffle of its "
                         "own), the test one batches of EVAL_BATCH_SIZE; return the two loaders and the sampler. "
@@ -249,7 +250,8 @@ EXERCISES = {
         "autocast_dtype": "torch.bfloat16, except on a CUDA device without it (torch.cuda.is_bf16_supported() "
                           "False): torch.float16. The check asks for the CPU and for pretended GPUs with and "
                           "without bfloat16.",
-        "train_one_epoch": "Stage 11's loop with the forward and the loss under `with autocast:`, and after it "
+        "train_one_epoch": "Stage 11's loop with the forward and the loss, loss = criterion(model(x), y), under "
+                           "`with autocast:`, and after it "
                            "scaler.scale(loss).backward() outside the with block, scaler.step(optimizer) (it "
                            "unscales the gradients, and skips a step whose gradients hold inf) and "
                            "scaler.update(); model.train() first, optimizer.zero_grad(), run.log_step(loss, "

@@ -22,6 +22,7 @@ from common.errors import one_line
 from common.harness import TOLERANCES, Driver, reference, relative_error, stage_file, to_numpy
 from common.tools.exercises.catalog import exercise_for
 from common.tools.exercises.generator import function_nodes, not_done_message, shown, statements_of
+from common.tools.exercises.outcomes import Outcome
 from common.tools.mistakes import gallery_note
 from common.weights import PARAM_NAMES
 
@@ -296,12 +297,6 @@ def sgd_reference(params: dict, grads_per_step: list[dict], lr: float, momentum:
 
 
 # ---------------------------------------------------------------- running the checks
-@dataclass
-class Outcome:
-    status: str  # "passed", "not done yet", "wrong", "did not finish", "interrupted" or "not checked"
-    detail: str = ""
-
-
 def once(check: Callable) -> Callable:
     """Marks a check that does not depend on the dtype (a device, a data order): run it once."""
     check.once = True

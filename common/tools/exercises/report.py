@@ -36,8 +36,9 @@ def check_here(stage: int, path: Path, first: int = 0, on_start: Callable | None
 
     from common.harness import load_stage
     from common.tools.exercises.checks import CHECKS, WHOLE as WHOLE_CHECKS
-    from common.tools.exercises.framework import (Outcome, Subject, exception_report, lines_not_done, load_file,
+    from common.tools.exercises.framework import (Subject, exception_report, lines_not_done, load_file,
                                                   others_from_course, run_check)
+    from common.tools.exercises.outcomes import Outcome
 
     names = plan(stage)
     course = load_stage(stage)
@@ -57,6 +58,8 @@ def check_here(stage: int, path: Path, first: int = 0, on_start: Callable | None
     outcomes = {}
     with one_thread(torch), distributed_environment_cleared():
         missing = set(lines_not_done(s))
+        if timed and names[first] in CHECKS:  # once, untimed: the first use of torch's kernels costs seconds
+            timed_check(own, CHECKS[names[first]], names[first])
         for name in names[first:]:
             if name in WHOLE and (first > 0 or not all(o.status == "passed" for o in outcomes.values())):
                 outcome = Outcome("not checked", "waits until every function above passes")
@@ -145,17 +148,22 @@ def check(stage: int, path: Path | None = None) -> dict:
 
 
 # ---------------------------------------------------------------- the report
-def report(stage: int, path: Path, outcomes: dict) -> str:
+def report(stage: int, path: Path, outcomes: dict, interrupted: bool = False) -> str:
     """One line per check (more for where an exception was raised and what it likely means), then the verdict."""
     against = "PyTorch" + (f" and stage {stage - 1}" if stage > 1 else "")
-    width = max(map(len, outcomes)) + 2
+    width = max(map(len, outcomes), default=0) + 2
     lines = [f"checking {shown(path)} against {against}, in float64 then float32:"]
     for name, outcome in outcomes.items():
-        text = outcome.status + (f": {outcome.detail}" if outcome.detail else "")
+        joint = " " if outcome.detail.startswith("in ") else ": "  # "did not finish in 30 s (...)"
+        text = outcome.status + (joint + outcome.detail if outcome.detail else "")
         first, *rest = text.split("\n")
         lines.append(f"  {name:<{width}}{first}")
         lines += [f"  {'':<{width}}{line}" for line in rest]
-    lines.append(verdict(stage, outcomes))
+    if interrupted:
+        lines.append(f"verdict: none: make check was interrupted after {sum(o.status != 'interrupted' for o in outcomes.values())} "
+                     f"of {len(plan(stage))} checks; make check STAGE={stage} runs them all again")
+    else:
+        lines.append(verdict(stage, outcomes))
     return "\n".join(lines)
 
 
@@ -174,7 +182,7 @@ def verdict(stage: int, outcomes: dict) -> str:
                 "your main() trains as the course's does.")
     counts = {status: sum(o.status == status for o in outcomes.values()) for status in STATUSES[:-1]}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "not every check ran"
-    first = "start with the first that is wrong" if counts["wrong"] or counts["did not finish"] else \
+    first = "start with the first that is wrong" if counts["wrong"] or counts["did not finish"] or counts["interrupted"] else \
         "write what is not done yet"
     return (f"verdict: not yet ({summary}): {first}, then make check STAGE={stage} again. "
             f"(make solution STAGE={stage} shows the course's own answer.)")
@@ -264,7 +272,7 @@ def main(argv=None) -> int:
             with signals_as_interrupts():
                 outcomes = check(args.stage, path)
         except Interrupted as stopped:
-            print(report(args.stage, path, stopped.outcomes))
+            print(report(args.stage, path, stopped.outcomes, interrupted=True))
             print("make check: interrupted; the checks above are all that ran", file=sys.stderr)
             return INTERRUPTED
         print(report(args.stage, path, outcomes))

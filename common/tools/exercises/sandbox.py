@@ -47,7 +47,7 @@ class Interrupted(Exception):
 # ---------------------------------------------------------------- the parent
 def run_checks(stage: int, path: Path, names: list[str]) -> dict:
     """Every check of `names`, in child processes, each within its time limit: {name: Outcome}."""
-    from common.tools.exercises.framework import Outcome
+    from common.tools.exercises.outcomes import Outcome
 
     outcomes: dict = {}
     snapshot = snapshot_of(RESTORED)
@@ -80,7 +80,7 @@ def run_checks(stage: int, path: Path, names: list[str]) -> dict:
 
 
 def with_restored(outcomes: dict, snapshot: dict) -> dict:
-    from common.tools.exercises.framework import Outcome
+    from common.tools.exercises.outcomes import Outcome
 
     changed = restore(snapshot, RESTORED)
     if changed:
@@ -114,7 +114,7 @@ class Child:
     def follow(self, outcomes: dict):
         """Read the child's reports until it has reported every check (None), or until it dies or
         runs out of time during one: (that check's name, its outcome)."""
-        from common.tools.exercises.framework import Outcome
+        from common.tools.exercises.outcomes import Outcome
 
         buffer = b""
         deadline = time.monotonic() + self.limit
@@ -148,14 +148,14 @@ class Child:
 
     def too_long(self) -> str:
         if self.course_seconds is None:
-            return f"did not finish in {self.limit:.0f} s"
-        return (f"did not finish in {self.limit:.0f} s (the course's own code takes {self.course_seconds:.1f} s "
+            return f"in {self.limit:.0f} s"
+        return (f"in {self.limit:.0f} s (the course's own code takes {self.course_seconds:.1f} s "
                 f"for this check; the limit is {LIMIT_FACTOR} times that, and {LIMIT_FLOOR:.0f} s at least): "
                 "an endless loop, or a wait that never ends?")
 
     def ended(self):
         """The child ended before reporting every check."""
-        from common.tools.exercises.framework import Outcome
+        from common.tools.exercises.outcomes import Outcome
 
         code = self.process.wait()
         name = self.current or "your file"
