@@ -41,6 +41,9 @@ def loop_behaviour(watch: StepWatch, batches: int, function: str = "train_one_ep
                                 gallery="summed-loss")
     for i, step in enumerate(steps[:expected], 1):
         kinds = [e.kind for e in step]
+        if stopped and "update" in kinds and "backward" not in kinds:
+            return Mismatch(f"at step {i} the update ran before loss.backward() filled .grad, and found no "
+                            "gradient: call loss.backward() first, then the update", gallery="step-before-backward")
         if stopped and not ("backward" in kinds and "update" in kinds):
             return None  # the step the loop raised in: its exception says more
         if "backward" not in kinds:
