@@ -8,7 +8,7 @@ READY  := $(VENV)/.installed
 MAKE_PY := $(PYTHON) -m common.tools.make
 
 .PHONY: help setup run smoke test test-quick diff ddp gradcheck bench compare site batch-experiment \
-        exercise check solution notebooks clean
+        exercise check solution mistakes notebooks clean
 
 help:
 	@echo "make run [STAGE=N] [ARGS='...']  run the course (or one stage), one epoch each on the default data"
@@ -25,6 +25,7 @@ help:
 	@echo "make exercise STAGE=N [FORCE=1] stage N with its lesson taken out: work/stageNN_<name>.py"
 	@echo "make check STAGE=N              check your work/ file against PyTorch and stage N-1"
 	@echo "make solution STAGE=N           the diff from your work/ file to the stage"
+	@echo "make mistakes                   classic mistakes run beside the correct run, symptoms measured: runs/mistakes/"
 	@echo "make notebooks                  every stage as a Jupyter notebook in notebooks/"
 	@echo "make setup                      create $(VENV) and install the pinned packages"
 
@@ -76,6 +77,9 @@ check: $(READY)
 
 solution: $(READY)
 	@$(MAKE_PY) solution
+
+mistakes: $(READY)
+	@$(MAKE_PY) mistakes
 
 notebooks: $(READY)
 	@$(MAKE_PY) notebooks

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -173,7 +174,10 @@ class Runs:
     def run(self, main: Callable, argv: list[str]):
         from common.harness.programs import run_program
 
-        return run_program(main, argv)
+        program = run_program(main, argv)
+        if program.exit_code == INTERRUPTED:  # a Ctrl-C the stage's own run caught ends the gallery too
+            raise KeyboardInterrupt
+        return program
 
     def correct_run(self, mistake: Mistake, *extra: str):
         from common.harness import load_stage
@@ -438,7 +442,7 @@ def plot(entries: list[dict], path: Path) -> None:
                     ax.plot(np.arange(1, len(values) + 1), values, color=colour, label=label, alpha=0.9)
             ax.set(xlabel="step", ylabel="training loss (mean of 10 steps)", yscale="log", ylim=(0.1, 100))
         if entry["kind"] in ("error", "order"):
-            ax.text(0.03, 0.05, "\n".join(_wrapped(entry["symptom"], 55)), transform=ax.transAxes, fontsize=7,
+            ax.text(0.03, 0.05, "\n".join(_wrapped(entry["symptom"].split(". ")[0], 55)), transform=ax.transAxes, fontsize=7,
                     color="tab:red", va="bottom")
         ax.set_title(f"stage {entry['stage']}: {entry['title']}", fontsize=9)
         ax.legend(fontsize=7, loc="upper right")
@@ -507,7 +511,7 @@ def parse(argv) -> argparse.Namespace:
 
 
 def run_gallery(mistakes, folder: Path, say=print) -> dict:
-    import torch
+    from importlib.metadata import version
 
     runs = Runs(folder)
     entries = []
@@ -517,7 +521,7 @@ def run_gallery(mistakes, folder: Path, say=print) -> dict:
         say(f"{i}/{len(mistakes)} {mistake.title} (stage {mistake.stage}): {mistake.headline} "
             f"[{time.perf_counter() - start:.0f}s]")
     return {"measured": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {platform.system()}",
-            "torch": torch.__version__,
+            "torch": version("torch"),
             "settings": {"train_images": N_TRAIN, "test_images": N_TEST, "batch_size": BATCH, "epochs": EPOCHS,
                          "lr": float(LR), "seed": 0, "threads": 1},
             "mistakes": entries}
@@ -539,10 +543,16 @@ def write(report: dict, out: Path, docs: bool) -> list[Path]:
     return [out / "mistakes.json", *written]
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     mistakes = [BY_SLUG[s] for s in args.only] if args.only else list(GALLERY)
     start = time.perf_counter()
+    # SIGTERM and SIGHUP end it as a Ctrl-C does: one line, nothing half-written
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with tempfile.TemporaryDirectory(prefix="mistakes-") as folder:
             report = run_gallery(mistakes, Path(folder))
@@ -556,6 +566,9 @@ def main(argv=None) -> int:
     except OSError as err:
         print(f"mistakes: cannot write {err.filename or args.out}: {err.strerror}", file=sys.stderr)
         return WRITE_FAILED
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
     print(f"mistakes: {len(mistakes)} mistakes measured in {time.perf_counter() - start:.0f}s; wrote "
           + ", ".join(str(p) for p in written))
     return 0

@@ -6,7 +6,7 @@
 
 `EXERCISES` (catalog.py) is the one place that says, per stage, which functions an exercise blanks
 (and, in stages 10-13, which lines of main()), why those, and the hint over each: what the blank
-must do and what its check tests. A blanked body becomes `raise NotImplementedError` under its
+must do and what its check looks at. A blanked body becomes `raise NotImplementedError` under its
 hint; the signature and the function's own docstring stay.
 
 The checker runs your code in a child process (sandbox.py), each check within a time limit

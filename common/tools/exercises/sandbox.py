@@ -12,9 +12,9 @@ after it). So whatever the learner's code does, every check ends in one line:
 - os._exit(n): "your code called os._exit(n)";
 - KeyboardInterrupt raised by the code: "interrupted" (a Ctrl-C at the terminal reaches the parent
   alone, which stops the child and shows what had been checked);
-- a write into the course's own files (stages/, common/, tests/, benchmarks/): refused in the child
-  by an audit hook, and in case anything got past it, the parent puts back every file of stages/
-  and common/ as it was before the check, and says so.
+- a write into the course's own files (anywhere in the course's folder but work/, the learner's,
+  and runs/, the records): refused in the child by an audit hook, and in case anything got past
+  it, the parent puts back every file of stages/ and common/ as it was before the check, and says so.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from common.harness import ROOT
 
 LIMIT_FACTOR, LIMIT_FLOOR = 20, 30.0  # a check may take 20 times the course's own time for it, and 30 s at least
 COURSE_LIMIT = 900.0  # the child's own work (importing torch, running the course's checks): a safety net only
-PROTECTED = ("stages", "common", "tests", "benchmarks")  # the course's own folders: never written by a check
+WRITABLE = ("work", "runs")  # the learner's folder and the records: a check's code may write there, nowhere else in ROOT
 RESTORED = ("stages", "common")  # the folders whose files the parent puts back after a check
 
 
@@ -249,18 +249,21 @@ WRITING_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.
 
 
 def guard_writes(refused: list[str]):
-    """An audit hook that refuses, with PermissionError, any write into the course's own folders."""
-    protected = tuple(str(ROOT / folder) + os.sep for folder in PROTECTED)
+    """An audit hook that refuses, with PermissionError, any write into the course's own files."""
+    root = os.path.realpath(ROOT)
+    writable = tuple(os.path.join(root, folder) + os.sep for folder in WRITABLE)
 
     def inside(target) -> str | None:
+        """The course's file that `target` names, relative to its root; None for any other path."""
         if isinstance(target, int) or target is None:
             return None
         try:
             real = os.path.realpath(os.fsdecode(target))
         except (TypeError, ValueError):
             return None
-        return os.path.relpath(real, ROOT) if (real + os.sep).startswith(protected) or real.startswith(protected) \
-            else None
+        if not (real + os.sep).startswith(root + os.sep) or (real + os.sep).startswith(writable):
+            return None
+        return os.path.relpath(real, root)
 
     def hook(event: str, args) -> None:
         if event == "open":
