@@ -365,23 +365,24 @@ def where_in(err: BaseException, path: Path) -> str:
     return "" if frame is None else f" (at {shown(path)}, line {frame.lineno}, in {frame.name}: {frame.line})"
 
 
-# An exception's message -> what it usually means in this course, and the gallery entry showing it.
+# An exception's message (and a word of the line that raised it, or None) -> what it usually means
+# in this course, and the gallery entry that shows it.
 KNOWN_ERRORS = (
-    ("a leaf Variable that requires grad is being used in an in-place operation",
+    ("a leaf Variable that requires grad is being used in an in-place operation", None,
      "the update changed a parameter in place while autograd was recording: run it inside "
      "`with torch.no_grad():`", "update-outside-no-grad"),
-    ("'NoneType' object has no attribute",
+    ("'NoneType' object has no attribute", "grad",
      "a .grad was None: before the first backward, and after zero_grad sets it to None, a parameter has no "
      "gradient (zero it only where it is not None, or set it to None)", None),
-    ("unsupported operand type(s) for", "a .grad was None where the update read it: no backward filled it "
-     "before this update (did the update run before loss.backward(), or zero_grad between them?)", None),
-    ("does not require grad and does not have a grad_fn",
+    ("unsupported operand type(s) for", "grad", "a .grad was None where the update read it: no backward filled "
+     "it before this update (did the update run before loss.backward(), or zero_grad between them?)", None),
+    ("does not require grad and does not have a grad_fn", None,
      "the loss does not depend on anything that requires grad: was it computed under torch.no_grad(), or "
      "from .detach() or .item()?", None),
-    ("object has no attribute 'module'",
+    ("object has no attribute 'module'", None,
      "the model is still the Net here: nn.DataParallel(...) and DistributedDataParallel(...) return the wrapper, "
      "which holds the Net as .module; assign it (model = ...)", None),
-    ("Trying to backward through the graph a second time",
+    ("Trying to backward through the graph a second time", None,
      "backward() ran twice through one forward's graph: one loss.backward() per forward", None),
 )
 
@@ -393,8 +394,8 @@ def exception_report(err: BaseException, path: Path) -> str:
     message = f"{type(err).__name__}: {message}" if message else type(err).__name__
     frame = innermost_frame_in(err, path)
     where = "" if frame is None else f"\nraised at {shown(path)}, line {frame.lineno}, in {frame.name}: {frame.line}"
-    for pattern, words, gallery in KNOWN_ERRORS:
-        if pattern in str(err):
+    for pattern, word, words, gallery in KNOWN_ERRORS:
+        if pattern in str(err) and (word is None or frame is not None and word in (frame.line or "")):
             return f"{words}\n{message}{where}" + (f"\n{gallery_note(gallery)}" if gallery else "")
     return message + where
 

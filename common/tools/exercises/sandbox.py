@@ -100,7 +100,8 @@ class Child:
         self.folder = tempfile.TemporaryDirectory(prefix="make-check-")
         environment = {k: v for k, v in os.environ.items()
                        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-        environment.update(PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
+        search = [str(ROOT)] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
+        environment.update(PYTHONPATH=os.pathsep.join(search), PYTHONDONTWRITEBYTECODE="1")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "common.tools.exercises.sandbox", str(stage), str(path), str(write), str(first)],
             cwd=self.folder.name, env=environment, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,

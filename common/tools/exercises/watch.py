@@ -25,7 +25,7 @@ class HostTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in (torch.Tensor.to, torch.Tensor.cuda):
+        if func is torch.Tensor.cuda or func is torch.Tensor.to and moves(args[1:], kwargs):
             out = super().__torch_function__(func, types, args, kwargs)
             return out.as_subclass(torch.Tensor).clone() if isinstance(out, torch.Tensor) else out
         values = [*args, *kwargs.values()]
@@ -37,6 +37,11 @@ class HostTensor(torch.Tensor):
             # noted; from here on the result is a tensor like any other, so that the code goes on as on the CPU
             return out.as_subclass(torch.Tensor) if isinstance(out, HostTensor) else out
         return out
+
+
+def moves(args, kwargs) -> bool:
+    """Whether Tensor.to(*args, **kwargs) names a device (x.to(torch.float64) stays where it is)."""
+    return "device" in kwargs or any(isinstance(a, (str, torch.device, torch.Tensor)) for a in args)
 
 
 def on_host(tensor: torch.Tensor) -> HostTensor:
