@@ -295,3 +295,28 @@ def test_the_make_targets_write_refuse_check_and_show_the_solution(tmp_path):
     unsafe = make(course, "check", "STAGE=6; touch pwned")
     assert unsafe.returncode != 0 and not (course / "pwned").exists(), "STAGE never reaches a shell"
     assert os.listdir(course / "work") == ["stage06_optim.py"]
+
+
+def only_blanked(stage: int, name: str, folder: Path) -> Path:
+    """The course's stage with one blank alone left for the learner."""
+    from common.tools.exercises.generator import blanked_lines
+
+    source = stage_file(stage).read_text()
+    lines = source.splitlines(keepends=True)
+    which = list(EXERCISES[stage].blanks).index(name)
+    first, last, new = blanked_lines(source, stage)[which]
+    lines[first - 1:last] = new
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / stage_file(stage).name
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.mark.stage11
+def test_lines_of_main_not_done_yet_are_the_courses_while_the_others_are_checked(tmp_path):
+    """Stage 11 with its DDP wrap written and its sampler's epoch not: the wrap is checked by running
+    main() with the course's set_epoch line in place of the one not written."""
+    path = only_blanked(11, "main: the sampler's epoch", tmp_path)
+    out = report(11, path, check_here(11, path))
+    assert line_of(out, "main: the DDP wrap").split(None, 4)[-1] == "passed", out
+    assert line_of(out, "main: the sampler's epoch").endswith("not done yet"), out

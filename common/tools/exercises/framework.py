@@ -21,7 +21,7 @@ import torch.distributed as dist
 from common.errors import one_line
 from common.harness import TOLERANCES, Driver, reference, relative_error, stage_file, to_numpy
 from common.tools.exercises.catalog import exercise_for
-from common.tools.exercises.generator import function_nodes, not_done_message, shown, statements_of
+from common.tools.exercises.generator import blocks, function_nodes, not_done_message, shown, statements_of
 from common.tools.exercises.outcomes import Outcome
 from common.tools.mistakes import gallery_note
 from common.weights import PARAM_NAMES
@@ -243,8 +243,8 @@ def main_with_course_lines(s: Subject) -> Callable:
     course_source = stage_file(s.stage).read_text()
     course_main = function_nodes(ast.parse(course_source))["main"]
     main = function_nodes(tree)["main"]
-    for block in _blocks(main):
-        for i, statement in enumerate(list(block)):
+    for block in list(blocks(main)):
+        for statement in list(block):
             name = missing.get(raise_of(statement))
             if name is not None:
                 course = statements_of(s.lines[name], course_main, course_source)
@@ -258,12 +258,6 @@ def main_with_course_lines(s: Subject) -> Callable:
     namespace: dict = {}
     exec(compile(module, str(s.path), "exec"), s.module.__dict__, namespace)
     return namespace["main"]
-
-
-def _blocks(node: ast.AST):
-    from common.tools.exercises.generator import blocks
-
-    return list(blocks(node))
 
 
 # ---------------------------------------------------------------- references for the checks
@@ -331,7 +325,7 @@ def outcome_of(err: BaseException, s: Subject, name: str | None) -> Outcome:
     """How one exception ends a check, in the learner's words."""
     if isinstance(err, NotImplementedError):
         raiser = raised_in(err, s.path)
-        itself = raiser is None or name is not None and raiser == s_function(s, name)
+        itself = raiser is None or name is not None and raiser == bare_function_of(s, name)
         return Outcome("not done yet", "" if itself else f"{raiser} raises NotImplementedError")
     if isinstance(err, Mismatch):
         return Outcome("wrong", str(err))
@@ -343,7 +337,7 @@ def outcome_of(err: BaseException, s: Subject, name: str | None) -> Outcome:
     return Outcome("wrong", exception_report(err, s.path))
 
 
-def s_function(s: Subject, name: str) -> str:
+def bare_function_of(s: Subject, name: str) -> str:
     """The bare name of the function a blank lies in, as a traceback names it."""
     return exercise_for(s.stage).function_of(name).split(".")[-1]
 

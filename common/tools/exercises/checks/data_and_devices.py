@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import shutil
 from contextlib import contextmanager
