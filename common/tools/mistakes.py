@@ -472,7 +472,8 @@ def page(report: dict, figure: str) -> str:
              f"({settings['train_images']} training and {settings['test_images']} test images, batches of "
              f"{settings['batch_size']}, {settings['epochs']} epochs, lr {settings['lr']}, one thread). "
              f"`make mistakes` measured every number below on {report['measured']} ({report['machine']}, torch "
-             f"{report['torch']}). `make check` names the entry that matches a mistake it finds in your exercise.",
+             f"{report['torch']}), in {report.get('seconds', '?')} s for the {len(report['mistakes'])} mistakes and "
+             "their correct runs. `make check` names the entry that matches a mistake it finds in your exercise.",
              "", f"![each mistake's curve beside the correct run's]({figure})", "",
              "| mistake | stage | symptom | mistaken run | correct run |", "|---|---|---|---|---|"]
     for entry in report["mistakes"]:
@@ -556,6 +557,7 @@ def main(argv=None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="mistakes-") as folder:
             report = run_gallery(mistakes, Path(folder))
+        report["seconds"] = round(time.perf_counter() - start)
         written = write(report, Path(args.out), args.docs)
     except KeyboardInterrupt:
         print("mistakes: interrupted; nothing written", file=sys.stderr)

@@ -32,9 +32,9 @@ class Exercise:
         return self.lines[name].function if name in self.lines else name
 
 
-TRAINING_LOOP_CHECK = ("The check watches the order of these calls, that every .grad is cleared before each "
-                       "backward, and compares five steps (and a run stopped by --max-steps 3) with "
-                       "torch.optim.SGD's.")
+TRAINING_LOOP_CHECK = ("The check watches the order of these calls and that every .grad is cleared before each "
+                       "backward, compares five steps with torch.optim.SGD's, then runs the loop again with "
+                       "args.max_steps = 3.")
 
 EXERCISES = {
     1: Exercise({
