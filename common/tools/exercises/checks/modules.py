@@ -139,13 +139,17 @@ def check_train_one_epoch(s: Subject, dtype: str) -> None:
     _, after_one = torch_reference().reference_trajectory(params, batches[:1], LR, MOMENTUM, dtype)
     watch, run, model = run_loop(s, params, batches, dtype)
     found = loop_behaviour(watch, LOOP_BATCHES, dropout=takes_dropout(s))
+
+    def compare() -> None:
+        expect_losses("", run.losses, losses, dtype, FIVE_BATCHES)
+        expect_dicts_close("after 5 steps, {name}", s.driver.get_params(model), final, dtype, FIVE_BATCHES)
+
     if found is not None:
-        raise found
+        raise with_numbers(found, compare) if watch.error is None else found
     if watch.error is not None:
         raise watch.error
     try:
-        expect_losses("", run.losses, losses, dtype, FIVE_BATCHES)
-        expect_dicts_close("after 5 steps, {name}", s.driver.get_params(model), final, dtype, FIVE_BATCHES)
+        compare()
     except Mismatch as err:
         raise loop_numbers_explained(err, run.losses, losses, watch.after_first_update, after_one, params,
                                      dtype) from None
@@ -155,6 +159,15 @@ def check_train_one_epoch(s: Subject, dtype: str) -> None:
         raise found
     if watch.error is not None:
         raise watch.error
+
+
+def with_numbers(found: Mismatch, compare) -> Mismatch:
+    """A diagnosis in words, with the first number that shows it, where one differs."""
+    try:
+        compare()
+    except Mismatch as numbers:
+        return Mismatch(found.words, numbers.words, found.gallery)
+    return found
 
 
 def loop_numbers_explained(err: Mismatch, got_losses, losses, after_first, expected_first, start, dtype):
