@@ -60,9 +60,10 @@ MISTAKES = {
         "stage 3, a zero_grad that clears nothing": (
             3, "zero_grad", "        p.grad = None\n", "        pass\n",
             ["conv1.weight.grad still holds the previous step's gradient"], "forgotten-zero-grad"),
-        "stage 6, run.log_step forgotten": (
-            6, "train_one_epoch", "        run.log_step(loss, model)", "        pass",
-            ["run.log_step(...) was called 0 times in 5 steps"], None),
+        **{f"stage {n}, run.log_step forgotten": (
+            n, "train_one_epoch", f"        run.log_step(loss, {what})", "        pass",
+            ["run.log_step(...) was called 0 times in 5 steps"], None) for n, what in ((3, "params"), (6, "model"),
+                                                                                        (12, "model"))},
         "stage 6, the --max-steps return forgotten": (
             6, "train_one_epoch", "        if run.steps == args.max_steps:\n            return\n", "",
             ["went on after args.max_steps = 3 steps"], None),
@@ -102,15 +103,17 @@ MISTAKES = {
         "stage 9, x.to(device) without x = in the loop": (
             9, "train_one_epoch", MOVE, "        x.to(device, non_blocking=True), y.to(device, non_blocking=True)",
             [NOT_MOVED], "to-device-unassigned"),
-        "stage 9, x.to(device) without x = in evaluate": (
-            9, "evaluate", MOVE, "        x.to(device, non_blocking=True), y.to(device, non_blocking=True)",
-            [NOT_MOVED_EVAL], "to-device-unassigned"),
-        "stage 1, the update not assigned": (
-            1, "sgd_momentum_update", "params[name] -= lr * momentum_buffers[name]",
-            "params[name] - lr * momentum_buffers[name]", ["the first update did not move the weights at all"], None),
-        "stage 3, the update not assigned": (
-            3, "sgd_momentum_update", "p -= lr * momentum_buffers[name]", "p - lr * momentum_buffers[name]",
-            ["the first update did not move the weights at all"], None),
+        **{f"stage {n}, x.to(device) without x = in evaluate": (
+            n, "evaluate", MOVE, "        x.to(device, non_blocking=True), y.to(device, non_blocking=True)",
+            [NOT_MOVED_EVAL], "to-device-unassigned") for n in (9, 11, 12)},
+        "stage 12, x.to(device) without x = in the loop": (
+            12, "train_one_epoch", MOVE, "        x.to(device, non_blocking=True), y.to(device, non_blocking=True)",
+            [NOT_MOVED], "to-device-unassigned"),
+        **{f"stage {n}, the update not assigned": (
+            n, "sgd_momentum_update", old, old.replace(" -= ", " - "), ["the first update did not move the weights at all"],
+            None) for n, old in ((1, "params[name] -= lr * momentum_buffers[name]"),
+                                 (2, "params[name] -= lr * momentum_buffers[name]"),
+                                 (3, "p -= lr * momentum_buffers[name]"), (5, "p -= lr * momentum_buffers[name]"))},
         "stage 10, the DataParallel wrap not assigned": (
             10, "main", "model = nn.DataParallel(model, device_ids=gpus_starting_at(device))",
             "nn.DataParallel(model, device_ids=gpus_starting_at(device))",
@@ -156,9 +159,10 @@ MISTAKES = {
         "stage 4, reduction='sum'": (4, "train_one_epoch", "loss = F.cross_entropy(forward(params, x), y)",
                                      'loss = F.cross_entropy(forward(params, x), y, reduction="sum")',
                                      ["the loss summed over the batch (reduction='sum')"], "summed-loss"),
-        "stage 6, reduction='sum'": (6, "train_one_epoch", "loss = criterion(model(x), y)",
-                                     'loss = F.cross_entropy(model(x), y, reduction="sum")',
-                                     ["the loss summed over the batch (reduction='sum')"], "summed-loss"),
+        **{f"stage {n}, reduction='sum'": (n, "train_one_epoch", "loss = criterion(model(x), y)",
+                                           'loss = F.cross_entropy(model(x), y, reduction="sum")',
+                                           ["the loss summed over the batch (reduction='sum')"], "summed-loss")
+           for n in (6, 8, 9)},
         "stage 6, softmax before the loss": (6, "train_one_epoch", "loss = criterion(model(x), y)",
                                              "loss = criterion(F.softmax(model(x), dim=1), y)",
                                              ["the loss was given probabilities"], "softmax-before-loss"),
