@@ -8,7 +8,7 @@ READY  := $(VENV)/.installed
 MAKE_PY := $(PYTHON) -m common.tools.make
 
 .PHONY: help setup run smoke test test-quick diff ddp gradcheck bench compare site batch-experiment \
-        exercise check solution notebooks clean
+        exercise check solution mistakes notebooks clean
 
 # `make help`: one row per command, grouped by what a learner is doing; printf aligns the columns
 ROW := @printf "  %-35s  %s\n"
@@ -89,6 +89,9 @@ check: $(READY)
 
 solution: $(READY)
 	@$(MAKE_PY) solution
+
+mistakes: $(READY)
+	@$(MAKE_PY) mistakes
 
 notebooks: $(READY)
 	@$(MAKE_PY) notebooks

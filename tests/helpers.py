@@ -422,3 +422,24 @@ def npy_data_dir(folder: Path, n_train: int = 20, n_test: int = 10) -> Path:
         np.save(folder / f"{split}_x.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
         np.save(folder / f"{split}_y.npy", rng.integers(0, 10, n))
     return folder
+
+
+# ---------------------------------------------------------------- a stage with a mistake planted
+def planted(folder: Path, stage: int, function: str, old: str, new: str, times: int = 1) -> Path:
+    """The course's own stage, as a learner's file in `folder`, with one mistake planted in
+    `function` (a function, Class.method or main): there `old`, found `times` times, becomes `new`."""
+    import ast
+
+    from common.harness import stage_file
+    from common.tools.exercises import function_nodes
+
+    source = stage_file(stage).read_text()
+    node = function_nodes(ast.parse(source))[function]
+    lines = source.splitlines(keepends=True)
+    start, end = node.lineno - 1, node.end_lineno
+    before, body, after = "".join(lines[:start]), "".join(lines[start:end]), "".join(lines[end:])
+    assert body.count(old) == times, f"the plant must find {old!r} {times} time(s) in stage {stage}'s {function}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / stage_file(stage).name
+    path.write_text(before + body.replace(old, new) + after)
+    return path

@@ -109,6 +109,7 @@ TARGETS = {
     "batch-experiment": module("common.tools.batch_experiment"),
     "exercise": module("common.tools.exercises", ["exercise"]), "check": module("common.tools.exercises", ["check"]),
     "solution": module("common.tools.exercises", ["solution"]), "notebooks": module("common.tools.notebooks"),
+    "mistakes": module("common.tools.mistakes"),
 }
 
 
