@@ -200,7 +200,7 @@ def compare_saved(mine: Program, course: Program, dtype: str, on: str, values: b
     for name in PARAM_NAMES if values else ():
         error = relative_error(mine.params[name], course.params[name])
         if not error <= TOLERANCES[dtype].rtol:
-            raise Mismatch(f"your main() saved other final parameters than the course's after the same losses",
+            raise Mismatch("your main() saved other final parameters than the course's after the same losses",
                            f"{name} differs by {error:.1e} relative (tolerance {TOLERANCES[dtype].rtol:.0e}, "
                            f"{dtype}; on {on})")
 
