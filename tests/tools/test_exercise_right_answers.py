@@ -47,9 +47,9 @@ RIGHT_ANSWERS = {
     "make_loaders: the DataLoader's options by position": (
         7, "make_loaders", "train_set, batch_size=args.batch_size, shuffle=True, generator=generator,",
         "train_set, args.batch_size, True, generator=generator,"),
-    "gpus_starting_at: the current GPU asked of torch.cuda": (
-        10, "gpus_starting_at", "first = device.index or 0",
-        "first = device.index if device.index is not None else torch.cuda.current_device()"),
+    "gpus_starting_at: a device without an index taken as GPU 0": (
+        10, "gpus_starting_at", "first = device.index if device.index is not None else torch.cuda.current_device()",
+        "first = device.index or 0"),
     "the wrap: device_ids given by position": (
         10, "main", "nn.DataParallel(model, device_ids=gpus_starting_at(device))",
         "nn.DataParallel(model, gpus_starting_at(device))"),

@@ -118,7 +118,7 @@ def test_docs_mistakes_is_the_measured_gallery():
 def test_make_mistakes_is_a_make_target_that_runs_from_a_copy_of_the_course(tmp_path):
     assert "mistakes" in make_py.TARGETS
     makefile = (ROOT / "Makefile").read_text()
-    assert "\nmistakes: $(READY)\n" in makefile and '@echo "make mistakes ' in makefile
+    assert "\nmistakes: $(READY)\n" in makefile and '$(ROW) "make mistakes"' in makefile
     course = copy_of_the_course(tmp_path)
     done = make(course, "mistakes", "ARGS=--only summed-loss update-outside-no-grad --out runs/few")
     assert done.returncode == 0, done.stderr
