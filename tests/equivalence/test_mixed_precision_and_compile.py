@@ -9,7 +9,7 @@ import torch
 
 from common.harness import (BFLOAT16_GRADIENTS, driver, load_stage, one_step, relative_norm_error, sample_batches,
                             trajectory)
-from tests.helpers import REPEATABLE, assert_close, assert_differs, run_main, stages_where
+from tests.helpers import REPEATABLE, assert_close, assert_differs, run_main, stages_where, tiny
 
 AMP_STAGES = stages_where(lambda stage: driver(stage).mixed_precision)
 COMPILE_STAGES = stages_where(lambda stage: "compile" in driver(stage).main_options())
@@ -20,26 +20,33 @@ def the_stage_before(stage_name: str) -> str:
     return load_stage(number - 1).__name__
 
 
+@pytest.fixture()
+def quick(tiny_data) -> list[str]:
+    """Three steps of batches of 4 from the tiny data folder on one thread: a run that repeats bit
+    for bit, evaluated on 10 images, so that a comparison of two programs takes a moment."""
+    return [*tiny(tiny_data), "--epochs", "1", "--max-steps", "3"]
+
+
 def params_npz_equal(a, b) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("stage_name", AMP_STAGES)
-def test_amp_off_is_the_stage_before_bit_for_bit(stage_name, dtype, tmp_path):
-    before = run_main(the_stage_before(stage_name), tmp_path / "before", *REPEATABLE, "--dtype", dtype,
-                      *(["--amp", "off"] if driver(the_stage_before(stage_name)).mixed_precision else []))
-    off = run_main(stage_name, tmp_path / "off", *REPEATABLE, "--dtype", dtype, "--amp", "off",
-                   *(["--compile", "off"] if "compile" in driver(stage_name).main_options() else []))
+def test_amp_off_is_the_stage_before_bit_for_bit(stage_name, dtype, tmp_path, quick):
+    before = run_main(the_stage_before(stage_name), tmp_path / "before", "--dtype", dtype,
+                      *(["--amp", "off"] if driver(the_stage_before(stage_name)).mixed_precision else []), preset=quick)
+    off = run_main(stage_name, tmp_path / "off", "--dtype", dtype, "--amp", "off",
+                   *(["--compile", "off"] if "compile" in driver(stage_name).main_options() else []), preset=quick)
     assert off.losses == before.losses and params_npz_equal(off.params, before.params)
 
 
 @pytest.mark.parametrize("stage_name", AMP_STAGES)
-def test_a_float64_run_is_never_autocast(stage_name, tmp_path):
+def test_a_float64_run_is_never_autocast(stage_name, tmp_path, quick):
     """--amp on (the default) with --dtype float64 computes what --amp off computes, bit for bit."""
     extra = ["--compile", "off"] if "compile" in driver(stage_name).main_options() else []
-    on = run_main(stage_name, tmp_path / "on", *REPEATABLE, "--dtype", "float64", *extra)
-    off = run_main(stage_name, tmp_path / "off", *REPEATABLE, "--dtype", "float64", "--amp", "off", *extra)
+    on = run_main(stage_name, tmp_path / "on", "--dtype", "float64", *extra, preset=quick)
+    off = run_main(stage_name, tmp_path / "off", "--dtype", "float64", "--amp", "off", *extra, preset=quick)
     assert on.losses == off.losses and params_npz_equal(on.params, off.params)
     if hasattr(load_stage(stage_name), "show_autocast"):  # the stage that teaches autocast says why
         assert "autocast: off (--amp on, --dtype float64)" in on.out
@@ -78,9 +85,9 @@ def test_float16_and_its_gradient_scaler_only_where_bfloat16_is_missing(stage_na
 
 # ---------------------------------------------------------------- torch.compile
 @pytest.mark.parametrize("stage_name", COMPILE_STAGES)
-def test_compile_off_is_the_stage_before_bit_for_bit(stage_name, tmp_path):
-    before = run_main(the_stage_before(stage_name), tmp_path / "before", *REPEATABLE)
-    off = run_main(stage_name, tmp_path / "off", *REPEATABLE, "--compile", "off")
+def test_compile_off_is_the_stage_before_bit_for_bit(stage_name, tmp_path, quick):
+    before = run_main(the_stage_before(stage_name), tmp_path / "before", preset=quick)
+    off = run_main(stage_name, tmp_path / "off", "--compile", "off", preset=quick)
     assert off.losses == before.losses and params_npz_equal(off.params, before.params)
 
 
@@ -120,19 +127,19 @@ def test_the_stage_compiled_by_inductor_trains_as_it_does_eager(stage_name, tmp_
 
 
 @pytest.mark.parametrize("stage_name", COMPILE_STAGES)
-def test_without_a_cxx_compiler_the_stage_says_so_and_runs_eager(stage_name, tmp_path, monkeypatch):
+def test_without_a_cxx_compiler_the_stage_says_so_and_runs_eager(stage_name, tmp_path, quick, monkeypatch):
     stage = load_stage(stage_name)
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(stage.shutil, "which", lambda name: None)
     assert not stage.can_compile(torch.device("cpu")) and stage.can_compile(torch.device("cuda"))
-    without = run_main(stage_name, tmp_path / "without", *REPEATABLE)
-    eager = run_main(stage_name, tmp_path / "eager", *REPEATABLE, "--compile", "off")
+    without = run_main(stage_name, tmp_path / "without", preset=quick)
+    eager = run_main(stage_name, tmp_path / "eager", "--compile", "off", preset=quick)
     assert "no C++ compiler found" in without.out
     assert without.losses == eager.losses
 
 
 @pytest.mark.parametrize("stage_name", COMPILE_STAGES)
-def test_the_stage_trains_through_torch_compile(stage_name, tmp_path, monkeypatch):
+def test_the_stage_trains_through_torch_compile(stage_name, tmp_path, quick, monkeypatch):
     """The loop's forward is the compiled one: a backend of the test's own (torch.compile takes
     any callable) sees the graph traced with gradients on, at the training step."""
     traced_for_training = []
@@ -144,7 +151,7 @@ def test_the_stage_trains_through_torch_compile(stage_name, tmp_path, monkeypatc
     compile_with_inductor = torch.compile
     monkeypatch.setattr(torch, "compile", lambda *a, **k: compile_with_inductor(*a, **k, backend=recording_backend))
     torch.compiler.reset()
-    run_main(stage_name, tmp_path, *REPEATABLE, "--amp", "off")
+    run_main(stage_name, tmp_path, "--amp", "off", preset=quick)
     assert True in traced_for_training
 
 

@@ -44,6 +44,7 @@ def counted(stage_name: str, world_size: int, out_dir) -> list:
     return [np.load(out_dir / f"rank{r}.npy").tolist() for r in range(world_size)]
 
 
+@pytest.mark.slow  # two spawned processes, as the suite's other two-process tests
 @pytest.mark.parametrize("stage_name", SHARDED)
 def test_two_processes_count_what_one_counts_on_a_test_set_they_cannot_split_evenly(stage_name, tmp_path):
     (one_correct, one_seen), = counted(stage_name, 1, tmp_path / "one")
