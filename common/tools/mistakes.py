@@ -484,7 +484,7 @@ def page(report: dict, figure: str) -> str:
         lines += ["", f'<a id="{entry["name"]}"></a>', "", f"## {entry['title']}", "",
                   f"Stage {entry['stage']}, {entry['where']}:", "", "```diff",
                   *(f"- {line}" for line in entry["right"]), *(f"+ {line}" for line in entry["wrong"]), "```", "",
-                  entry["symptom"] + "."]
+                  entry["symptom"].rstrip(".") + "."]  # an error's own message may end the sentence
     return "\n".join(lines) + "\n"
 
 
