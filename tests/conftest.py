@@ -27,6 +27,8 @@ those tests only read it.
 """
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 pytest.register_assert_rewrite("tests.helpers")  # its asserts explain themselves as a test's do
@@ -80,3 +82,19 @@ def smoke_run(shared_run, tiny_data):
         return run_main(stage, out, *smoke_argv(stage), preset=tiny(tiny_data))
 
     return run
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium, once per module of the web-page tests (Debian's chromium: .ci/run installs it)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield browser
+        browser.close()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 from common.run.plots import plt
 from common.tools.site import build, changed_characters, line_tokens, pair_lines, stage_files
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STAGES = [p.stem for p in stage_files()]
 FULL_RUN_FINISHED = "2026-01-01 12:10:00"
 
@@ -137,18 +135,6 @@ def test_changed_lines_face_their_most_alike_counterpart():
 
 
 # ---------------------------------------------------------------- in a browser
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield browser
-        browser.close()
 
 
 def open_page(browser, path: Path, width: int = 1280):

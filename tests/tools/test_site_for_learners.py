@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from common.run.plots import plt
 from common.tools.exercises.catalog import EXERCISES
 from common.tools.site import NARROW, build, stage_files
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STAGES = [p.stem for p in stage_files()]
 WIDTHS = {"desktop": 1280, "phone": 400}
 FIGURE_WIDTH = 1500  # wider than a phone, and than the desktop page's column: it must open at full size
@@ -100,18 +98,6 @@ def site(tmp_path_factory) -> Path:
     return root / "site"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield browser
-        browser.close()
 
 
 def opened(browser, path: Path, width: int):
