@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from common.data import SOURCES
-from common.errors import BAD_INPUT, printable
+from common.errors import BAD_INPUT, INTERRUPTED, printable
 from common.run import signals
 
 DTYPES = ("float32", "float64")
@@ -189,9 +189,17 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
 
 def parse_args(stage_file: str, description: str | None, argv: Sequence[str] | None = None,
                add_options: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
-    """A stage's first line: `args = parse_args(__file__, __doc__, argv)`. From here on, Ctrl-C
-    and SIGTERM stop the run between two steps (common/run/signals.py), not in the middle of one."""
+    """A stage's first line: `args = parse_args(__file__, __doc__, argv)`. From here on, Ctrl-C,
+    SIGTERM and SIGHUP stop the run between two steps (common/run/signals.py), not in the middle
+    of one; one that came while the stage was still starting (importing torch) ends it here."""
+    stage = Path(stage_file).stem
+    if getattr(sys.modules.get("__main__"), "__file__", None) == stage_file:  # the program itself, not a test's
+        signals.guard_program("stage", stage)  # run as a file: stages/__init__.py did not (python -m does)
     signals.defer()
+    if signals.pending() is not None:
+        signals.ending(INTERRUPTED)
+        signals.say(f"{stage}: {signals.starting_message()}")
+        raise SystemExit(INTERRUPTED)
     try:
         return parse_only(stage_file, description, argv, add_options)
     except BaseException:

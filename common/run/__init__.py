@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import CourseError
-from common.run import summary
+from common.run import signals, summary
 from common.run.guard import Guard
 from common.run.progress import Progress
 from common.run.record import Record, per_class_accuracy
@@ -119,6 +119,7 @@ class StageRun:
     def __enter__(self) -> "StageRun":
         self._start = time.perf_counter()
         self.guard.__enter__()
+        signals.when_stopped_at_once(self._stopped_at_once)  # a second signal while the run unwinds
         self.threads = ThreadPolicy(self.args.threads)
         try:
             self.guard.stop_if_asked(self.steps)
@@ -171,11 +172,21 @@ class StageRun:
                            self._epoch["per_class"], self.args.max_steps)
 
     def _mark_incomplete(self, why: str) -> None:
-        """An ended run leaves summary.json saying it is incomplete, and why."""
+        """An ended run leaves summary.json saying it is incomplete, why, and by which signal."""
         if self.record is not None and self.main_process:
-            self.record.mark_incomplete({"stage": self.stage, "complete": False, "ended": why,
-                                         "steps": self.steps, "record": str(self.record_dir)})
+            ended = {"stage": self.stage, "complete": False, "ended": why, "steps": self.steps,
+                     "record": str(self.record_dir)}
+            self.record.mark_incomplete(dict(ended, signal=self.guard.signal_name()) if self.guard.signalled()
+                                        else ended)
 
     def _interrupted_message(self) -> str:
+        if self.record is None:
+            return signals.starting_message()
         return (f"interrupted by {self.guard.signal_name()} at step {self.steps}"
                 f"{self.checkpoints.interrupted_note()}; the record so far is in {self.record_dir}")
+
+    def _stopped_at_once(self) -> None:
+        """A signal came while the run was already stopping: record and say so, before the program ends."""
+        self._mark_incomplete("interrupted")
+        if self.main_process:
+            signals.say(f"{self.stage}: {self._interrupted_message()}")

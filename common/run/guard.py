@@ -2,7 +2,6 @@
 run agreeing first), and every way a run can end becomes one line and an exit code."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from common.errors import INTERRUPTED, WRITE_FAILED, CourseError, printable
@@ -35,6 +34,7 @@ class Guard:
                 return
             asked = group.any(asked)
         if asked:
+            signals.stopping()  # a further signal now ends the program at once
             raise KeyboardInterrupt
 
     @staticmethod
@@ -75,8 +75,9 @@ class Guard:
                      f"finished first, the record is complete in {record_dir}", INTERRUPTED)
 
     def end(self, message: str, code: int) -> None:
+        signals.ending(code)  # the line is said: a further signal ends the program at once
         if self.shown:
-            print(f"{self.stage}: {printable(message)}", file=sys.stderr)
+            signals.say(f"{self.stage}: {printable(message)}")
         raise SystemExit(code)
 
 

@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.cli import batch_size, positive_float, positive_int
+from common.cli import OneLineParser, batch_size, positive_float, positive_int
 from common.data import CHANCE, SOURCES, load_data
 from common.errors import CourseError
 from common.harness import driver, load_stage, stage_options
+from common.run.program import run_program
 from common.seed import seed_everything
 from common.weights import reference_params
 
@@ -127,8 +128,8 @@ def plot(runs: dict[int, list[dict]], budget: float, source: str, path: Path) ->
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m common.tools.batch_experiment", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(prog="python -m common.tools.batch_experiment", description=__doc__.splitlines()[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--batch-sizes", type=batch_size, nargs="+", default=[4, 16, 64, 256], help="batch sizes")
     parser.add_argument("--epochs", type=positive_int, default=3, help="epochs for every batch size")
     parser.add_argument("--lr", type=positive_float, default=0.001, help=f"learning rate at batch {BASE_BATCH}")
@@ -166,4 +167,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every ending (common/run/program.py)

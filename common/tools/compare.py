@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.cli import DTYPES, batch_size, positive_int
+from common.cli import DTYPES, OneLineParser, batch_size, positive_int
 from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches, stage_names, to_numpy
+from common.run.program import run_program
 from common.weights import reference_params
 
 LR, MOMENTUM = 0.001, 0.9  # the tutorial's settings
@@ -106,8 +107,8 @@ def write(out: Path, dtype: str, steps: int, rows: list[dict], curves: dict) -> 
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m common.tools.compare", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(prog="python -m common.tools.compare", description=__doc__.splitlines()[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dtype", choices=DTYPES + ("both",), default="both", help="precision of every stage")
     parser.add_argument("--steps", type=positive_int, default=50, help="training steps per stage")
     parser.add_argument("--batch-size", type=batch_size, default=4, help="images per step")
@@ -146,4 +147,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every ending (common/run/program.py)

@@ -30,6 +30,7 @@ from common.cli import OneLineParser
 from common.data import CHANCE
 from common.errors import BAD_INPUT
 from common.harness import load_stage, stage_names
+from common.run.program import run_program
 
 COINCIDE = 0.005  # curves closer than this fraction of the loss axis's range share a colour and a legend entry
 
@@ -213,4 +214,4 @@ def group_label(summaries: list[dict], members: list[int]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every ending (common/run/program.py)

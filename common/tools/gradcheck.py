@@ -45,6 +45,7 @@ from common import cli
 from common.cli import HelpFormatter, OneLineParser, positive_int
 from common.errors import BAD_INPUT
 from common.harness import relative_error, sample_batches
+from common.run.program import run_program
 from common.weights import PARAM_NAMES, reference_params
 from stages import stage01_numpy as stage1
 
@@ -566,4 +567,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every ending (common/run/program.py)

@@ -37,6 +37,7 @@ from pygments.token import STANDARD_TYPES
 from common.cli import OneLineParser
 from common.errors import BAD_INPUT
 from common.harness import stage_files
+from common.run.program import run_program
 
 CONTEXT = 3  # unchanged lines shown around each change; longer unchanged runs are folded
 SIMILAR = 0.5  # two lines at least this alike (difflib's ratio) are one line changed, not two
@@ -376,7 +377,7 @@ def build(out: Path, runs: Path) -> list[Path]:
 
 def main(argv=None) -> list[Path]:
     parser = OneLineParser(prog="python -m common.tools.site", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="site", help="folder to write the site into")
     parser.add_argument("--runs", default="runs", help="where `make run`, `make compare` and `make gradcheck` write")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -389,4 +390,4 @@ def main(argv=None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every ending (common/run/program.py)

@@ -15,6 +15,8 @@ import logging
 import sys
 
 from common.errors import INTERRUPTED
+from common.run import signals
+from common.run.program import run_program
 
 
 def main(argv=None) -> None:
@@ -27,18 +29,20 @@ def main(argv=None) -> None:
     try:
         torchrun(sys.argv[1:] if argv is None else argv)
     except SignalException as err:
+        signals.reclaim()  # torchrun's own handlers would raise again during the exit
         print(f"torchrun: stopped by {err.sigval.name}, which it passed on to every process", file=sys.stderr)
         sys.exit(INTERRUPTED)
     except ChildFailedError as err:
+        signals.reclaim()
         rank, first = err.get_first_failure()  # the earliest: the others may have failed because of it
         code = first.exitcode if 0 < first.exitcode < 256 else 1  # a negative code is a signal's number
         print(f"torchrun: {len(err.failures)} process(es) failed; rank {rank} failed first, "
               f"with exit code {first.exitcode}", file=sys.stderr)
         sys.exit(code)
-    except KeyboardInterrupt:  # a Ctrl-C before torchrun installed its own handlers
-        print("torchrun: stopped by SIGINT before the processes started", file=sys.stderr)
+    except KeyboardInterrupt:  # a signal before torchrun installed its own handlers
+        print(f"torchrun: stopped by {signals.name(signals.pending())} before the processes started", file=sys.stderr)
         sys.exit(INTERRUPTED)
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every other ending (common/run/program.py)
