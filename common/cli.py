@@ -17,7 +17,7 @@ import numpy as np
 
 from common.data import SOURCES
 from common.errors import BAD_INPUT, INTERRUPTED, printable
-from common.run import signals
+from common.run import rendezvous, signals
 
 DTYPES = ("float32", "float64")
 MAX_SEED = 2**32 - 1  # numpy's legacy np.random.seed() takes seeds in [0, 2**32)
@@ -219,7 +219,13 @@ def parse_only(stage_file: str, description: str | None, argv: Sequence[str] | N
 
 
 def _check_together(parser: OneLineParser, args: argparse.Namespace) -> None:
-    """What no single option can check alone."""
+    """What no single option can check alone, and the distributed environment of a stage that
+    joins a process group (common/run/rendezvous.py)."""
+    joins_a_group = any(a.type is process_device_name for a in parser._actions)
+    rendezvous.expect_group(joins_a_group)
+    problem = rendezvous.check_environment() if joins_a_group else None
+    if problem is not None:
+        parser.exit(BAD_INPUT, f"{parser.prog}: error: the distributed environment: {printable(problem)}\n")
     largest = float(np.finfo(args.dtype).max)
     for name in ("lr", "momentum"):
         if getattr(args, name) > largest:  # torch cannot even pass such a factor to a float32 kernel

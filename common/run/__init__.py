@@ -30,6 +30,7 @@ from common.run import signals, summary
 from common.run.guard import Guard
 from common.run.progress import Progress
 from common.run.record import Record, per_class_accuracy
+from common.run.rendezvous import Watch
 from common.run.steps import StepLog
 from common.run.resume import Checkpoints
 from common.run.threads import ThreadPolicy
@@ -47,6 +48,7 @@ class StageRun:
         self.checkpoints = Checkpoints(self.stage, args, writes=main_process)
         self.guard = Guard(self.stage, shown=main_process)
         self.record = self.threads = None
+        self.watch = Watch(self.stage, self._ended_waiting)  # for the other processes of a group (stage 11)
         self._epoch = {"first_step": 0, "steps": 0, "per_class": [], "classes": (), "data": {}}
 
     @property
@@ -70,6 +72,7 @@ class StageRun:
         self.epoch = epoch
         self._epoch.update(first_step=self.steps, steps=steps)
         if self.progress.bar is None:
+            self.watch.stop()  # the group, if any, is formed
             self.threads.check(at_once=True)  # the set-up so far was the first look at the machine
             self.progress.say(self.threads.describe())
             total = (self.args.epochs - epoch + 1) * steps
@@ -125,6 +128,7 @@ class StageRun:
             self.guard.stop_if_asked(self.steps)
             self.record = Record(Path(self.args.out) if self.main_process else None, self.stage, vars(self.args))
             self.step_log = StepLog(self.record, self.progress, self.args)
+            self.watch.start()
         except BaseException as err:
             self.__exit__(type(err), err, err.__traceback__)
             raise
@@ -150,6 +154,7 @@ class StageRun:
                 self.guard.end(message, code)
             return False  # anything else is a bug: let its traceback show
         finally:
+            self.watch.stop()
             if self.record is not None:
                 self.record.close()
             if self.threads is not None:
@@ -184,6 +189,13 @@ class StageRun:
             return signals.starting_message()
         return (f"interrupted by {self.guard.signal_name()} at step {self.steps}"
                 f"{self.checkpoints.interrupted_note()}; the record so far is in {self.record_dir}")
+
+    def _ended_waiting(self, why: str, line: str, code: int) -> None:
+        """The wait for the other processes ended by a signal or the time limit (from the watch's thread)."""
+        self._mark_incomplete(why)
+        signals.ending(code)
+        signals.say(f"{self.stage}: {line}")
+        signals.end_at_once()
 
     def _stopped_at_once(self) -> None:
         """A signal came while the run was already stopping: record and say so, before the program ends."""

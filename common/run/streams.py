@@ -106,6 +106,14 @@ def lost_output() -> bool:
                for s in (sys.stdout, sys.stderr))
 
 
+def say(line: str) -> None:
+    """One line on stdout, whatever stdout is."""
+    try:
+        print(line, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def tell(line: str) -> None:
     """One line on stderr, or on stdout where stderr cannot be written."""
     for stream in (sys.stderr, sys.stdout):
