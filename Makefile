@@ -8,25 +8,38 @@ READY  := $(VENV)/.installed
 MAKE_PY := $(PYTHON) -m common.tools.make
 
 .PHONY: help setup run smoke test test-quick diff ddp gradcheck bench compare site batch-experiment \
-        exercise check solution notebooks clean
+        exercise check solution mistakes notebooks clean
 
+# `make help`: one row per command, grouped by what a learner is doing; printf aligns the columns
+ROW := @printf "  %-35s  %s\n"
 help:
-	@echo "make run [STAGE=N] [ARGS='...']  run the course (or one stage), one epoch each on the default data"
-	@echo "make test [ARGS='-m stage3']     the whole test suite (or a part of it)"
-	@echo "make test-quick                 the equivalence and unit tests, without the slow and fuzz tests"
-	@echo "make smoke                      every stage for 20 steps on synthetic data"
-	@echo "make diff FROM=2 TO=3           the lesson between two stages, as a unified diff"
-	@echo "make ddp [NPROC=2] [ARGS='...']  stage 11 in NPROC processes under torchrun"
-	@echo "make gradcheck                  finite differences against the analytic gradients, and a figure"
-	@echo "make bench                      speed and memory of every stage, side by side, idle and busy"
-	@echo "make compare                    every stage on the same batches: differences from stage 1, figure"
-	@echo "make site                       the course as a static web page: site/index.html"
-	@echo "make batch-experiment           accuracy per epoch and per second for batch sizes 4..256"
-	@echo "make exercise STAGE=N [FORCE=1] stage N with its lesson taken out: work/stageNN_<name>.py"
-	@echo "make check STAGE=N              check your work/ file against PyTorch and stage N-1"
-	@echo "make solution STAGE=N           the diff from your work/ file to the stage"
-	@echo "make notebooks                  every stage as a Jupyter notebook in notebooks/"
-	@echo "make setup                      create $(VENV) and install the pinned packages"
+	@echo "The course's commands. STAGE=N picks a stage; ARGS='...' passes options on."
+	@echo ""
+	@echo "learn"
+	$(ROW) "make diff FROM=2 TO=3 [ARGS=--full]" "the lesson: the later docstring, then the diff of the code"
+	$(ROW) "make exercise STAGE=N [FORCE=1]" "do it yourself: stage N with its lesson taken out, in work/"
+	$(ROW) "make check STAGE=N" "check your work/ file against PyTorch and stage N-1"
+	$(ROW) "make solution STAGE=N" "the diff from your work/ file to the stage"
+	$(ROW) "make mistakes" "a gallery of classic mistakes and their symptoms"
+	$(ROW) "make site" "the course as a web site: site/index.html"
+	$(ROW) "make notebooks" "every stage as a Jupyter notebook in notebooks/"
+	@echo ""
+	@echo "run"
+	$(ROW) "make run [STAGE=N] [ARGS='...']" "the course (or one stage), one epoch each, then what next"
+	$(ROW) "make smoke" "every stage for 20 steps on synthetic data"
+	$(ROW) "make ddp [NPROC=2] [ARGS='...']" "stage 11 in NPROC processes under torchrun"
+	@echo ""
+	@echo "check"
+	$(ROW) "make test [ARGS='-m stage3']" "the whole test suite (or a part of it)"
+	$(ROW) "make test-quick" "the equivalence, claim and layout tests, not the slow ones"
+	$(ROW) "make gradcheck" "finite differences against stage 1's gradients, and a figure"
+	$(ROW) "make compare" "every stage on the same batches against stage 1, and a figure"
+	@echo ""
+	@echo "tools"
+	$(ROW) "make bench" "speed and memory of every stage, idle and busy"
+	$(ROW) "make batch-experiment" "accuracy per epoch and per second, batch sizes 4 to 256"
+	$(ROW) "make setup" "create $(VENV) and install the pinned packages"
+	$(ROW) "make clean" "remove runs/, site/, notebooks/ and the caches (never work/)"
 
 $(READY): requirements.txt
 	python3 -m venv $(VENV)
@@ -76,6 +89,9 @@ check: $(READY)
 
 solution: $(READY)
 	@$(MAKE_PY) solution
+
+mistakes: $(READY)
+	@$(MAKE_PY) mistakes
 
 notebooks: $(READY)
 	@$(MAKE_PY) notebooks

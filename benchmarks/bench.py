@@ -55,9 +55,14 @@ def flops_per_image_forward() -> int:
     return total
 
 
+def flops_per_image_conv1_forward() -> int:
+    return 2 * int(np.prod(PARAM_SHAPES["conv1.weight"])) * 28 * 28
+
+
 def flops_per_image_train_step() -> int:
-    """Forward, plus a backward that costs about twice the forward (input and weight gradients)."""
-    return 3 * flops_per_image_forward()
+    """Forward, then the backward: every layer's weight gradient (as many FLOPs as its forward)
+    and every input gradient but conv1's (the images need none), so 3 x forward - conv1's."""
+    return 3 * flops_per_image_forward() - flops_per_image_conv1_forward()
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:

@@ -3,7 +3,7 @@
 Where the data comes from (`--data auto`, the default), in order:
 1. `--data-dir DIR` when given: a torchvision CIFAR-10 root (holding `cifar-10-batches-py/`)
    or a folder in the offline `.npy` layout (train_x.npy or shards, train_y.npy, test_x.npy,
-   test_y.npy; see the README);
+   test_y.npy; see docs/running.md);
 2. the torchvision root `./data`, downloaded by torchvision's own `CIFAR10` class if needed;
 3. a built-in synthetic data set, made from the seed in a fraction of a second.
 `--data cifar10` insists on the real thing; `--data synthetic` always works. When `auto` falls
@@ -50,6 +50,10 @@ IMAGE_SHAPE = (32, 32, 3)
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 8_000, 2_000
 TORCHVISION_FOLDER = "cifar-10-batches-py"  # what torchvision's CIFAR10 reads inside its root
 SHARD_NAME = re.compile(r"train_x_([0-9]+)\.npy")
+SYNTHETIC_SOURCE = "built-in synthetic set"  # how the `source` of make_synthetic's data begins
+# What figures, tables and captions call the data of a run: the synthetic shapes are far easier
+# than CIFAR-10's photographs, so a result on them must never pass for a CIFAR-10 result.
+SYNTHETIC_NAME, CIFAR10_NAME, UNKNOWN_NAME = "synthetic shapes, not CIFAR-10", "CIFAR-10", "data not recorded"
 
 
 @dataclass
@@ -62,6 +66,19 @@ class CifarArrays:
     classes: tuple[str, ...] = field(default=CLASSES)  # label k is classes[k]: CIFAR-10's, or the shapes
     fallback: str | None = None  # why the real data was not used, in plain words ("not found and no network")
     details: str | None = None  # the technical reason behind `fallback`, for the run record
+
+
+def data_name(source: str | None) -> str:
+    """The name of a run's data for a figure or a table, from the `source` its record keeps
+    (summary.json's data.source): SYNTHETIC_NAME, CIFAR10_NAME, or UNKNOWN_NAME without one."""
+    if not source:
+        return UNKNOWN_NAME
+    return SYNTHETIC_NAME if source.startswith(SYNTHETIC_SOURCE) else CIFAR10_NAME
+
+
+def on_data(name: str) -> str:
+    """ "on synthetic shapes, not CIFAR-10" for a title, or what a record that names no data gets instead."""
+    return "(the record names no data)" if name == UNKNOWN_NAME else f"on {name}"
 
 
 def load_data(source: str = "auto", data_dir: str | os.PathLike | None = None, seed: int = 0, *,
@@ -343,7 +360,7 @@ def make_synthetic(seed: int = 0, n_train: int = SYNTHETIC_TRAIN, n_test: int = 
     rng = np.random.default_rng([seed, 10])
     train_x, train_y = _synthetic_split(rng, n_train)
     test_x, test_y = _synthetic_split(rng, n_test)
-    return CifarArrays(train_x, train_y, test_x, test_y, source=f"built-in synthetic set (seed {seed})",
+    return CifarArrays(train_x, train_y, test_x, test_y, source=f"{SYNTHETIC_SOURCE} (seed {seed})",
                        classes=SYNTHETIC_CLASSES)
 
 

@@ -126,8 +126,10 @@ def choose_device(name):
 
 def gpus_starting_at(device):
     """Every visible GPU, the model's own first: DataParallel requires the parameters on
-    device_ids[0] and gathers the outputs there. (With no GPU visible it ignores the list.)"""
-    first = device.index or 0  # "cuda" alone is the current GPU, cuda:0 unless one was chosen
+    device_ids[0] and gathers the outputs there. (Off the GPU, none: DataParallel then calls the model.)"""
+    if device.type != "cuda":
+        return []
+    first = device.index if device.index is not None else torch.cuda.current_device()  # "cuda": the current GPU
     return [first] + [i for i in range(torch.cuda.device_count()) if i != first]
 
 

@@ -119,7 +119,8 @@ def evaluate(model, device, test_loader, autocast):
     for x, y in test_loader:  # this process's share of the test set
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast:
-            correct += (model(x).argmax(dim=1) == y).sum()
+            logits = model(x)
+        correct += (logits.argmax(dim=1) == y).sum()
     dist.all_reduce(correct)  # the sum over every process, on every process
     return correct.item()
 

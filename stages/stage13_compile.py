@@ -137,7 +137,8 @@ def evaluate(model, device, test_loader, autocast):
     for x, y in test_loader:  # this process's share of the test set
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast:
-            correct += (model(x).argmax(dim=1) == y).sum()
+            logits = model(x)
+        correct += (logits.argmax(dim=1) == y).sum()
     dist.all_reduce(correct)  # the sum over every process, on every process
     return correct.item()
 
@@ -207,7 +208,7 @@ def main(argv=None):
             model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
             if args.compile == "on" and not can_compile(device):
                 print("torch.compile: no C++ compiler found (inductor needs one on a CPU): running eager")
-                args.compile = "off"
+                args.compile = "off"  # as if asked: the loop then prints no compile times either
             if args.compile == "on":
                 model.compile()  # in place: from its first call on, forward runs through torch.compile
             model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)

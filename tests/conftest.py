@@ -1,7 +1,7 @@
 """The test suite's fixtures and hooks. Nothing is imported from this file: what tests share by
 name (the stages as parameters, presets, run_main, assert_close, ...) is in tests/helpers.py.
 
-Where a test lives says what it proves:
+Where a test lives says what it checks:
 
     equivalence/  every stage computes what the independent reference computes, and what the
                   stage before it computes; the programs themselves, run by main(), agree; a
@@ -32,7 +32,8 @@ import pytest
 pytest.register_assert_rewrite("tests.helpers")  # its asserts explain themselves as a test's do
 
 from common.weights import reference_params  # noqa: E402
-from tests.helpers import REPEATABLE, TINY_TEST, TINY_TRAIN, npy_data_dir, run_main, smoke_argv  # noqa: E402
+from tests.helpers import (SMOKE, TINY_TEST, TINY_TRAIN, Computations, npy_data_dir, run_main, smoke_argv,  # noqa: E402
+                           tiny)
 
 
 @pytest.fixture(scope="session")
@@ -42,18 +43,24 @@ def params():
 
 
 @pytest.fixture(scope="session")
+def computed(params):
+    """computed.one_step(stage, dtype, batch_size), computed.trajectory(stage, dtype): each once."""
+    return Computations(params)
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    """A data folder of 40 training and 10 test images (tests.helpers.tiny_epochs)."""
+    """A data folder of 40 training and 10 test images (tests.helpers.tiny)."""
     return npy_data_dir(tmp_path_factory.mktemp("tiny_data"), TINY_TRAIN, TINY_TEST)
 
 
 @pytest.fixture(scope="session")
 def shared_run(tmp_path_factory):
-    """shared_run(stage, *argv, preset=...): run_main once per session for each stage and argv,
+    """shared_run(stage, *argv, preset=SMOKE): run_main once per session for each stage and argv,
     for tests that only read what the run printed and left."""
     done = {}
 
-    def run(stage: str, *argv: str, preset: list[str] = REPEATABLE):
+    def run(stage: str, *argv: str, preset: list[str] = SMOKE):
         key = (stage, tuple(preset), argv)
         if key not in done:
             done[key] = run_main(stage, tmp_path_factory.mktemp("shared_run"), *argv, preset=preset)
@@ -63,7 +70,13 @@ def shared_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def smoke_run(shared_run):
-    """smoke_run(stage): each stage's one run of tests.helpers.smoke_argv(stage), which the tests
-    of what a run prints, what it leaves and whether it repeats all read."""
-    return lambda stage: shared_run(stage, *smoke_argv(stage), preset=REPEATABLE)
+def smoke_run(shared_run, tiny_data):
+    """smoke_run(stage): each stage's one shared run, tests.helpers.smoke_argv(stage) on the tiny
+    data folder, which the tests of what a run prints and leaves read. smoke_run(stage, out): the
+    same run once more, afresh, into `out`, for the tests that repeat it."""
+    def run(stage: str, out=None):
+        if out is None:
+            return shared_run(stage, *smoke_argv(stage), preset=tiny(tiny_data))
+        return run_main(stage, out, *smoke_argv(stage), preset=tiny(tiny_data))
+
+    return run

@@ -126,19 +126,20 @@ def takes_option(flag: str) -> Callable[[ModuleType], bool]:
 # The start of a stage's argv; a test adds what it needs after it (argparse keeps the last value).
 # SMOKE: a run of a few steps on the built-in synthetic set, for what main() prints and writes.
 SMOKE = ["--data", "synthetic", "--epochs", "1", "--batch-size", "8", "--max-steps", "3"]
-# REPEATABLE: SMOKE that repeats bit for bit: one thread count throughout (the README's Determinism).
+# REPEATABLE: SMOKE that repeats bit for bit: one thread count throughout (docs/running.md, Determinism).
 REPEATABLE = SMOKE + ["--threads", "1"]
 # LEARNS: long enough to learn the synthetic set (300 steps of 16 at lr 0.01; chance is 10%).
 LEARNS = ["--data", "synthetic", "--epochs", "1", "--batch-size", "16", "--lr", "0.01", "--max-steps", "300"]
 # ONE_EPOCH: a whole epoch of the synthetic set, 1000 steps of 8: long enough for a signal to arrive in
 # the middle of it; with a larger batch, a course run with no --max-steps that takes seconds.
 ONE_EPOCH = ["--data", "synthetic", "--epochs", "1", "--batch-size", "8"]
-# tiny_epochs(data): whole epochs of 10 steps in a moment (batches of 4 from a folder of 40 images,
-# conftest's `tiny_data`), for checkpoints and resumes, which happen at the end of an epoch.
-TINY_TRAIN, TINY_TEST = 40, 10
+TINY_TRAIN, TINY_TEST = 40, 10  # the images of conftest's `tiny_data` folder
 
 
-def tiny_epochs(data_dir: Path) -> list[str]:
+def tiny(data_dir: Path) -> list[str]:
+    """Whole epochs of 10 steps in a moment, batches of 4 from the `tiny_data` folder, on one thread
+    (a run then repeats bit for bit: the README's Determinism): for checkpoints and resumes, which
+    happen at the end of an epoch, and for runs that several tests read or that must repeat."""
     return ["--data-dir", str(data_dir), "--batch-size", "4", "--threads", "1"]
 
 
@@ -154,10 +155,10 @@ def for_stage(stage: str | ModuleType, argv: list[str], **options: str) -> list[
 
 
 def smoke_argv(stage: str | ModuleType) -> list[str]:
-    """After REPEATABLE, the argv of each stage's one shared run (conftest's `smoke_run`): 20
-    steps, seed 4, and where the stage takes them --dropout 0.3 (so that the run draws random
-    numbers) and --device cpu (where a run repeats bit for bit)."""
-    return for_stage(stage, ["--max-steps", "20", "--seed", "4"], dropout="0.3", device="cpu")
+    """After tiny(), the argv of each stage's one shared run (conftest's `smoke_run`): 20 steps, two
+    whole epochs (so a reshuffle too), seed 4, and where the stage takes them --dropout 0.3 (so
+    that the run draws random numbers) and --device cpu (where a run repeats bit for bit)."""
+    return for_stage(stage, ["--epochs", "2", "--max-steps", "20", "--seed", "4"], dropout="0.3", device="cpu")
 
 
 # ---------------------------------------------------------------- a stage's main(), and its record
@@ -226,6 +227,64 @@ def assert_differs(actual, expected, dtype: str, what: str = "", times: float = 
     where, error = _error(actual, expected)
     bound = times * TOLERANCES[dtype].rtol
     assert error > bound, f"{what or 'values'}{where}: relative error {error:.2e} <= {bound:.0e} ({dtype})"
+
+
+# ---------------------------------------------------------------- the equivalence tests' computations
+LR, MOMENTUM = 0.01, 0.9  # a larger lr than the tutorial's, so that a few steps move the weights visibly
+BATCH_SIZES = (1, 4, 7)  # a single image, the tutorial's batch, and an odd one
+TRAJECTORY_STEPS, TRAJECTORY_BATCH = 5, 7
+
+
+class Computations:
+    """One step and a trajectory of each stage, each computed once per session (conftest's
+    `computed`) and read by every test that compares it: with the reference, and with the stage
+    before (the same inputs for both, so that no stage is computed twice)."""
+
+    def __init__(self, params: dict):
+        self.params, self._done = params, {}
+
+    def _once(self, key, compute):
+        if key not in self._done:
+            self._done[key] = compute()
+        return self._done[key]
+
+    @staticmethod
+    def step_batch(batch_size: int):
+        from common.harness import sample_batches
+
+        return sample_batches(1, batch_size, seed=batch_size)[0]
+
+    @staticmethod
+    def trajectory_batches():
+        from common.harness import sample_batches
+
+        return sample_batches(TRAJECTORY_STEPS, TRAJECTORY_BATCH, seed=2)
+
+    def one_step(self, stage: str, dtype: str, batch_size: int) -> dict:
+        """Logits, loss and gradients of one step from the reference weights (common.harness.one_step)."""
+        from common.harness import one_step
+
+        x, y = self.step_batch(batch_size)
+        return self._once(("step", stage, dtype, batch_size),
+                          lambda: one_step(load_stage(stage), self.params, x, y, dtype, LR, MOMENTUM))
+
+    def trajectory(self, stage: str, dtype: str) -> dict:
+        """Losses and final parameters of TRAJECTORY_STEPS momentum steps (common.harness.trajectory)."""
+        from common.harness import trajectory
+
+        return self._once(("trajectory", stage, dtype),
+                          lambda: trajectory(load_stage(stage), self.params, self.trajectory_batches(), dtype, LR,
+                                             MOMENTUM))
+
+
+# ---------------------------------------------------------------- for the fuzz tests
+def event(text: str) -> None:
+    """hypothesis.event(text) with any lone surrogate escaped: argv may hold them (a drawn one, or
+    an undecodable byte as Python passes it on), and hypothesis's pytest plugin cannot encode one
+    in its statistics: it would end the whole session with an INTERNALERROR."""
+    import hypothesis
+
+    hypothesis.event(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 # ---------------------------------------------------------------- small pieces for the claims
@@ -339,12 +398,19 @@ def copy_of_the_course(dest: Path) -> Path:
     return dest
 
 
+# What an outer make (`make test ARGS='-x'`) hands down to every make started under it, in the
+# environment and in MAKEFLAGS: the make a test starts must see only the variables it gives.
+MAKE_VARIABLES = ("ARGS", "STAGE", "FROM", "TO", "NPROC", "FORCE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL",
+                  "MAKEOVERRIDES")
+
+
 def make(course: Path, *args: str) -> subprocess.CompletedProcess:
     """make in `course` (a copy, or ROOT), with this interpreter's environment; -o: never (re)build
     that environment, whatever the timestamps of requirements.txt and its marker file say."""
     venv = Path(sys.prefix)
+    env = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
     return subprocess.run(["make", "--no-print-directory", f"VENV={venv}", "-o", str(venv / ".installed"), *args],
-                          cwd=course, capture_output=True, text=True, timeout=EVENT_TIMEOUT)
+                          cwd=course, capture_output=True, text=True, timeout=EVENT_TIMEOUT, env=env)
 
 
 # ---------------------------------------------------------------- a small data folder
@@ -429,3 +495,24 @@ def held_at(where: str, folder: Path, caller: str | None = None) -> dict:
     if caller is not None:
         env["COURSE_HOLD_CALLER"] = caller
     return env
+
+
+# ---------------------------------------------------------------- a stage with a mistake planted
+def planted(folder: Path, stage: int, function: str, old: str, new: str, times: int = 1) -> Path:
+    """The course's own stage, as a learner's file in `folder`, with one mistake planted in
+    `function` (a function, Class.method or main): there `old`, found `times` times, becomes `new`."""
+    import ast
+
+    from common.harness import stage_file
+    from common.tools.exercises import function_nodes
+
+    source = stage_file(stage).read_text()
+    node = function_nodes(ast.parse(source))[function]
+    lines = source.splitlines(keepends=True)
+    start, end = node.lineno - 1, node.end_lineno
+    before, body, after = "".join(lines[:start]), "".join(lines[start:end]), "".join(lines[end:])
+    assert body.count(old) == times, f"the plant must find {old!r} {times} time(s) in stage {stage}'s {function}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / stage_file(stage).name
+    path.write_text(before + body.replace(old, new) + after)
+    return path

@@ -6,11 +6,13 @@ number generator (what dropout draws from on the CPU; on a GPU it draws from tha
 generator, saved too, as cuda_rng). `--checkpoint PATH` writes them after every
 complete epoch; `--resume PATH` puts them back, and training continues with the next epoch,
 ending with the numbers an uninterrupted run would have: bit for bit on the CPU with a fixed
---threads, to round-off otherwise (see the README's Determinism).
+--threads, to round-off otherwise (see docs/running.md, Determinism).
 
 The file is a numpy `.npz` archive: every array under a key of its own, and one JSON text
 (`meta`) describing the rest. It holds no pickled objects, so loading one never runs code,
-and the numpy stage reads and writes it without torch. It is written atomically, to a
+and the numpy stage reads and writes it without torch. Each member carries zip's CRC-32, so
+bytes damaged on disk are refused ("Bad CRC-32"); a file rewritten by a program, with numbers
+of the right shapes and dtypes, cannot be told from a real one. It is written atomically, to a
 temporary file that is then renamed over the old one, so an interruption or a full disk
 while saving leaves the previous checkpoint as it was (a process killed in the middle of a
 save can leave a hidden .NAME.tmp beside it).
@@ -298,8 +300,10 @@ def write_atomically(path: Path, write, durable: bool = False) -> None:
         raise
 
 
-def load(path: Path) -> tuple[dict, list]:
-    """Read a checkpoint: its meta fields (checked for type) and the saved state of each object."""
+def load(path: Path, stage: str | None = None) -> tuple[dict, list]:
+    """Read a checkpoint: its meta fields (checked for type) and the saved state of each object.
+    stage: the stage resuming; a checkpoint of another stage is refused as such before its arrays
+    are decoded (the numpy stage cannot decode a torch stage's tensors, and would call it damaged)."""
     path = Path(path)
     where = f"--resume {path}"
     if path.is_dir():
@@ -323,6 +327,8 @@ def load(path: Path) -> tuple[dict, list]:
         raise CourseError(f"{where}: not a checkpoint in this course's format {FORMAT} (another program's, "
                           "or an older version's)")
     _check_fields(meta, where)
+    if stage is not None and meta["stage"] != stage:
+        raise CourseError(f"{where}: from another stage: made with stage {meta['stage']!r}, but this run is {stage!r}")
     try:
         states = [decode(entry["value"], arrays) for entry in meta["state"]]
         for key in ("torch_rng", "cuda_rng", "rng_by_rank"):

@@ -28,7 +28,7 @@ class Checkpoints:
             checkpoint.check_writable(self.args.checkpoint)
         if self.args.resume is None:
             return 1, 0
-        meta, states = checkpoint.load(self.args.resume)
+        meta, states = checkpoint.load(self.args.resume, stage=self.stage)
         where = f"--resume {self.args.resume}"
         for key in SAME_RUN:
             value = self.stage if key == "stage" else getattr(self.args, key)

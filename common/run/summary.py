@@ -22,6 +22,6 @@ def finish(record: Record, progress: Progress, summary: dict, classes: tuple, pe
           f"(mean of the last {len(progress.recent_losses)} steps), "
           f"test accuracy {100 * accuracy:.2f}%, time {summary['seconds']:.1f}s, record {record.folder}")
     if max_steps is not None and summary["steps"] == max_steps and accuracy < 2 * CHANCE:
-        print(f"{stage}: {summary['steps']} steps were too few to learn: the test accuracy is near chance "
-              f"({100 * CHANCE:.0f}%). At the tutorial's lr 0.001 the loss stays near ln 10 for the first "
-              "few hundred steps on CIFAR-10; drop --max-steps to train whole epochs")
+        print(f"{stage}: {summary['steps']} steps were too few to learn: the test accuracy, {100 * accuracy:.2f}%, "
+              f"is below twice chance ({200 * CHANCE:.0f}%). At the tutorial's lr 0.001 the loss stays near ln 10 "
+              "for the first few hundred steps on CIFAR-10; drop --max-steps to train whole epochs")

@@ -1,11 +1,13 @@
 """How many CPU threads the stages' maths uses: --threads N, or auto (the default).
 
-torch runs one operator (a convolution, a matrix product) on several threads at once, by
-default one per physical core; numpy's matrix product (OpenBLAS) likewise, one per CPU it sees.
-On an idle 2-core machine the second thread makes this network's steps about 1.3x faster at
-batch 64 and changes little at batch 4. Beside one other busy process two threads are 1.3-4x
-*slower* than one: each operator ends only when its slowest thread does, and that thread must
-now share a core.
+torch may split one operator over several threads, by default one per physical core: an
+element-wise operator only above 32,768 elements (ATen's grain size; up to that, it runs on the
+calling thread), a convolution or a matrix product as oneDNN or the BLAS decide. numpy's matrix
+product (OpenBLAS) likewise uses one thread per CPU it sees. Beside other busy processes two
+threads can be much slower than one (docs/running.md, Threads, has a measurement): when the
+scheduler preempts one of them for a whole time slice, longer than an operator, the operator
+cannot end, and the other thread waits for it (spinning, at first). Sharing a core alone would
+cost no more than falling back to one thread's speed.
 
 auto measures instead of guessing. From /proc/stat it knows how much CPU time all processes
 used, and from the process's own clock how much of it was its own; the difference, over the

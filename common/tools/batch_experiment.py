@@ -1,16 +1,19 @@
-"""The batch-size experiment: small batches win per epoch, large batches win per second.
+"""The batch-size experiment: accuracy per epoch and per second of training, for several batch sizes.
 
 Trains stage 10 once per batch size (default 4, 16, 64, 256) from the same reference weights,
 evaluating the test accuracy before training and four times per epoch, with the training
 seconds spent so far (evaluation time excluded). The smallest batch size trains for --epochs;
 its training time becomes the budget, and every other batch size trains for at least --epochs
 and at least that budget. Then it compares
-  - at equal epochs: small batches take more steps per epoch, so they get further per epoch;
-  - at equal time (the budget): large batches process images faster (fewer, larger matrix
-    products and less Python overhead per image), so within the same seconds they get further.
+  - at equal epochs: a small batch takes more steps per epoch, which tends to help early on
+    (whether it still leads after a few epochs depends on the data and the lr rule: measure);
+  - at equal time (the budget): a large batch processes images faster (fewer, larger matrix
+    products and less Python overhead per image), so it fits more epochs into the same seconds.
+"epochs done" at the budget is the last evaluation within it: a multiple of 1/4 epoch.
 The learning rate grows with the square root of the batch size, lr = base_lr * sqrt(B / 4),
-a common rule for SGD that keeps the step-to-step noise comparable across batch sizes (the
-linear rule, lr proportional to B, diverges at B = 256 with momentum 0.9 here).
+a common rule for SGD that keeps the step-to-step noise comparable across batch sizes. (The
+linear rule, lr proportional to B, is the other common one; the results depend on the rule:
+docs/measurements.md has both at B = 256.)
 
 Run: python -m common.tools.batch_experiment [--batch-sizes 4 16 64 256] [--epochs 3] [--data cifar10]
 """
@@ -56,7 +59,7 @@ def train_one_batch_size(data, batch_size: int, lr: float, epochs: int, seconds_
     train_loader, test_loader = stage.make_loaders(data, args, device)
 
     def accuracy() -> float:
-        correct, _ = stage.evaluate(model.net, device, test_loader)
+        correct, _ = stage.evaluate(model.net, device, test_loader)  # the stage counts them
         return correct / len(data.test_y)
 
     steps = len(train_loader)
@@ -115,8 +118,8 @@ def plot(runs: dict[int, list[dict]], budget: float, source: str, path: Path) ->
         ax_epoch.plot([p["epoch"] for p in points], [100 * p["accuracy"] for p in points], **style)
         ax_time.plot([p["seconds"] for p in points], [100 * p["accuracy"] for p in points], **style)
     ax_time.axvline(budget, color="0.4", ls="--", lw=1, label=f"budget ({budget:.0f} s)")
-    ax_epoch.set(xlabel="epochs of training", ylabel="test accuracy (%)", title="at equal epochs: small batches lead")
-    ax_time.set(xlabel="training time (s, evaluation excluded)", title="at equal time: large batches lead")
+    ax_epoch.set(xlabel="epochs of training", ylabel="test accuracy (%)", title="at equal epochs")
+    ax_time.set(xlabel="training time (s, evaluation excluded)", title="at equal time")
     for ax in (ax_epoch, ax_time):
         ax.axhline(100 * CHANCE, color="0.7", ls=":", lw=1)  # chance
         ax.legend(fontsize=8)

@@ -1,4 +1,5 @@
-"""`make compare`'s figure: every stage's loss, and its deviation from the first stage."""
+"""`make compare`'s figure: every stage's loss, and its deviation from the first stage, on the
+harness's batches (common/harness/batches.py), which are always the synthetic shapes."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +7,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from common.data import SYNTHETIC_NAME
 from common.run.plots import LOG_FLOOR, whole_steps
 
 
@@ -17,6 +19,8 @@ def draw_comparison(curves_by_dtype: dict, tolerances: dict) -> Figure:
     draw_stage_losses(ax_loss, curves_by_dtype)
     handles = draw_deviations(ax_dev, curves_by_dtype, tolerances)
     fig.legend(handles=handles, loc="outside lower right", ncols=2, fontsize=8)  # below the axes, off the data
+    steps = len(next(iter(next(iter(curves_by_dtype.values())).values()))["loss"])
+    fig.suptitle(f"make compare: every stage from the same weights on the same {steps} batches of {SYNTHETIC_NAME}")
     return fig
 
 

@@ -21,16 +21,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 
 from common.cli import OneLineParser
-from common.data import CHANCE
+from common.data import CHANCE, SYNTHETIC_NAME, data_name, on_data
 from common.errors import BAD_INPUT
-from common.harness import load_stage, stage_names
+from common.harness import ROOT, load_stage, stage_names
 from common.run.program import run_program
+from common.tools.exercises.catalog import EXERCISES
 
 COINCIDE = 0.005  # curves closer than this fraction of the loss axis's range share a colour and a legend entry
 
@@ -71,12 +73,76 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m {seconds:02d}s"
 
 
+# ---------------------------------------------------------------- the summary table
+def data_of(summaries: list[dict]) -> str:
+    """What the stages trained on, in the words of the figures: one name, or each of them."""
+    names = dict.fromkeys(data_name(s.get("data", {}).get("source")) for s in summaries)
+    return " and ".join(names)
+
+
 def format_summary(summaries: list[dict]) -> str:
-    lines = [f"{'stage':<24}{'steps':>8}{'final loss':>12}{'test accuracy':>15}{'seconds':>10}", "-" * 69]
+    """The table, under a line naming the data, and the notes that explain its numbers."""
+    lines = [f"test accuracy on {data_of(summaries)}:",
+             f"{'stage':<24}{'steps':>8}{'final loss':>12}{'test accuracy':>15}{'seconds':>10}", "-" * 69]
     for s in summaries:
         lines.append(f"{s['stage']:<24}{s['steps']:>8}{s['final_loss']:>12.4f}"
                      f"{100 * s['test_accuracy']:>14.2f}%{s['seconds']:>10.1f}")
+    lines += [textwrap.fill(note, 100, initial_indent="note: ", subsequent_indent="      ")
+              for note in notes(summaries)]
     return "\n".join(lines)
+
+
+SYNTHETIC_NOTE = ("synthetic shapes, not CIFAR-10: each class is one shape in one colour, so one epoch reaches "
+                  "about 95 %; on CIFAR-10's photographs the tutorial's network reaches 53-56 % "
+                  "(docs/running.md, the built-in synthetic set)")
+
+
+def notes(summaries: list[dict]) -> list[str]:
+    """Why the numbers are what they are: the synthetic set is easy, and the stages that draw
+    their batches through a DistributedSampler see them in another order than the others."""
+    found = []
+    if any(data_name(s.get("data", {}).get("source")) == SYNTHETIC_NAME for s in summaries):
+        found.append(SYNTHETIC_NOTE)
+    sampled = [i for i, s in enumerate(summaries) if uses_a_distributed_sampler(s["stage"])]
+    if sampled and len(sampled) < len(summaries):
+        first = stage_number(summaries[sampled[0]]["stage"])
+        found.append(f"{group_label(summaries, sampled)} take{'s' if len(sampled) == 1 else ''} the batches from "
+                     "a DistributedSampler, which shuffles in another order than the stages before them; one "
+                     f"epoch's accuracy moves by a few points with the order alone, so stage {first}'s gap to the "
+                     "stages before it is the data order, not a cost of DDP (docs/stages/stage11_distributed.md)")
+    return found
+
+
+def uses_a_distributed_sampler(stem: str) -> bool:
+    name = f"stages.{stem}"
+    return name in stage_names() and "DistributedSampler" in vars(load_stage(name))
+
+
+def next_steps(names: list[str], smoke: bool) -> list[str]:
+    """What to do after this run, as commands: the last lines `make run` prints."""
+    numbers = [stage_number(n) for n in names]
+    if smoke:
+        return ["next: make run trains every stage for a whole epoch, and make site shows the result"]
+    if len(numbers) > 1:
+        first = names[0].rpartition(".")[2]
+        yourself = f", and do it yourself: make exercise STAGE={numbers[0]}" if numbers[0] in EXERCISES else ""
+        return ["next: make site, then open site/index.html: each stage's figure, its lesson and its diff",
+                f"      begin with the first lesson, {lesson_page(first)}{yourself}"]
+    [n], stem = numbers, names[0].rpartition(".")[2]
+    lines = [f"next: read {lesson_page(stem)}" + (f", see the lesson's code: make diff FROM={n - 1} TO={n}"
+                                                   if n > 1 else "")]
+    if n in EXERCISES:
+        lines.append(f"      do it yourself: make exercise STAGE={n}, then make check STAGE={n}")
+    later = [m for m in (stage_number(x) for x in stage_names()) if m > n]
+    if later:
+        lines.append(f"      then the next stage: make run STAGE={later[0]}")
+    return lines
+
+
+def lesson_page(stem: str) -> str:
+    """The stage's lesson page, or its docstring where the course has no page for it."""
+    page = Path("docs", "stages", f"{stem}.md")
+    return page.as_posix() if (ROOT / page).exists() else f"the docstring of stages/{stem}.py"
 
 
 def main(argv=None) -> list[dict]:
@@ -89,15 +155,16 @@ def main(argv=None) -> list[dict]:
         summaries.append(load_stage(name).main(stage_argv))  # a failing stage exits with its own code
     seconds = time.perf_counter() - start
     print("\n" + format_summary(summaries))
-    json_path, png_path = write_summary(summaries, names, stage_argv, started, seconds)
+    json_path, png_path, course = write_summary(summaries, names, stage_argv, started, seconds)
     print(f"summary: {json_path}, figure: {png_path}")
     print(f"total time: {format_duration(seconds)} for {len(names)} stage{'s' if len(names) > 1 else ''}")
+    print("\n".join(next_steps(names, smoke=course["max_steps"] is not None)))
     return summaries
 
 
 def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str], started: str,
-                  seconds: float) -> tuple[Path, Path]:
-    """course-summary*.json and .png beside the records, named after the kind of run."""
+                  seconds: float) -> tuple[Path, Path, dict]:
+    """course-summary*.json and .png beside the records, named after the kind of run; and what the JSON holds."""
     from common.run.plots import plt  # matplotlib loads only once the stages have finished
 
     records = [Path(s["record"]) for s in summaries]
@@ -121,7 +188,7 @@ def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str]
         sys.exit(BAD_INPUT)
     finally:
         plt.close(fig)  # pyplot keeps every figure it made until it is closed
-    return out / f"{name}.json", out / f"{name}.png"
+    return out / f"{name}.json", out / f"{name}.png", course
 
 
 def describe(course: dict) -> str:
@@ -136,7 +203,8 @@ def describe(course: dict) -> str:
         what = "the full course: " + what
     if course["max_steps"] is not None:
         what = f"a smoke run: {what}, stopped at --max-steps {course['max_steps']}"
-    return f"{what} (finished {course['finished'][:16]})"
+    data = data_of(course.get("summaries", []))
+    return f"{what}{f', on {data}' if data else ''} (finished {course['finished'][:16]})"
 
 
 # ---------------------------------------------------------------- the summary figure
@@ -152,7 +220,12 @@ def draw_course(summaries: list[dict], title: str):
     colors = [plt.cm.viridis(g / max(len(groups) - 1, 1)) for g in range(len(groups))]
     color_of = {i: colors[g] for g, members in enumerate(groups) for i in members}
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 5.5), width_ratios=[2, 1], layout="constrained")
+    explained = notes(summaries)
+    fig = plt.figure(figsize=(13, 5.5 + 0.5 * len(explained)), layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=[2, 1], height_ratios=[5.5, 0.5 * len(explained) or 0.01])
+    ax_loss, ax_acc = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    if explained:  # under both panels: why the accuracies are what they are
+        write_notes(fig.add_subplot(grid[1, :]), explained)
     for g, (members, gap) in enumerate(zip(groups, gaps)):
         label = group_label(summaries, members)
         if len(members) > 1:  # one visible line for several stages: say so where the line is named
@@ -177,10 +250,18 @@ def draw_accuracy(ax, summaries: list[dict], colors: list) -> None:
     bars = ax.barh(labels, np.nan_to_num(accuracy), color=colors)
     ax.bar_label(bars, labels=["no test" if np.isnan(a) else f"{a:.2f}%" for a in accuracy], padding=3, fontsize=8)
     ax.axvline(100 * CHANCE, color="0.5", ls="--", lw=1)
-    ax.set(xlabel=f"test accuracy (%); dashed: chance ({100 * CHANCE:.0f}%)", title="test accuracy at the end",
+    ax.set(xlabel=f"test accuracy (%); dashed: chance ({100 * CHANCE:.0f}%)",
+           title=f"test accuracy at the end\n{on_data(data_of(summaries))}",
            xlim=(0, 118), xticks=range(0, 101, 20))  # room beyond 100 for the values
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=8)
+
+
+def write_notes(ax, explained: list[str]) -> None:
+    """The notes of the summary table, one paragraph each, on an axes without axis lines."""
+    ax.axis("off")
+    text = "\n".join(textwrap.fill(note[0].upper() + note[1:] + ".", 170) for note in explained)
+    ax.text(0, 1, text, transform=ax.transAxes, va="top", fontsize=9, color="0.2")
 
 
 def coinciding_groups(curves: list[tuple]) -> tuple[list[list[int]], list[float]]:

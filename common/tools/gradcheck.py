@@ -1,22 +1,23 @@
 """Gradient check: finite differences of the loss against stage 1's hand-written gradients.
 
 Only stage 1 is checked, so there is no --stage option: stage 1 writes every gradient by
-hand, and the equivalence tests prove every later stage equal to it. This module calls its
+hand, and the equivalence tests check every later stage against it. This module calls its
 `forward_with_cache`, `cross_entropy` and `backward` directly.
 
 A finite difference along one coordinate of a parameter,
   one-sided   (L(p + h) - L(p)) / h          truncation error ~ h
   central     (L(p + h) - L(p - h)) / (2h)   truncation error ~ h**2
-also carries the loss's rounding error divided by the step, ~ eps * L / h. And this network
-is piecewise linear: relu and max-pool have kinks, where a unit switches on or off or
-another input wins a pooling window. Moved along one coordinate, the logits are affine
-between two kinks and the loss is smooth there; a step that crosses a kink mixes the slopes
-of two pieces. So the step must stay below the distance to the nearest kink (every image
-in the batch brings its own units, and so its own kinks). With the reference weights and
-the default batch of 4, that is 2.9e-5 for conv1's largest-gradient weight. float64 can
-afford such a step. float32 cannot: over 2.9e-5 that loss changes by little more than one
-of its own rounding units. And float32's textbook step, cbrt(eps) = 5e-3, crosses kinks,
-where float64 is just as wrong (~1e-1 on conv1.weight): the kink, not float32, spoils it.
+also carries the loss's rounding error divided by the step, ~ eps * L / h. And relu and
+max-pool have kinks, where a unit switches on or off or another input wins a pooling window.
+Moved along one coordinate of one parameter, the logits are piecewise affine: affine between
+two kinks. The loss, the softmax cross-entropy of those logits, is smooth and curved there
+(hence the truncation error above); a step that crosses a kink mixes the slopes of two pieces.
+So the step must stay below the distance to the nearest kink (every image in the batch
+brings its own units, and so its own kinks). With the reference weights and the default batch
+of 4, that is 2.9e-5 for conv1's largest-gradient weight. float64 can afford such a step.
+float32 cannot: over 2.9e-5 that loss changes by about 1.5 of its own rounding units. And
+float32's textbook step, cbrt(eps) = 5e-3, crosses kinks, where float64 is just as wrong
+(~1e-1 on conv1.weight): the kink, not float32, spoils it.
 
 The command prints errors at the textbook steps (and how many steps crossed a kink), draws
 the error against h from 1e-1 down to 1e-10 with each curve's best step, and runs
@@ -43,6 +44,7 @@ from torch.autograd.gradcheck import GradcheckError
 
 from common import cli
 from common.cli import HelpFormatter, OneLineParser, positive_int
+from common.data import SYNTHETIC_NAME
 from common.errors import BAD_INPUT
 from common.harness import relative_error, sample_batches
 from common.run.program import run_program
@@ -282,6 +284,10 @@ def step_verdicts(scans: list[Scan]) -> list[str]:
 
 # ---------------------------------------------------------------- the figure
 COLORS, LINESTYLES = {"float64": "C0", "float32": "C1"}, {"one-sided": "--", "central": "-"}
+# The README shows the figure about 900 px wide: one panel per row at that width, and no text
+# under 9 points (12 px there), so that every label can be read where the figure is shown.
+FIGURE_WIDTH_INCHES, PANEL_HEIGHT_INCHES, DPI = 9, 5.2, 100
+SMALL, NORMAL = 9, 10.5  # points: the notes inside the panels, and the axis labels and legend
 
 
 def truncation_guide(scan: Scan, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -309,7 +315,7 @@ def draw_kinks(ax, scan: Scan) -> None:
                 f"(nearest {scan.kink_up:.1e} up, {scan.kink_down:.1e} down)")
     else:
         text = f"no kink within 1e-1:\n{scan.name} acts after the last relu"
-    ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=8, color="darkred")
+    ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=SMALL, color="darkred")
 
 
 def draw_errors(ax, scan: Scan) -> None:
@@ -320,14 +326,14 @@ def draw_errors(ax, scan: Scan) -> None:
             ax.loglog(scan.steps, scan.errors[dtype, kind], style, color=color, lw=1.3, marker=".", ms=4)
             ax.plot(*scan.best(dtype, kind), "*", color=color, ms=14, mec="black", mew=0.6)
     ax.text(0.02, 0.97, "rounding region: error ~ ε·L / (h·|g|)\n(dotted, ε of each dtype)", transform=ax.transAxes,
-            va="top", fontsize=8, color="0.25")
+            va="top", fontsize=SMALL, color="0.25")
     unchanged = np.flatnonzero(scan.errors["float32", "central"] == 1.0)
     if len(unchanged):
-        ax.text(scan.steps[unchanged[0]], 0.4, "float32: the loss does\nnot change, error 1", fontsize=8,
+        ax.text(scan.steps[unchanged[0]], 0.4, "float32: the loss does\nnot change, error 1", fontsize=SMALL,
                 color=COLORS["float32"], ha="right", va="top")
     best = [f"best {dtype} {kind:>9}: h = {scan.best(dtype, kind)[0]:.0e}, error {scan.best(dtype, kind)[1]:.1e}"
             for dtype in COLORS for kind in LINESTYLES]
-    ax.text(0.02, 0.02, "\n".join(best), transform=ax.transAxes, fontsize=7.5, family="monospace",
+    ax.text(0.02, 0.02, "\n".join(best), transform=ax.transAxes, fontsize=SMALL, family="monospace",
             va="bottom", bbox=dict(facecolor="white", edgecolor="0.8", alpha=0.9))
 
 
@@ -338,38 +344,43 @@ def draw_truncation_guides(ax, scan: Scan) -> None:
             steps, errors = guide
             ax.loglog(steps, errors, color="black", lw=1, ls="-.")
             middle = len(steps) // 2
-            ax.text(steps[middle], errors[middle] / 4, f"truncation {label}", fontsize=8, ha="left", va="top")
+            ax.text(steps[middle], errors[middle] / 4, f"truncation {label}", fontsize=SMALL, ha="left", va="top")
 
 
-def plot_scans(scans: list[Scan], path: Path, batch_size: int) -> None:
-    """One panel per parameter: the error against h in both dtypes and kinds, with the kink,
-    truncation and rounding regions labelled and each curve's best step starred."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no window, works without a display
-    import matplotlib.pyplot as plt
+def draw_scans(scans: list[Scan], batch_size: int):
+    """One panel per parameter, one above the other: the error against h in both dtypes and
+    kinds, with the kink, truncation and rounding regions labelled and each curve's best step starred."""
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, len(scans), figsize=(6 * len(scans), 6.3), sharey=True, squeeze=False)
-    for ax, scan in zip(axes[0], scans):
+    # a Figure made without pyplot is freed with its last reference: nothing to close
+    fig = Figure(figsize=(FIGURE_WIDTH_INCHES, PANEL_HEIGHT_INCHES * len(scans) + 1.4), layout="constrained")
+    axes = fig.subplots(len(scans), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, scan in zip(axes, scans):
         draw_kinks(ax, scan)
         draw_errors(ax, scan)
         draw_truncation_guides(ax, scan)
-        ax.set(xlim=(scan.steps.min(), scan.steps.max()), ylim=(1e-13, 1e2), xlabel="step h",
-               title=f"{scan.name}{list(scan.index)}: gradient {scan.gradient:.3g}")
+        ax.set(xlim=(scan.steps.min(), scan.steps.max()), ylim=(1e-13, 1e2),
+               ylabel="|finite difference − gradient|\n/ |gradient|")
+        ax.set_title(f"{scan.name}{list(scan.index)}: gradient {scan.gradient:.3g}", fontsize=NORMAL + 1)
         ax.grid(True, which="major", alpha=0.3)
-    axes[0][0].set_ylabel("|finite difference − gradient| / |gradient|")
+        ax.xaxis.set_tick_params(labelbottom=True)  # every panel keeps its step axis, read without scrolling
+    axes[-1].set_xlabel("step h")
     handles = [Line2D([], [], color=color, ls=style, marker=".", label=f"{dtype} {kind}")
                for dtype, color in COLORS.items() for kind, style in LINESTYLES.items()]
     handles += [Line2D([], [], color="0.4", ls=":", label="rounding estimate ε·L / (h·|g|)"),
                 Line2D([], [], color="black", ls="-.", label="truncation slope (×0.1)"),
                 Line2D([], [], color="0.6", marker="*", ms=12, mec="black", ls="", label="best step")]
-    fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=9, frameon=False)
-    fig.suptitle(f"Finite-difference error against the step h: stage 1's loss L on a batch of {batch_size}, "
-                 "at each parameter's largest-gradient coordinate")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=NORMAL, frameon=False)
+    fig.suptitle(f"Finite-difference error against the step h: stage 1's loss L on a batch of {batch_size} "
+                 f"images\n({SYNTHETIC_NAME}), at each parameter's largest-gradient coordinate",
+                 fontsize=NORMAL + 1.5)
+    return fig
+
+
+def plot_scans(scans: list[Scan], path: Path, batch_size: int) -> None:
+    """The figure of draw_scans, written to `path`, DPI pixels per inch: 900 px wide."""
+    draw_scans(scans, batch_size).savefig(path, dpi=DPI)
 
 
 # ---------------------------------------------------------------- torch.autograd.gradcheck
@@ -426,7 +437,9 @@ def gradcheck_parameter(dtype: str, name: str, batch_size: int = 4, seed: int = 
 def gradcheck_directions(dtype: str, batch_size: int = 4, seed: int = 0) -> TorchCheck:
     """gradcheck on t -> L(p_1 + t_1 u_1, ..., p_10 + t_10 u_10) at t = 0, with a random unit
     direction u_k in every parameter tensor. It perturbs 10 numbers (each twice), not 62,006,
-    yet checks every tensor's gradient g_k: autograd's chain rule makes dL/dt_k = <g_k, u_k>.
+    and checks one projection of every tensor's gradient g_k: autograd's chain rule makes
+    dL/dt_k = <g_k, u_k>. One number per tensor: a wrong element of a large tensor can pass
+    (zeroing one large element of fc1.weight's gradient does; tests/claims/test_stage01_numpy.py).
     (gradcheck's fast_mode draws random directions too, but when it fails it recomputes the
     numerical Jacobian one number at a time for its error message: 124,012 losses here.)"""
     point = reference_point(dtype, batch_size, seed)

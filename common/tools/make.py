@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import sys
 
 from common.errors import BAD_INPUT
@@ -67,10 +66,16 @@ def smoke() -> None:
 
 
 def diff() -> None:
+    """The later stage's docstring, then the diff of the code below the docstrings; ARGS=--full:
+    the plain diff of the two files (common/tools/stage_diff.py)."""
+    from common.tools import stage_diff
+
     old = stage_file(stage_number("FROM", "FROM=2 TO=3"), "FROM")
     new = stage_file(stage_number("TO", "FROM=2 TO=3"), "TO")
-    code = subprocess.call(["git", "--no-pager", "diff", "--no-index", os.path.relpath(old), os.path.relpath(new)])
-    raise SystemExit(0 if code <= 1 else code)  # git diff: 1 means "they differ"
+    args = args_from_env()
+    if args not in ([], ["--full"]):
+        fail(f"ARGS={shlex.join(args)!r}: make diff takes ARGS=--full (the whole files, docstrings included) or nothing")
+    stage_diff.say(stage_diff.lesson(old, new, full=args == ["--full"]))
 
 
 def ddp() -> None:
@@ -116,6 +121,7 @@ TARGETS = {
     "exercise": module("common.tools.exercises", ["exercise"], stage=True),
     "check": module("common.tools.exercises", ["check"], stage=True),
     "solution": module("common.tools.exercises", ["solution"], stage=True), "notebooks": module("common.tools.notebooks"),
+    "mistakes": module("common.tools.mistakes"),
 }
 
 

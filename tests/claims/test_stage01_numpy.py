@@ -1,20 +1,30 @@
 """Stage 1's claims (numpy by hand), each shown by running it; and what every stage prints from it on.
 
-A claim that later stages keep making is tested here over every stage that has what it needs.
+A claim that later stages keep making is tested here over every stage that has what it needs:
+the first step's printout, the end of a run too short to learn, and the checkpoint file that
+every stage writes from stage 1 on. The gradient check (make gradcheck) checks stage 1's
+hand-written gradients, so its claims are here too.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
 import sys
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from common.harness import load_stage
-from tests.helpers import ALL_STAGES, EVENT_TIMEOUT, ROOT, SMOKE, has_hand_written_pool, loads_torch, stages_where
+from common.data import CHANCE
+from common.harness import TOLERANCES, load_stage
+from common.tools import gradcheck
+from common.weights import reference_params
+from tests.helpers import (ALL_STAGES, EVENT_TIMEOUT, ROOT, SMOKE, a_batch, exit_of_main, has_hand_written_pool,
+                           loads_torch, stages_where)
 
 NAN = float("nan")
 
@@ -38,11 +48,107 @@ def test_hand_written_max_pool_differs_from_f_max_pool2d_on_nan(stage_name):
 
 @pytest.mark.parametrize("stage_name", ALL_STAGES)
 def test_every_stage_prints_the_loss_before_any_update_and_the_first_gradient(stage_name, smoke_run):
-    """Printed by the stage itself (show_first_step), the same line in every stage."""
-    line = next(line for line in smoke_run(stage_name).out.splitlines() if line.startswith("step 1: loss "))
-    loss = float(re.match(r"step 1: loss ([0-9.]+), near ln 10 = 2.3026", line)[1])
+    out = smoke_run(stage_name).out
+    [line] = [line for line in out.splitlines() if line.startswith("step 1: loss ")]
+    assert "near ln 10 = 2.3026" in line
+    loss = float(re.match(r"step 1: loss ([0-9.]+),", line)[1])
     assert abs(loss - math.log(10)) < 0.2, "small random weights: ten nearly equal logits"
-    assert len(re.findall(r"[+-]\d\.\d{4}e[+-]\d\d", line.split("conv1.bias gradient: ")[1])) == 6
+    assert len(line.split("conv1.bias gradient: ")[1].split()) == 6, "conv1's six biases"
+
+
+@pytest.mark.stage1
+def test_a_run_too_short_to_learn_says_how_far_from_chance_it_is(smoke_run):
+    """Said below twice chance (20%), so the line gives the accuracy and that bound, not 'near chance'."""
+    run = smoke_run("stages.stage01_numpy")
+    assert run.summary["test_accuracy"] < 2 * CHANCE, "20 steps at lr 0.001 learn nothing yet"
+    [line] = [line for line in run.out.splitlines() if "too few to learn" in line]
+    assert f"the test accuracy, {100 * run.summary['test_accuracy']:.2f}%, is below twice chance (20%)" in line
+
+
+@pytest.mark.stage1
+def test_conv1s_weight_gradient_sums_over_batch_times_28_times_28_positions():
+    """What the float32 tolerance's reason says: thousands of terms, not hundreds."""
+    stage = load_stage(1)
+    x, _ = a_batch(4, seed=0)
+    params = reference_params(0)
+    _, cols = stage.conv2d(x.numpy(), params["conv1.weight"], params["conv1.bias"])
+    assert cols.shape == (3 * 5 * 5, 4 * 28 * 28), "dweight = dout_rows @ cols.T sums over the 3,136 columns"
+    assert "batch x 28 x 28" in TOLERANCES["float32"].reason
+
+
+# ---------------------------------------------------------------- the checkpoint file, from stage 1 on
+TINY = ["--data", "synthetic", "--batch-size", "800", "--threads", "1"]  # 10 steps an epoch
+
+
+def first_array_member(path) -> zipfile.ZipInfo:
+    with zipfile.ZipFile(path) as archive:
+        return next(info for info in archive.infolist() if info.filename != "meta.npy")
+
+
+@pytest.mark.stage1
+def test_bytes_damaged_on_disk_are_refused_by_zips_crc_32(tmp_path, capsys):
+    """np.savez stores each array as a zip member with its CRC-32: one flipped bit is caught."""
+    path = tmp_path / "ckpt.npz"
+    load_stage(1).main(TINY + ["--epochs", "1", "--checkpoint", str(path), "--out", str(tmp_path)])
+    member, data = first_array_member(path), bytearray(path.read_bytes())
+    assert member.compress_type == zipfile.ZIP_STORED, "stored as they are: the bytes on disk are the array's"
+    name_and_extra = int.from_bytes(data[member.header_offset + 26:member.header_offset + 28], "little") \
+        + int.from_bytes(data[member.header_offset + 28:member.header_offset + 30], "little")
+    data[member.header_offset + 30 + name_and_extra + member.file_size - 1] ^= 1  # the last byte of an array
+    path.write_bytes(bytes(data))
+    code, _, err = exit_of_main(1, TINY + ["--epochs", "2", "--resume", str(path), "--out", str(tmp_path)], capsys)
+    assert code == 2 and f"Bad CRC-32 for file '{member.filename}'" in err
+
+
+@pytest.mark.stage1
+def test_a_checkpoint_rewritten_by_a_program_cannot_be_told_from_a_real_one(tmp_path, capsys):
+    """The limit of the CRC: a program that writes new numbers of the right shape writes a new CRC too."""
+    path = tmp_path / "ckpt.npz"
+    load_stage(1).main(TINY + ["--epochs", "1", "--checkpoint", str(path), "--out", str(tmp_path)])
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    key = first_array_member(path).filename.removesuffix(".npy")
+    arrays[key] = arrays[key] + 1  # the same shape and dtype, other numbers
+    np.savez(path, **arrays)
+    summary = load_stage(1).main(TINY + ["--epochs", "2", "--resume", str(path), "--out", str(tmp_path)])
+    assert summary["steps"] == 20 and json.loads(str(arrays["meta"]))["epoch"] == 1, "resumed, no complaint"
+
+
+@pytest.mark.stage1
+def test_a_torch_stages_checkpoint_given_to_the_numpy_stage_is_named_from_another_stage(tmp_path):
+    """The stage field is checked before the arrays are decoded: the numpy stage, without torch,
+    cannot decode a tensor, and would otherwise call the file damaged."""
+    path = tmp_path / "ckpt.npz"
+    load_stage(6).main(TINY + ["--epochs", "1", "--checkpoint", str(path), "--out", str(tmp_path)])
+    result = subprocess.run([sys.executable, "-m", "stages.stage01_numpy", *TINY, "--epochs", "2",
+                             "--resume", str(path), "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=EVENT_TIMEOUT)
+    assert result.returncode == 2
+    assert "from another stage: made with stage 'stage06_optim'" in result.stderr and "damaged" not in result.stderr
+
+
+# ---------------------------------------------------------------- the gradient check of stage 1's gradients
+@pytest.mark.stage1
+def test_one_random_projection_per_tensor_can_miss_a_wrong_element(monkeypatch):
+    """gradcheck along one random direction u per tensor checks <g, u>, one number: zeroing the
+    gradient's 1000th largest element of fc1.weight (48,000 numbers) still passes, where a finite
+    difference along that element's own coordinate finds it."""
+    point = gradcheck.reference_point("float64")
+    true = gradcheck.analytic_gradients(point)["fc1.weight"]
+    index = np.unravel_index(np.argsort(-np.abs(true), axis=None)[1000], true.shape)
+    assert abs(true[index]) > 0.2 * np.abs(true).max(), "a large element, a fifth of the largest or more"
+    stage1, backward = load_stage(1), load_stage(1).backward
+
+    def wrong_backward(params, cache, dlogits):
+        grads = backward(params, cache, dlogits)
+        grads["fc1.weight"] = grads["fc1.weight"].copy()
+        grads["fc1.weight"][index] = 0.0
+        return grads
+
+    monkeypatch.setattr(stage1, "backward", wrong_backward)
+    assert gradcheck.gradcheck_directions("float64").passed, "one projection per tensor: the wrong element passes"
+    difference = gradcheck.finite_differences(point, "fc1.weight", index, 6e-6)["central"][0]
+    assert abs(difference - true[index]) < 1e-6 * abs(true[index]), "along its own coordinate it is found"
 
 
 @pytest.mark.parametrize("stage_name", stages_where(lambda stage: not loads_torch(stage)))
@@ -55,3 +161,26 @@ def test_the_numpy_stage_runs_without_loading_torch(stage_name, tmp_path):
                             timeout=EVENT_TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert "torch loaded: False" in result.stdout
+
+
+@pytest.mark.stage1
+def test_along_one_coordinate_the_logits_are_affine_between_kinks_and_the_loss_is_curved():
+    """Why a finite difference has a truncation error even where no kink is crossed: moved along
+    conv1's largest-gradient weight by -h, 0, +h (one linear piece, float64), the logits' second
+    difference is round-off, the loss's is not."""
+    stage1, point = load_stage(1), gradcheck.reference_point("float64")
+    gradient = gradcheck.analytic_gradients(point)["conv1.weight"]
+    [index] = gradcheck.largest_gradient_indices(gradient, 1)
+    h, eps = 2.5e-5, np.finfo(np.float64).eps  # below the nearest kink, 2.9e-5 away
+
+    def at(step):
+        params = dict(point.params, **{"conv1.weight": point.params["conv1.weight"].copy()})
+        params["conv1.weight"][index] += step
+        logits, cache = stage1.forward_with_cache(params, point.x)
+        return logits, float(stage1.cross_entropy(logits, point.y)[0]), gradcheck.linear_piece(cache)
+
+    (below, loss_below, piece_below), (here, loss, piece), (above, loss_above, piece_above) = at(-h), at(0), at(h)
+    assert piece_below == piece == piece_above, "one linear piece: no kink between the three points"
+    assert np.abs(above - 2 * here + below).max() <= 8 * eps * np.abs(here).max(), "the logits: affine"
+    rounding = eps * max(abs(loss), np.abs(here).sum())  # the loss's round-off, at most this order
+    assert abs(loss_above - 2 * loss + loss_below) > 20 * rounding, "the loss: curved"

@@ -3,7 +3,10 @@ prints, in every stage that prints them."""
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ from torch import nn
 
 from common.harness import driver, load_stage
 from common.weights import reference_params
-from tests.helpers import a_batch, assert_close, has_optimizer, shows, stages_where
+from tests.helpers import EVENT_TIMEOUT, a_batch, assert_close, has_optimizer, shows, stages_where
 
 
 @pytest.mark.stage4
@@ -66,3 +69,32 @@ def test_the_printed_cost_is_the_mean_of_the_printed_losses(stage_name, capsys):
 def test_every_stage_from_functional_on_prints_each_loss_and_their_mean(stage_name, smoke_run):
     out = smoke_run(stage_name).out
     assert "(reduction='none')" in out and "their mean, the cost" in out
+
+
+def convolution_ops(dtype: torch.dtype) -> set[str]:
+    from torch.profiler import profile
+
+    x, weight = torch.rand(4, 3, 32, 32, dtype=dtype), torch.rand(6, 3, 5, 5, dtype=dtype)
+    with profile() as prof:
+        F.conv2d(x, weight)
+    return {event.name for event in prof.events()}
+
+
+DIRECT = """
+import torch, torch.nn.functional as F
+F.conv2d(torch.rand(4, 3, 32, 32), torch.rand(6, 3, 5, 5))
+"""
+
+
+@pytest.mark.stage4
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a PyTorch built without oneDNN")
+def test_float32_convolutions_run_onednns_direct_algorithm_and_float64_ones_unfold_the_windows():
+    """What the lesson says of F.conv2d on this CPU: float32 goes to oneDNN, which runs a direct
+    convolution (no matrix of copied windows); float64 goes to ATen's slow_conv2d, which unfolds
+    the windows into columns as stage 1's im2col does."""
+    assert "aten::mkldnn_convolution" in convolution_ops(torch.float32)
+    assert "aten::_slow_conv2d_forward" in convolution_ops(torch.float64)
+    result = subprocess.run([sys.executable, "-c", DIRECT], env={**os.environ, "ONEDNN_VERBOSE": "1"},
+                            capture_output=True, text=True, timeout=EVENT_TIMEOUT)
+    [line] = [line for line in result.stdout.splitlines() if ",exec,cpu,convolution," in line]
+    assert "alg:convolution_direct" in line, line

@@ -71,6 +71,7 @@ def test_evaluate_predicts_every_test_image_in_eval_mode(params):
     correct, predicted = stage.evaluate(model, test_loader)
     assert not model.training, "evaluate() leaves the model in eval mode"
     assert predicted.shape == (1500,) and predicted.dtype == torch.int64
+    assert correct == int((predicted == torch.from_numpy(data.test_y)).sum()), "it counts them, as the tutorial does"
     with torch.no_grad():
         expected = model(torch.stack([test_loader.dataset[i][0] for i in range(1500)])).argmax(dim=1)
     assert torch.equal(predicted, expected)

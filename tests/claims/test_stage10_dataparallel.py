@@ -90,7 +90,30 @@ def test_dataparallel_equals_one_forward_only_without_dropout():
     torch.manual_seed(0)
     one = plain(x)
     torch.manual_seed(0)
-    assert_differs(wrapped(x), one, "float64", "each replica draws its own masks")
+    assert_differs(wrapped(x), one, "float64", "chunked, the masks are not the whole batch's")
+
+
+@pytest.mark.stage10
+def test_torch_manual_seed_seeds_every_gpu_alike(monkeypatch):
+    """torch.manual_seed(s) also calls torch.cuda.manual_seed_all(s): one seed for every GPU's
+    generator. So DataParallel's replicas, each drawing from its own GPU's generator, start alike."""
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    torch.manual_seed(7)
+    assert seeded == [7]
+
+
+@pytest.mark.stage10
+@needs_gpus(2)
+def test_equal_chunks_on_equally_seeded_gpus_draw_the_same_dropout_masks():
+    """What the seed above means for stage 10: two replicas, one seed, equal chunks, equal masks
+    (stage 11 seeds each process with --seed + rank instead)."""
+    x = a_batch(1)[0].repeat(8, 1, 1, 1).to("cuda:0")  # one image, eight times: the chunks are equal
+    wrapped = nn.DataParallel(reference_net(10, dropout=0.5).to("cuda:0"), device_ids=[0, 1])
+    torch.manual_seed(0)
+    out = wrapped(x)
+    assert torch.equal(out[:4].cpu(), out[4:].cpu()), "cuda:0's chunk and cuda:1's: the same masks"
+    assert not torch.equal(out[0], out[1]), "within a chunk, each image its own mask"
 
 
 @pytest.mark.stage10

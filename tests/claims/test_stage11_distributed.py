@@ -101,11 +101,13 @@ def two_ranks(tmp_path_factory):
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
+@pytest.mark.slow  # two processes started, each loading torch
 def test_ddp_copies_rank_0s_parameters_to_every_process(two_ranks):
     assert torch.equal(two_ranks[1]["weights"], two_ranks[0]["weights"])
     assert two_ranks[0]["weights"].tolist() == [1.0] * 10, "rank 0's own weights"
 
 
+@pytest.mark.slow
 def test_each_rank_seeded_with_seed_plus_rank_draws_its_own_dropout_masks(two_ranks):
     assert not torch.equal(two_ranks[0]["apart"], two_ranks[1]["apart"]), "--seed + rank: masks of their own"
     assert torch.equal(two_ranks[0]["alike"], two_ranks[1]["alike"]), "one seed everywhere: the same masks"
@@ -121,8 +123,37 @@ def main_in_a_group_of_two(rank: int, port: int, out_dir: str) -> None:
     torch.save(torch.initial_seed(), f"{out_dir}/seed{rank}.pt")
 
 
+@pytest.mark.slow
 def test_main_seeds_each_process_with_seed_plus_rank(tmp_path):
     """What each process's dropout draws from: torch's generator, seeded --seed + RANK by main()
     (the weights come from the reference arrays, equal everywhere; DDP broadcasts rank 0's anyway)."""
     mp.start_processes(main_in_a_group_of_two, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     assert [torch.load(tmp_path / f"seed{rank}.pt") for rank in range(2)] == [7, 8]
+
+
+def test_this_networks_gradients_fit_one_bucket_so_ddp_all_reduces_once_after_the_backward():
+    """DDP all-reduces a bucket as soon as all its gradients are ready, overlapping the rest of the
+    backward; this network's 62,006 float32 gradients (248 KB) are under the first bucket's cap
+    (1 MiB; later ones 25 MiB), so there is one bucket, reduced when the whole backward is done."""
+    if dist.is_initialized():
+        pytest.skip("a process group is already running in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = nn.parallel.DistributedDataParallel(reference_net(11, "float32"))
+        buckets = []
+
+        def count(state, bucket):  # DDP's communication hook: called once per bucket per backward
+            buckets.append(len(bucket.parameters()))
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())
+            return done
+
+        model.register_comm_hook(None, count)
+        x, y = a_batch(4, dtype="float32")
+        for _ in range(2):  # the first backward may rebuild the buckets: the second shows them as they stay
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+        assert buckets == [10, 10], "one bucket holding all ten parameter tensors, each backward"
+        assert sum(p.numel() * p.element_size() for p in model.parameters()) == 248_024
+    finally:
+        dist.destroy_process_group()

@@ -4,16 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import ALL_STAGES, REPEATABLE, run_main, smoke_argv
+from tests.helpers import ALL_STAGES, run_main, smoke_argv, tiny
 
-# REPEATABLE fixes the thread count: the order in which a sum is split over threads changes its
-# last bits, and --threads auto may choose differently from one run to the next.
+# The runs fix the thread count (tests.helpers.tiny): the order in which a sum is split over
+# threads changes its last bits, and --threads auto may choose differently from one run to the next.
 
 
 @pytest.mark.parametrize("stage_name", ALL_STAGES)
 def test_same_seed_same_losses_and_parameters_bit_for_bit(stage_name, smoke_run, tmp_path):
     first = smoke_run(stage_name)  # the run other tests read too; this one repeats it
-    second = run_main(stage_name, tmp_path, *smoke_argv(stage_name), preset=REPEATABLE)
+    second = smoke_run(stage_name, tmp_path)
     assert len(first.text("losses.csv").splitlines()) == 21  # a header and 20 steps, each loss in full precision
     assert first.text("losses.csv") == second.text("losses.csv")
     first_params, second_params = first.params, second.params
@@ -23,6 +23,6 @@ def test_same_seed_same_losses_and_parameters_bit_for_bit(stage_name, smoke_run,
 
 
 @pytest.mark.parametrize("stage_name", [ALL_STAGES[0], ALL_STAGES[-1]])
-def test_another_seed_gives_another_run(stage_name, smoke_run, tmp_path):
-    other = run_main(stage_name, tmp_path, *smoke_argv(stage_name), "--seed", "5", preset=REPEATABLE)
+def test_another_seed_gives_another_run(stage_name, smoke_run, tiny_data, tmp_path):
+    other = run_main(stage_name, tmp_path, *smoke_argv(stage_name), "--seed", "5", preset=tiny(tiny_data))
     assert other.text("losses.csv") != smoke_run(stage_name).text("losses.csv")

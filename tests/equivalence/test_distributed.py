@@ -10,7 +10,7 @@ from common.harness import driver, sample_batches, to_numpy
 from common.weights import reference_params
 from tests.helpers import assert_close, free_port
 
-pytestmark = pytest.mark.stage11
+pytestmark = [pytest.mark.stage11, pytest.mark.slow]  # two processes started, each loading torch
 
 WORLD_SIZE = 2
 STEPS, BATCH_SIZE = 5, 8  # each process sees 4 images a step

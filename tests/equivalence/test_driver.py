@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 
 from common.harness import driver, sample_batches, to_numpy
-from tests.helpers import ALL_STAGES, assert_close
+from tests.helpers import ALL_STAGES, LR, MOMENTUM, Computations, assert_close
 
 DTYPES = ("float64", "float32")
-LR, MOMENTUM = 0.01, 0.9
-STEPS = 5
 
 
 @pytest.mark.parametrize("stage_name", ALL_STAGES)
@@ -48,16 +46,17 @@ def test_returned_gradients_survive_the_next_step(stage_name, params):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stage_name", ALL_STAGES)
-def test_the_stages_own_loop_takes_the_steps_the_driver_takes(stage_name, dtype, params):
-    """The driver composes a step from the stage's pieces; the stage's own train_one_epoch, the
-    loop a learner reads, must take exactly those steps."""
+def test_the_stages_own_loop_takes_the_steps_the_driver_takes(stage_name, dtype, params, computed):
+    """The driver composes a step from the stage's pieces (the trajectory the reference tests
+    compare, computed once); the stage's own train_one_epoch, the loop a learner reads, must take
+    exactly those steps."""
     d = driver(stage_name)
-    batches = sample_batches(STEPS, 4, seed=9)
-    by_driver, by_loop = d.build(params, dtype=dtype), d.build(params, dtype=dtype)
-    driver_losses = [d.train_step(by_driver, x, y, LR, MOMENTUM)[0] for x, y in batches]
-    loop_losses = d.train_one_epoch(by_loop, batches, LR, MOMENTUM)
-    assert_close(loop_losses, driver_losses, dtype, "losses of the stage's own loop")
-    assert_close(d.get_params(by_loop), d.get_params(by_driver), dtype, "parameters after its loop")
+    by_driver = computed.trajectory(stage_name, dtype)
+    by_loop = d.build(params, dtype=dtype)
+    loop_losses = d.train_one_epoch(by_loop, Computations.trajectory_batches(), LR, MOMENTUM)
+    assert_close(loop_losses, by_driver["losses"], dtype, "losses of the stage's own loop")
+    assert_close({k: to_numpy(v) for k, v in d.get_params(by_loop).items()}, by_driver["params"], dtype,
+                 "parameters after its loop")
 
 
 @pytest.mark.parametrize("stage_name", ALL_STAGES)

@@ -7,24 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.harness import driver, load_stage, one_step, sample_batches, to_numpy, trajectory, worst_relative_error
+from common.harness import driver, load_stage, sample_batches, to_numpy, worst_relative_error
 from common.harness.reference import reference_step, reference_trajectory
-from tests.helpers import (ALL_STAGES, assert_close, assert_differs, has_hand_written_gradients,
-                           has_hand_written_pool, loads_torch, stages_where)
+from tests.helpers import (ALL_STAGES, BATCH_SIZES, LR, MOMENTUM, TRAJECTORY_STEPS, Computations, assert_close,
+                           assert_differs, has_hand_written_gradients, has_hand_written_pool, loads_torch, stages_where)
 
 DTYPES = ("float64", "float32")
-BATCH_SIZES = (1, 4, 7)  # a single image, the tutorial's batch, and an odd one
-TRAJECTORY_STEPS = 5
-LR, MOMENTUM = 0.01, 0.9  # a larger lr than the tutorial's, so that 5 steps move the weights visibly
 
 
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stage_name", ALL_STAGES)
-def test_one_step_matches_pytorch_autograd(stage_name, dtype, batch_size, params):
-    [(x, y)] = sample_batches(1, batch_size, seed=batch_size)
-    got = one_step(load_stage(stage_name), params, x, y, dtype, LR, MOMENTUM)
-    logits, loss, grads = reference_step(params, x, y, dtype)
+def test_one_step_matches_pytorch_autograd(stage_name, dtype, batch_size, params, computed):
+    got = computed.one_step(stage_name, dtype, batch_size)
+    logits, loss, grads = reference_step(params, *Computations.step_batch(batch_size), dtype)
     assert_close(got["logits"], logits, dtype, "forward: logits")
     assert_close(got["loss"], loss, dtype, "forward: loss")
     assert_close(got["grads"], grads, dtype, "backward: gradient")
@@ -63,10 +59,9 @@ def test_computes_in_the_requested_dtype(stage_name, dtype, params):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stage_name", ALL_STAGES)
-def test_momentum_trajectory_matches_torch_optim(stage_name, dtype, params):
-    batches = sample_batches(TRAJECTORY_STEPS, 4, seed=1)
-    got = trajectory(load_stage(stage_name), params, batches, dtype, LR, MOMENTUM)
-    losses, final = reference_trajectory(params, batches, LR, MOMENTUM, dtype)
+def test_momentum_trajectory_matches_torch_optim(stage_name, dtype, params, computed):
+    got = computed.trajectory(stage_name, dtype)
+    losses, final = reference_trajectory(params, Computations.trajectory_batches(), LR, MOMENTUM, dtype)
     assert_close(got["losses"], losses, dtype, "losses along the way")
     assert_close(got["params"], final, dtype, f"parameters after {TRAJECTORY_STEPS} steps")
     assert_differs(final["fc1.weight"], params["fc1.weight"], dtype, "the steps must move the weights for this "

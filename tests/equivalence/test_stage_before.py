@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from common.harness import load_stage, one_step, sample_batches, trajectory
-from tests.helpers import CONSECUTIVE_STAGES, STAGES, assert_close, has_optimizer
+from common.harness import load_stage, sample_batches, trajectory
+from tests.helpers import CONSECUTIVE_STAGES, LR, MOMENTUM, STAGES, TRAJECTORY_BATCH, assert_close, has_optimizer
 
 DTYPES = ("float64", "float32")
-TRAJECTORY_STEPS = 5
-LR, MOMENTUM = 0.01, 0.9
 LONG_TRAJECTORY_STEPS = 20
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("previous,current", CONSECUTIVE_STAGES)
-def test_stage_matches_the_stage_before(previous, current, dtype, params):
-    batches = sample_batches(TRAJECTORY_STEPS, 7, seed=2)
-    x, y = batches[0]
-    before, after = (one_step(load_stage(s), params, x, y, dtype, LR, MOMENTUM) for s in (previous, current))
+def test_stage_matches_the_stage_before(previous, current, dtype, computed):
+    """On the inputs of the reference tests (tests/equivalence/test_reference.py), computed once:
+    one step on an odd batch, then the momentum trajectory."""
+    before, after = (computed.one_step(s, dtype, TRAJECTORY_BATCH) for s in (previous, current))
     assert_close(after["logits"], before["logits"], dtype, "logits")
     assert_close(after["grads"], before["grads"], dtype, "gradient")
-    before, after = (trajectory(load_stage(s), params, batches, dtype, LR, MOMENTUM) for s in (previous, current))
+    before, after = (computed.trajectory(s, dtype) for s in (previous, current))
     assert_close(after["losses"], before["losses"], dtype, "losses")
     assert_close(after["params"], before["params"], dtype, "parameters")
 

@@ -4,7 +4,7 @@ overwrite nothing.
 
 The signal tests wait for events (a checkpoint file, a row of losses.csv), never for a speed,
 so they hold on a busy machine. The other tests resume whole epochs of 10 steps of a tiny data
-folder (tests.helpers.tiny_epochs): a checkpoint is written at the end of an epoch.
+folder (tests.helpers.tiny): a checkpoint is written at the end of an epoch.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import (ALL_STAGES, EVENT_TIMEOUT, ROOT, ONE_EPOCH, Background, exit_of_main, npy_data_dir,
-                           run_main, tiny_epochs)
+                           run_main, tiny)
 
 STAGE = "stages.stage08_train_eval"  # has dropout, so torch's RNG state must survive the resume too
-# Bit-identical resumes need one thread count throughout (see the README's Determinism).
+# Bit-identical resumes need one thread count throughout (see docs/running.md, Determinism).
 INTERRUPTED = ONE_EPOCH + ["--epochs", "2", "--dropout", "0.3", "--threads", "1"]
 STEPS_PER_EPOCH = 1000  # 8000 synthetic images / batch 8: a signal sent in epoch 2 arrives in epoch 2
 
@@ -84,7 +84,7 @@ def test_every_stages_state_survives_a_resume(stage_name, tmp_path, tiny_data):
     """One epoch, then a resume for the second, ends bit for bit where two epochs in one run end:
     the objects each stage names in run.resume(...) are the whole of its state."""
     checkpoint = str(tmp_path / "c.npz")
-    epochs = tiny_epochs(tiny_data)
+    epochs = tiny(tiny_data)
     whole = run_main(stage_name, tmp_path / "whole", "--epochs", "2", preset=epochs)
     run_main(stage_name, tmp_path / "first", "--epochs", "1", "--checkpoint", checkpoint, preset=epochs)
     resumed = run_main(stage_name, tmp_path / "second", "--epochs", "2", "--resume", checkpoint, preset=epochs)
@@ -98,7 +98,7 @@ def test_every_stages_state_survives_a_resume(stage_name, tmp_path, tiny_data):
 def pristine_checkpoint(tmp_path_factory, tiny_data) -> Path:
     """Stage 6 after one whole epoch, made once; tests get a copy of it (`good_checkpoint`)."""
     folder = tmp_path_factory.mktemp("good")
-    run_main(6, folder, "--epochs", "1", "--checkpoint", str(folder / "good.npz"), preset=tiny_epochs(tiny_data))
+    run_main(6, folder, "--epochs", "1", "--checkpoint", str(folder / "good.npz"), preset=tiny(tiny_data))
     return folder / "good.npz"
 
 
@@ -110,7 +110,7 @@ def good_checkpoint(pristine_checkpoint, tmp_path) -> Path:
 @pytest.fixture()
 def resume_argv(tiny_data, tmp_path) -> list[str]:
     """Stage 6's argv for a run of two epochs into tmp_path; a test adds --resume and the rest."""
-    return tiny_epochs(tiny_data) + ["--epochs", "2", "--out", str(tmp_path)]
+    return tiny(tiny_data) + ["--epochs", "2", "--out", str(tmp_path)]
 
 
 def rewrite_meta(good: Path, bad: Path, change) -> None:
@@ -170,9 +170,9 @@ def test_resuming_a_finished_run_says_so_and_exits_0(good_checkpoint, resume_arg
 
 def test_a_resume_with_another_learning_rate_is_announced_and_used(good_checkpoint, tiny_data, tmp_path):
     args = ["--epochs", "2", "--resume", str(good_checkpoint)]
-    same = run_main(6, tmp_path / "a", *args, preset=tiny_epochs(tiny_data))
+    same = run_main(6, tmp_path / "a", *args, preset=tiny(tiny_data))
     assert "continuing with" not in same.out
-    changed = run_main(6, tmp_path / "b", *args, "--lr", "0.002", preset=tiny_epochs(tiny_data))
+    changed = run_main(6, tmp_path / "b", *args, "--lr", "0.002", preset=tiny(tiny_data))
     assert "continuing with --lr 0.002 (was 0.001)" in changed.out
     assert changed.summary["final_loss"] != same.summary["final_loss"], "the new learning rate is the one used"
 
@@ -200,7 +200,7 @@ def test_a_checkpoint_written_in_the_other_byte_order_resumes_the_same(tmp_path,
     """A checkpoint made on a big-endian machine holds the same numbers: every array of it
     rewritten in the other byte order resumes to the very parameters the original gives."""
     checkpoint, swapped = tmp_path / "c.npz", tmp_path / "swapped.npz"
-    epochs = tiny_epochs(tiny_data)
+    epochs = tiny(tiny_data)
     run_main(8, tmp_path / "a", "--epochs", "1", "--checkpoint", str(checkpoint), preset=epochs)
     with np.load(checkpoint) as saved:
         other_order = {key: saved[key].astype(saved[key].dtype.newbyteorder()) for key in saved.files}
@@ -215,7 +215,7 @@ def test_the_numpy_stage_resumes_without_torch_a_checkpoint_saved_with_it(tmp_pa
     """In this test process torch is loaded, so the checkpoint holds torch's random-number state;
     a numpy-only run, in a process of its own, must still read it without loading torch."""
     checkpoint = tmp_path / "c.npz"
-    epochs = tiny_epochs(tiny_data)
+    epochs = tiny(tiny_data)
     run_main(1, tmp_path, "--epochs", "1", "--checkpoint", str(checkpoint), preset=epochs)
     assert "torch_rng" in meta_of(checkpoint)
     code = ("import sys; from stages import stage01_numpy as s; "

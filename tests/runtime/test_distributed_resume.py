@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import EVENT_TIMEOUT, ROOT, stages_where, tiny_epochs
+from tests.helpers import EVENT_TIMEOUT, ROOT, stages_where, tiny
 
 PROCESS_STAGES = stages_where(lambda stage: hasattr(stage, "process_group"))
 
@@ -28,7 +28,7 @@ def final_params(out) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("stage_name", PROCESS_STAGES[:1])
 def test_a_resumed_run_of_two_processes_with_dropout_ends_as_the_uninterrupted_one(stage_name, tiny_data, tmp_path):
-    common = [*tiny_epochs(tiny_data), "--dropout", "0.3", "--device", "cpu"]
+    common = [*tiny(tiny_data), "--dropout", "0.3", "--device", "cpu"]
     whole = torchrun(stage_name, *common, "--epochs", "2", "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-500:]
     checkpoint = tmp_path / "ckpt.npz"

@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 
 from common.errors import WRITE_FAILED
 from tests.helpers import (ALL_STAGES, EVENT_TIMEOUT, ONE_EPOCH, ROOT, SMOKE, Background, exit_of_main, free_port,
-                           run_main, tiny_epochs)
+                           run_main, tiny)
 
 
 def limited_file_size(limit: int):
@@ -84,7 +84,7 @@ def test_a_full_disk_while_saving_the_parameters_leaves_no_partial_file(tmp_path
 
 def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_data):
     checkpoint = tmp_path / "c.npz"
-    epochs = tiny_epochs(tiny_data) + ["--checkpoint", str(checkpoint)]
+    epochs = tiny(tiny_data) + ["--checkpoint", str(checkpoint)]
     run_main(6, tmp_path, "--epochs", "1", preset=epochs)  # the first epoch, in this process: no limit
     before = checkpoint.read_bytes()
     result = run_limited("stages.stage06_optim", ["--epochs", "2", "--resume", str(checkpoint)],
@@ -137,7 +137,7 @@ def losses_written(out: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage_name", [p.values[0] for p in ALL_STAGES], ids=[p.id for p in ALL_STAGES])
+@pytest.mark.parametrize("stage_name", ALL_STAGES)
 def test_ctrl_c_without_checkpoint_is_one_line_and_keeps_the_record(stage_name, tmp_path):
     run = Background(["-m", stage_name, *ONE_EPOCH, "--out", str(tmp_path / "runs")], tmp_path)
     run.wait_for(lambda: losses_written(tmp_path / "runs") >= 1, "the first step")

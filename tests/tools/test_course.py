@@ -77,13 +77,15 @@ def test_progress_says_stage_k_of_n_with_the_time_so_far(runs):
     assert seconds(progress[1][3]) >= summaries[0]["seconds"] - 0.05, "stage 2 starts after stage 1's time"
 
 
-def test_the_course_ends_with_the_summary_table_and_the_total_time(runs):
+def test_the_course_ends_with_the_summary_table_the_total_time_and_what_to_do_next(runs):
     _, printed, _ = runs
     stdout, summaries = printed["full"]
     lines = stdout.strip().splitlines()
     assert any(line.startswith("stage ") and "final loss" in line and "test accuracy" in line for line in lines)
-    total = re.fullmatch(r"total time: (.+) for 2 stages", lines[-1])
-    assert total, lines[-1]
+    after = next(i for i, line in enumerate(lines) if line.startswith("total time: "))
+    total = re.fullmatch(r"total time: (.+) for 2 stages", lines[after])
+    assert total, lines[after]
+    assert lines[after + 1].startswith("next: make site"), lines[after + 1:]
     assert seconds(total.group(1)) >= sum(s["seconds"] for s in summaries) - 0.05
 
 

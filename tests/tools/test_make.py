@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.tools import make as make_py
-from tests.helpers import ROOT, make
+from tests.helpers import ROOT, copy_of_the_course, make
 
 def test_make_diff_shows_the_lesson():
     result = make(ROOT, "diff", "FROM=2", "TO=3")
@@ -33,3 +33,13 @@ def test_make_targets_never_run_user_text_as_a_command(arguments, tmp_path):
 def test_make_test_quick_names_folders_that_hold_tests():
     folders = [ROOT / arg for arg in make_py.QUICK if arg.startswith("tests/")]
     assert folders and all(folder.is_dir() and list(folder.glob("test_*.py")) for folder in folders)
+
+
+def test_a_make_the_tests_start_sees_none_of_the_outer_makes_variables(tmp_path, monkeypatch):
+    """`make test ARGS='-x'` hands ARGS down (in the environment and in MAKEFLAGS) to every make
+    under it: the tests' own `make exercise` must not get `-x` as the exercise's arguments."""
+    monkeypatch.setenv("ARGS", "--no-such-option")
+    monkeypatch.setenv("MAKEFLAGS", " -- ARGS=--no-such-option")
+    course = copy_of_the_course(tmp_path)
+    done = make(course, "exercise", "STAGE=3")
+    assert done.returncode == 0, done.stderr

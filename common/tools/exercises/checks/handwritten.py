@@ -5,9 +5,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.harness import sample_batches
-from common.tools.exercises.framework import (ONE_BATCH, Subject, by_autograd, expect_close, expect_dicts_close, random,
-                                              returned, torch_dtype, torch_reference)
+from common.harness import relative_error, sample_batches, to_numpy
+from common.tools.exercises.framework import (ONE_BATCH, Mismatch, Subject, by_autograd, expect_close,
+                                              expect_dicts_close, random, returned, torch_dtype, torch_reference)
 from common.weights import reference_params
 
 # ---------------------------------------------------------------- each function alone: hand-written ops
@@ -119,8 +119,30 @@ def check_cross_entropy(s: Subject, dtype: str) -> None:
             got_loss = s.module.cross_entropy(native_logits, s.labels(y))
             got_loss.backward()
             dlogits = native_logits.grad
-        expect_close("loss", got_loss, loss, dtype, on)
-        expect_close("gradient of the loss with respect to the logits", dlogits, grads["logits"], dtype, on)
+        try:
+            expect_close("loss", got_loss, loss, dtype, on)
+            expect_close("gradient of the loss with respect to the logits", dlogits, grads["logits"], dtype, on)
+        except Mismatch as err:
+            words = batch_factor(got_loss, loss, "loss") or batch_factor(dlogits, grads["logits"], "gradient")
+            if words is not None:
+                raise err.because(words, "summed-loss" if words.startswith("the loss") else None) from None
+            if scale == 3:
+                raise
+            raise err.because("right on ordinary logits, wrong on logits in the thousands: exp() overflows there "
+                              "unless each row's largest logit is subtracted first (which changes neither the "
+                              "loss nor the softmax)") from None
+
+
+def batch_factor(actual, expected, what: str, n: int = 4) -> str | None:
+    """Words for a loss or gradient that is the batch size (or its inverse) times the mean's."""
+    actual, expected = to_numpy(actual), to_numpy(expected)
+    if actual.shape != expected.shape or not np.isfinite(actual).all() or not np.abs(expected).max() > 0:
+        return None
+    for factor, words in ((n, "sums over the batch where the mean is expected: divide by the batch size"),
+                          (1 / n, "is divided by the batch size once too often")):
+        if relative_error(actual, factor * expected) < 1e-6:
+            return f"the {what} is {factor:.4g} times F.cross_entropy's, a factor of the batch size: it {words}"
+    return None
 
 
 def check_backward(s: Subject, dtype: str) -> None:

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from common.harness import sample_batches
 from common.tools.exercises.checks.handwritten import torch_of
+from common.tools.exercises.diagnoses import factor, update_words
 from common.tools.exercises.framework import (MOMENTUM, ONE_BATCH, Mismatch, Subject, expect_close, expect_dicts_close,
                                               random, sgd_reference, torch_reference)
 from common.weights import PARAM_NAMES, PARAM_SHAPES, reference_params
@@ -16,7 +17,8 @@ UPDATE_INPUTS = f"the reference weights and random gradients, seed 10, lr {UPDAT
 
 
 def check_sgd_momentum_update(s: Subject, dtype: str) -> None:
-    """Three updates with given gradients, against torch.optim.SGD fed the same gradients."""
+    """Three updates with given gradients, against torch.optim.SGD fed the same gradients: step 1
+    shows the learning rate (there the buffer is the gradient itself), step 2 the momentum."""
     params = reference_params(0)
     grads = [{n: random(10 + step, PARAM_SHAPES[n]) for n in PARAM_NAMES} for step in range(UPDATE_STEPS)]
     expected = sgd_reference(params, grads, UPDATE_LR, MOMENTUM, dtype)
@@ -24,19 +26,34 @@ def check_sgd_momentum_update(s: Subject, dtype: str) -> None:
     tensors = parameters_of(s, model)
     for step, step_grads in enumerate(grads):
         update(s, model, step_grads, dtype)
-        if s.driver.family == "autograd":
-            replaced = next((n for n, p in tensors.items() if model.net[n] is not p), None)
+        if s.driver.family != "hand-written gradients":
+            replaced = next((n for n, p in tensors.items() if parameters_of(s, model)[n] is not p), None)
             if replaced is not None:
-                raise Mismatch(f"params[{replaced!r}] is a new tensor after the update: change each "
-                               "parameter in place (p -= ...), so that backward() goes on filling its .grad")
-        expect_dicts_close(f"after step {step + 1} of {UPDATE_STEPS}: {{name}}", s.driver.get_params(model),
-                           expected[step], dtype, UPDATE_INPUTS, order=PARAM_NAMES)
+                raise Mismatch(f"{replaced} is a new tensor after the update: change each parameter in place "
+                               "(p -= ...), so that backward() goes on filling its .grad")
+        got = s.driver.get_params(model)
+        try:
+            expect_dicts_close(f"after step {step + 1} of {UPDATE_STEPS}: {{name}}", got, expected[step], dtype,
+                               UPDATE_INPUTS, order=PARAM_NAMES)
+        except Mismatch as err:
+            raise explained(err, step, got, expected, params, dtype) from None
+
+
+def explained(err: Mismatch, step: int, got: dict, expected: list[dict], start: dict, dtype: str) -> Mismatch:
+    """The words for an update that differs: a factor off at step 1, or right at step 1 and not later."""
+    if step == 0:
+        words = update_words(*factor(got, expected[0], start), dtype)
+        if words is not None:
+            return err.because(*words)
+        return err.because("the first update, where the buffer is the gradient itself, is not p -= lr * grad")
+    return err.because(f"step 1 matches torch.optim.SGD's, step {step + 1} does not: from the second step on the "
+                       "buffer is buf = momentum * buf + grad (no factor on grad), then p -= lr * buf")
 
 
 def parameters_of(s: Subject, model) -> dict:
     if isinstance(model.net, dict):
         return dict(model.net)
-    return dict(model.net.named_parameters())
+    return dict(model.module.named_parameters())
 
 
 def update(s: Subject, model, grads: dict, dtype: str) -> None:
@@ -51,7 +68,14 @@ def update(s: Subject, model, grads: dict, dtype: str) -> None:
 
 
 def check_zero_grad(s: Subject, dtype: str) -> None:
+    """Before any backward (every .grad None), then after one (every .grad full)."""
     model = s.driver.build(reference_params(0), dtype)
+    try:
+        s.module.zero_grad(model.net)
+    except AttributeError as err:
+        raise Mismatch("zero_grad(params) failed before the first backward, where every .grad is still None: "
+                       "set p.grad = None, or zero it only where it is not None",
+                       f"AttributeError: {err}") from None
     for name, p in model.net.items():
         p.grad = torch_of(np.ones(PARAM_SHAPES[name]), dtype)  # as a previous backward() leaves it
     s.module.zero_grad(model.net)
@@ -59,7 +83,7 @@ def check_zero_grad(s: Subject, dtype: str) -> None:
         grad = model.net[name].grad
         if grad is not None and bool(grad.any()):
             raise Mismatch(f"after zero_grad(params), {name}.grad still holds the previous step's gradient, "
-                           "and the next backward() adds to it")
+                           "and the next backward() adds to it", gallery="forgotten-zero-grad")
 
 
 def check_forward(s: Subject, dtype: str) -> None:
