@@ -6,7 +6,7 @@ from pathlib import Path
 
 from common.errors import INTERRUPTED, WRITE_FAILED, CourseError, printable
 from common.loaded import loaded_torch
-from common.run import checkpoint, signals
+from common.run import checkpoint, signals, streams
 
 AGREE_EVERY = 10  # steps between two agreements on stopping, in a distributed run
 
@@ -73,6 +73,21 @@ class Guard:
         if self.signalled():  # one signal while finishing: finished first, then say so
             self.end(f"{self.signal_name()} while writing the summary and figures: they were "
                      f"finished first, the record is complete in {record_dir}", INTERRUPTED)
+        self.tell_broken_streams(record_dir)
+
+    def tell_broken_streams(self, record_dir: Path) -> None:
+        """A stdout or stderr that broke during the run (common/run/streams.py) did not stop it:
+        say so on the stream that still works. A reader that went away (`| head -1`) was the
+        learner's choice; a stream that could not take the output (a full device) lost it: 4."""
+        broke = streams.broke()
+        if not broke:
+            return
+        if streams.lost_output():
+            self.end(f"error: {broke}: the printed output was lost, not the run: its record is complete in "
+                     f"{record_dir}", WRITE_FAILED)
+        if self.shown:
+            signals.say(f"{self.stage}: {broke}: its reader went away, the run went on; its record is complete in "
+                        f"{record_dir}")
 
     def end(self, message: str, code: int) -> None:
         signals.ending(code)  # the line is said: a further signal ends the program at once

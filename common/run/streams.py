@@ -23,6 +23,7 @@ ASCII_FOR = {"…": "...", "–": "-", "—": "-", "−": "-", "≈": "~", "×":
              "→": "->", "←": "<-", "≤": "<=", "≥": ">=", "±": "+/-", "²": "^2", "µ": "u", "·": ".", "▏": "|",
              "█": "#"}
 ERRORS = "course-ascii"  # the name of the encoding error handler below
+CLOSED_BEFORE = "closed before the program began"  # on purpose (`2>&-`): nothing to tell
 
 
 def _ascii_replacement(err: UnicodeError) -> tuple[str, int]:
@@ -81,7 +82,7 @@ def _guarded(stream, fd: int, label: str) -> GuardedStream:
             os.fstat(fd)
         except OSError:
             _point_at_devnull(fd)
-        return GuardedStream(open(os.devnull, "w"), label, failure="closed before the program began")
+        return GuardedStream(open(os.devnull, "w"), label, failure=CLOSED_BEFORE)
     if hasattr(stream, "reconfigure"):
         stream.reconfigure(errors=ERRORS)
     return GuardedStream(stream, label)
@@ -97,6 +98,11 @@ def guard() -> None:
 def trouble() -> dict[str, str]:
     """{"stdout": "Broken pipe", ...}: the guarded streams that could not be written."""
     return {s.label: s.failure for s in (sys.stdout, sys.stderr) if isinstance(s, GuardedStream) and s.failure}
+
+
+def broke() -> str:
+    """"stdout (Broken pipe)": the streams that broke while the program ran, or ""."""
+    return ", ".join(f"{label} ({why})" for label, why in trouble().items() if why != CLOSED_BEFORE)
 
 
 def lost_output() -> bool:
