@@ -155,6 +155,7 @@ class StageRun:
             return False  # anything else is a bug: let its traceback show
         finally:
             self.watch.stop()
+            self.checkpoints.release()
             if self.record is not None:
                 self.record.close()
             if self.threads is not None:

@@ -33,6 +33,7 @@ from common.cli import OneLineParser, batch_size, positive_float, positive_int
 from common.data import CHANCE, SOURCES, load_data
 from common.errors import CourseError
 from common.harness import driver, load_stage, stage_options
+from common.run.checkpoint import save_figure
 from common.run.program import run_program
 from common.seed import seed_everything
 from common.weights import reference_params
@@ -126,8 +127,10 @@ def plot(runs: dict[int, list[dict]], budget: float, source: str, path: Path) ->
         ax.grid(alpha=0.3)
     fig.suptitle(f"Batch size, stage 10 on {source.split(' from ')[0].split(' via ')[0]}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)  # to a temporary name, renamed: never a partial figure
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None) -> dict:

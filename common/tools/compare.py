@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from common.cli import DTYPES, OneLineParser, batch_size, positive_int
 from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches, stage_names, to_numpy
+from common.run.checkpoint import save_figure
 from common.run.program import run_program
 from common.weights import reference_params
 
@@ -91,7 +92,7 @@ def plot(curves_by_dtype: dict, path: Path):
     from common.tools.compare_figure import draw_comparison  # matplotlib loads only once there is a figure
 
     fig = draw_comparison(curves_by_dtype, {dtype: TOLERANCES[dtype].rtol for dtype in curves_by_dtype})
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)  # to a temporary name, renamed: never a partial figure
     return fig
 
 

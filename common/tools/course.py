@@ -29,8 +29,9 @@ import numpy as np
 
 from common.cli import OneLineParser
 from common.data import CHANCE, SYNTHETIC_NAME, data_name, on_data
-from common.errors import BAD_INPUT
+from common.errors import BAD_INPUT, WRITE_FAILED, CourseError
 from common.harness import ROOT, load_stage, stage_names
+from common.run.checkpoint import free_space_note, save_figure, write_atomically
 from common.run.program import run_program
 from common.tools.exercises.catalog import EXERCISES
 
@@ -180,12 +181,12 @@ def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str]
         "summaries": [dict(s, record=Path(os.path.relpath(r, out)).as_posix()) for s, r in zip(summaries, records)],
     }
     fig = draw_course(summaries, describe(course))
-    try:
-        (out / f"{name}.json").write_text(json.dumps(course, indent=2) + "\n")
-        fig.savefig(out / f"{name}.png", dpi=100)
+    try:  # each to a temporary name, renamed: a failed write leaves the previous summary whole
+        save_figure(fig, out / f"{name}.png", dpi=100)  # the figure first: the JSON never describes a missing one
+        write_atomically(out / f"{name}.json", lambda f: f.write((json.dumps(course, indent=2) + "\n").encode()))
     except OSError as err:
-        print(f"python -m common.tools.course: error: cannot write the summary to {out}: {err.strerror}", file=sys.stderr)
-        sys.exit(BAD_INPUT)
+        raise CourseError(f"cannot write the summary to {out}: {err.strerror or err}{free_space_note(out)}; "
+                          "the previous summary and figure are unchanged", WRITE_FAILED) from None
     finally:
         plt.close(fig)  # pyplot keeps every figure it made until it is closed
     return out / f"{name}.json", out / f"{name}.png", course

@@ -47,6 +47,7 @@ from common.cli import HelpFormatter, OneLineParser, positive_int
 from common.data import SYNTHETIC_NAME
 from common.errors import BAD_INPUT
 from common.harness import relative_error, sample_batches
+from common.run.checkpoint import save_figure
 from common.run.program import run_program
 from common.weights import PARAM_NAMES, reference_params
 from stages import stage01_numpy as stage1
@@ -380,7 +381,7 @@ def draw_scans(scans: list[Scan], batch_size: int):
 
 def plot_scans(scans: list[Scan], path: Path, batch_size: int) -> None:
     """The figure of draw_scans, written to `path`, DPI pixels per inch: 900 px wide."""
-    draw_scans(scans, batch_size).savefig(path, dpi=DPI)
+    save_figure(draw_scans(scans, batch_size), path, dpi=DPI)  # to a temporary name, renamed: never a partial figure
 
 
 # ---------------------------------------------------------------- torch.autograd.gradcheck
