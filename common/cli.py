@@ -167,7 +167,7 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
                            description=first_line and f"{first_line}\nWhat changed, and why: the top of "
                                                       f"stages/{stem}.py and docs/stages/{stem}.md.",
                            epilog="Exit codes: 0 done, 2 bad input, 3 diverged, 4 a write failed "
-                                  "(disk full), 130 interrupted.",
+                                  "(disk full), 5 out of memory, 130 interrupted (common/errors.py).",
                            formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--epochs", type=positive_int, default=2, help="passes over the training set")

@@ -46,7 +46,7 @@ class StageRun:
         self.summary: dict = {}
         self.progress = Progress(self.stage, shown=main_process)
         self.checkpoints = Checkpoints(self.stage, args, writes=main_process)
-        self.guard = Guard(self.stage, shown=main_process)
+        self.guard = Guard(self.stage, shown=main_process, args=args)
         self.record = self.threads = None
         self.watch = Watch(self.stage, self._ended_waiting)  # for the other processes of a group (stage 11)
         self._epoch = {"first_step": 0, "steps": 0, "per_class": [], "classes": (), "data": {}}
@@ -165,7 +165,7 @@ class StageRun:
     def _write_pending(self) -> None:
         try:
             self.step_log.write_pending()
-        except (CourseError, KeyboardInterrupt):  # a divergence among them, or a second Ctrl-C
+        except (CourseError, KeyboardInterrupt, MemoryError):  # a divergence among them, a second Ctrl-C
             pass
 
     def _finish(self) -> None:

@@ -2,9 +2,11 @@
 run agreeing first), and every way a run can end becomes one line and an exit code."""
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
-from common.errors import INTERRUPTED, WRITE_FAILED, CourseError, printable
+from common.errors import INTERRUPTED, OUT_OF_MEMORY, WRITE_FAILED, CourseError, one_line, printable
 from common.loaded import loaded_torch
 from common.run import checkpoint, signals, streams
 
@@ -12,8 +14,8 @@ AGREE_EVERY = 10  # steps between two agreements on stopping, in a distributed r
 
 
 class Guard:
-    def __init__(self, stage: str, shown: bool):
-        self.stage, self.shown = stage, shown
+    def __init__(self, stage: str, shown: bool, args=None):
+        self.stage, self.shown, self.args = stage, shown, args
 
     def __enter__(self) -> "Guard":
         signals.defer()
@@ -52,6 +54,9 @@ class Guard:
             return "interrupted", interrupted, INTERRUPTED
         if isinstance(exc, CourseError):
             return "failed", f"error: {exc}", exc.exit_code
+        out_of_memory = out_of_memory_message(exc, self.args)
+        if out_of_memory is not None:
+            return "out of memory", f"error: {out_of_memory}; the record so far is in {record_dir}", OUT_OF_MEMORY
         if isinstance(exc, OSError) and exc.errno is not None:  # a write outside the record's helpers
             path = exc.filename or record_dir
             return "failed", (f"error: cannot write {path}: {exc.strerror}"
@@ -94,6 +99,36 @@ class Guard:
         if self.shown:
             signals.say(f"{self.stage}: {printable(message)}")
         raise SystemExit(code)
+
+
+def out_of_memory_message(exc: BaseException, args) -> str | None:
+    """What ran out of memory, naming what the learner can make smaller; None for other errors.
+    A DataLoader worker killed (by the system's out-of-memory killer, most often) shows as a
+    RuntimeError from torch that starts "DataLoader worker", or, when the worker dies while
+    handing over a batch, as whatever error the hand-over then meets inside the DataLoader."""
+    batch_size = getattr(args, "batch_size", None)
+    smaller = f"a smaller --batch-size than {batch_size}" if batch_size else "a smaller --batch-size"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # numpy's, or torch's on a GPU
+        return f"out of memory with --batch-size {batch_size}: try {smaller}, or close other programs"
+    worker_died = isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker")
+    if not worker_died and not (isinstance(exc, (OSError, EOFError)) and _in_data_loader(exc)):
+        return None
+    if threading.current_thread() is threading.main_thread():
+        # torch's SIGCHLD handler raises again whenever another child ends: not during the clean-up
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    what = (one_line(str(exc).split(". ")[0], 100) if worker_died
+            else f"a DataLoader worker ended while handing over a batch ({one_line(exc, 60)})")
+    return (f"{what}, most often by the system's out-of-memory killer: try fewer --workers than "
+            f"{getattr(args, 'workers', None)} (0 loads the data in this process) or {smaller}")
+
+
+def _in_data_loader(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if "torch/utils/data/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def divergence_message(loss: float, step: int, args) -> str:

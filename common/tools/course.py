@@ -13,8 +13,9 @@ what kind of run it was, so that a short or partial run never replaces the summa
 The JSON holds how the course was run and, per stage, its summary and its record folder
 (relative to the JSON's folder); `make site` shows each stage's figure from the full run.
 
-Exit codes: 2, with one line, for an unknown stage, a bad option or a summary that cannot be
-written; a stage that fails stops the course with that stage's own exit code.
+Exit codes: 2, with one line, for an unknown stage or a bad option; 4 for a summary that cannot be
+written (the previous one stays whole); a stage that fails stops the course with that stage's own
+exit code.
 """
 from __future__ import annotations
 
