@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import sys
 from pathlib import PurePath
 from typing import Callable
@@ -85,6 +86,8 @@ def os_error(err: OSError) -> str:
 
     if err.filename is None:
         return err.strerror or str(err)
+    if isinstance(err, FileExistsError) and os.path.isfile(err.filename):  # a folder was to be made there
+        return f"{err.filename}: a file, not a folder"
     where = str(err.filename) + (f" -> {err.filename2}" if err.filename2 is not None else "")
     note = free_space_note(PurePath(str(err.filename))) if err.errno in FULL else ""
     return f"{where}: {err.strerror}{note}"

@@ -145,6 +145,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="runs/batch-experiment", help="folder for the JSON and PNG")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)  # before the training: a folder that cannot be made is said at once
         data = load_data(args.data, args.data_dir, args.seed)
         runs, budget = {}, 0.0
         for batch in sorted(args.batch_sizes):
@@ -152,8 +154,6 @@ def main(argv=None) -> dict:
             points = train_one_batch_size(data, batch, lr, args.epochs, budget, args.seed)
             runs[batch] = [dict(p, lr=lr) for p in points]
             budget = budget or points[-1]["seconds"]
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
     except CourseError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

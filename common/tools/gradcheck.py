@@ -48,7 +48,7 @@ from common.data import SYNTHETIC_NAME
 from common.errors import BAD_INPUT
 from common.harness import relative_error, sample_batches
 from common.run.checkpoint import save_figure
-from common.run.program import run_program
+from common.run.program import os_error, run_program
 from common.weights import PARAM_NAMES, reference_params
 from stages import stage01_numpy as stage1
 
@@ -526,7 +526,8 @@ def writable_figure(parser: OneLineParser, out: str) -> Path:
         if not os.access(path.parent, os.W_OK):
             raise ValueError("its folder is not writable")
     except (OSError, ValueError) as err:
-        parser.exit(BAD_INPUT, f"{parser.prog}: error: cannot write --out {out}: {err}\n")
+        why = os_error(err) if isinstance(err, OSError) else err
+        parser.exit(BAD_INPUT, f"{parser.prog}: error: cannot write --out {out}: {why}\n")
     return path
 
 
