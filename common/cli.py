@@ -8,7 +8,9 @@ exit code 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,10 +28,27 @@ MAX_BATCH_SIZE = sys.maxsize  # DataLoader's BatchSampler cuts batches with iter
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but an error is a single line (the usage is one `--help` away)."""
+    """argparse, but an error is a single line (the usage is one `--help` away), and a misspelt
+    option or choice names the nearest one (what argparse's suggest_on_error does from Python 3.14)."""
 
     def error(self, message: str) -> None:
-        self.exit(BAD_INPUT, f"{self.prog}: error: {printable(message)} (see --help)\n")
+        self.exit(BAD_INPUT, f"{self.prog}: error: {printable(message)}{self._nearest(message)} (see --help)\n")
+
+    def _nearest(self, message: str) -> str:
+        """"; did you mean --batch-size?" for an option or a choice close to one the parser knows."""
+        if message.startswith("unrecognized arguments: "):
+            typed = [word.split("=")[0] for word in message.split(": ", 1)[1].split() if word.startswith("-")]
+            known = [option for option in self._option_string_actions if option.startswith("--")]
+        else:
+            choice = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)$", message)
+            if choice is None:
+                return ""
+            typed, known = [choice[1]], [c.strip().strip("'") for c in choice[2].split(",")]
+        for word in typed:
+            close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean {close[0] if close[0].startswith('-') else repr(close[0])}?"
+        return ""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

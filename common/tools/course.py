@@ -19,6 +19,7 @@ exit code.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -45,6 +46,9 @@ def parse(argv):
     parser.add_argument("--stages", type=int, nargs="+", default=None,
                         help="stage numbers to run (default: all, in order)")
     args, stage_argv = parser.parse_known_args(argv)
+    for word in stage_argv:  # the stages' parser would suggest one of its own options for a misspelt --stages
+        if word.startswith("--") and difflib.get_close_matches(word.split("=")[0], ["--stages"], cutoff=0.8):
+            parser.error(f"unrecognized arguments: {word}")
     try:
         names = stage_names() if args.stages is None else [load_stage(n).__name__ for n in args.stages]
     except ValueError as err:  # an unknown stage number: say so before anything runs
