@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import types
 
+from common.cli import OneLineParser
 from common.errors import INTERRUPTED
 from common.run import signals
 from common.run.program import run_program
@@ -22,8 +24,10 @@ from common.run.program import run_program
 def main(argv=None) -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed import run as torchrun_module
     from torch.distributed.run import main as torchrun
 
+    torchrun_module.get_args_parser = one_line(torchrun_module.get_args_parser)
     for logger in ("torch.distributed.elastic", "torch.distributed.run"):  # warnings that restate the ending
         logging.getLogger(logger).setLevel(logging.ERROR)
     try:
@@ -42,6 +46,17 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:  # a signal before torchrun installed its own handlers
         print(f"torchrun: stopped by {signals.name(signals.pending())} before the processes started", file=sys.stderr)
         sys.exit(INTERRUPTED)
+
+
+def one_line(get_args_parser):
+    """torchrun's own parser, whose errors are one line naming the nearest option, as the course's are."""
+    def parser():
+        made = get_args_parser()
+        made.prog = "python -m common.tools.torchrun"
+        made.error = types.MethodType(OneLineParser.error, made)
+        made._nearest = types.MethodType(OneLineParser._nearest, made)
+        return made
+    return parser
 
 
 if __name__ == "__main__":

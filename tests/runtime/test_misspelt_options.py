@@ -16,6 +16,8 @@ MISSPELT = {  # the program, what was typed, the suggestion
     "a stage's choice": ("stages.stage06_optim", ["--data", "synthtic"], "; did you mean 'synthetic'?"),
     "a tool's option": ("common.tools.compare", ["--stepz", "2"], "; did you mean --steps?"),
     "the course runner's option": ("common.tools.course", ["--stagess", "3"], "; did you mean --stages?"),
+    "torchrun's option": ("common.tools.torchrun", ["--nproc-pernode", "2", "-m", "stages.stage11_distributed"],
+                          "; did you mean --nproc-per-node?"),
 }
 
 
