@@ -111,7 +111,8 @@ def out_of_memory_message(exc: BaseException, args) -> str | None:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # numpy's, or torch's on a GPU
         return f"out of memory with --batch-size {batch_size}: try {smaller}, or close other programs"
     worker_died = isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker")
-    if not worker_died and not (isinstance(exc, (OSError, EOFError)) and _in_data_loader(exc)):
+    # a batch cut off on its way from a dead worker; a worker's own error (a file not found) is re-raised as it is
+    if not worker_died and not (isinstance(exc, (ConnectionError, EOFError)) and _in_data_loader(exc)):
         return None
     if threading.current_thread() is threading.main_thread():
         # torch's SIGCHLD handler raises again whenever another child ends: not during the clean-up
