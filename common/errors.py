@@ -5,11 +5,13 @@ Exit codes of every stage, of the course runner and of every tool behind make:
   1    (make check, make compare) something is not done yet, wrong or disagreeing
   2    bad input: an option, a make variable, the data, a checkpoint, a device that is not there,
        a file or folder that cannot be used (not there, not writable, not UTF-8 text), a
-       distributed environment that does not add up or whose other processes never came
+       --checkpoint that another run is writing or that names a file which is not a checkpoint,
+       a distributed environment that does not add up or whose other processes never came
   3    training diverged: the loss became NaN or infinite
   4    a write failed (a full disk, a folder that became read-only, a stdout that could not take
        the output); what was written before stays readable
-  5    out of memory: a batch, or DataLoader workers, too large for this machine's memory
+  5    out of memory: a batch too large for this machine's memory, or a DataLoader worker killed
+       (most often by the system's out-of-memory killer); the record says it is incomplete
   130  interrupted by Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal closed)
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ A stage writes its loop itself, `for epoch in ...:` and `for x, y in ...:`, and 
 `StageRun` only hands each job to its part: record.py (the record folder, runs/<stage>/<time>/,
 and its files), progress.py (the bar and the printed lines), resume.py (--checkpoint and
 --resume), guard.py (signals, and every ending as one line and an exit code: bad input 2, a
-diverging loss 3, a failed write 4, Ctrl-C or SIGTERM 130), threads.py (--threads) and
+diverging loss 3, a failed write 4, out of memory 5, Ctrl-C, SIGTERM or SIGHUP 130), threads.py (--threads) and
 plots.py (curves.png).
 """
 from __future__ import annotations
