@@ -20,7 +20,7 @@ from pathlib import PurePath
 from typing import Callable
 
 from common.errors import BAD_INPUT, INTERRUPTED, OUT_OF_MEMORY, WRITE_FAILED, CourseError, printable
-from common.run import signals
+from common.run import signals, streams
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # a write that failed midway: exit code 4
 
@@ -49,6 +49,8 @@ def run_program(main: Callable[[], object], name: str | None = None) -> None:
     if ending is not None:  # said once the exception and its frames are gone (a progress bar closed)
         end(name, *ending)
     code = result if isinstance(result, int) else 0
+    if code == 0 and streams.lost_output():  # a full device on stdout: the tool's output is gone, say so
+        end(name, f"error: {streams.broke()}: the printed output was lost", WRITE_FAILED)
     signals.ending(code)
     raise SystemExit(code)
 

@@ -3,6 +3,7 @@ variables that only look like numbers, an --out or work/ folder that cannot be u
 file that is not UTF-8."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.errors import BAD_INPUT
+from common.errors import BAD_INPUT, WRITE_FAILED
 from common.tools import make as make_py
 from tests.helpers import EVENT_TIMEOUT, ROOT, copy_of_the_course, make
 
@@ -110,3 +111,14 @@ def test_a_learner_file_that_is_not_utf8_is_refused_in_one_line(target, code, tm
     result = make(course, target, "STAGE=3")
     assert tool_code(result) == code and "Traceback" not in result.stdout + result.stderr, result.stderr[-800:]
     assert "work/stage03_autograd.py is not UTF-8 text (byte 0xe9" in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- a tool's stdout on a full device
+def test_a_tools_output_lost_on_a_full_device_is_one_line_and_4(tmp_path):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "common.tools.make", "diff"], cwd=ROOT, stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=EVENT_TIMEOUT,
+                                env=dict(os.environ, FROM="2", TO="3"))
+    assert result.returncode == WRITE_FAILED and "Traceback" not in result.stderr, result.stderr[-800:]
+    assert result.stderr.strip().splitlines() == ["make: error: stdout (No space left on device): the printed output "
+                                                  "was lost"]
