@@ -142,7 +142,7 @@ class StageRun:
             self.progress.close()
             if hasattr(self, "_quiet_numpy"):
                 self._quiet_numpy.__exit__(None, None, None)
-            if self.record is not None and not isinstance(exc, (CourseError, OSError)):
+            if self.record is not None and not self.guard.write_failed(exc):
                 self._write_pending()  # what the last steps computed is not lost when the run ends
             if exc is None:
                 self.guard.finish(self._finish, self._mark_incomplete, self.record_dir)

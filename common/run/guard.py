@@ -40,6 +40,12 @@ class Guard:
             raise KeyboardInterrupt
 
     @staticmethod
+    def write_failed(exc: BaseException | None) -> bool:
+        """The run ends because a write failed (no use writing more); a batch cut off on its way from
+        a DataLoader worker is an OSError too, and the record's pending rows can still be written."""
+        return isinstance(exc, CourseError) or isinstance(exc, OSError) and not isinstance(exc, ConnectionError)
+
+    @staticmethod
     def signal_name() -> str:
         return signals.name(signals.pending())
 
