@@ -33,7 +33,7 @@ from common.cli import OneLineParser, batch_size, positive_float, positive_int
 from common.data import CHANCE, SOURCES, load_data
 from common.errors import CourseError
 from common.harness import driver, load_stage, stage_options
-from common.run.checkpoint import save_figure
+from common.run.checkpoint import save_figure, write_atomically
 from common.run.program import run_program
 from common.seed import seed_everything
 from common.weights import reference_params
@@ -165,8 +165,9 @@ def main(argv=None) -> dict:
     print(by_epoch)
     print(f"\nAt equal time ({budget:.1f} s of training, what batch {min(runs)} needed for {args.epochs} epochs):")
     print(by_time)
-    (out / "batch-experiment.json").write_text(json.dumps({"source": data.source, "budget_seconds": budget,
-                                                           "runs": {str(b): p for b, p in runs.items()}}, indent=1))
+    saved = json.dumps({"source": data.source, "budget_seconds": budget, "runs": {str(b): p for b, p in runs.items()}},
+                       indent=1)
+    write_atomically(out / "batch-experiment.json", lambda f: f.write(saved.encode()))  # never half a file
     plot(runs, budget, data.source, out / "batch-experiment.png")
     print(f"\nwritten: {out / 'batch-experiment.json'}, {out / 'batch-experiment.png'}")
     return runs

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import time
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from common.cli import DTYPES, OneLineParser, batch_size, positive_int
 from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches, stage_names, to_numpy
-from common.run.checkpoint import save_figure
+from common.run.checkpoint import save_figure, write_atomically
 from common.run.program import run_program
 from common.weights import reference_params
 
@@ -98,12 +99,13 @@ def plot(curves_by_dtype: dict, path: Path):
 
 def write(out: Path, dtype: str, steps: int, rows: list[dict], curves: dict) -> Path:
     stem = out / f"compare-{dtype}"
-    stem.with_suffix(".json").write_text(json.dumps({"dtype": dtype, "steps": steps, "rows": rows,
-                                                     "curves": curves}, indent=1) + "\n")
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    saved = json.dumps({"dtype": dtype, "steps": steps, "rows": rows, "curves": curves}, indent=1) + "\n"
+    write_atomically(stem.with_suffix(".json"), lambda f: f.write(saved.encode()))  # never half a file
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(stem.with_suffix(".csv"), lambda f: f.write(table.getvalue().encode()))
     return stem
 
 

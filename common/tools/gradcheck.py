@@ -47,7 +47,7 @@ from common.cli import HelpFormatter, OneLineParser, positive_int
 from common.data import SYNTHETIC_NAME
 from common.errors import BAD_INPUT
 from common.harness import relative_error, sample_batches
-from common.run.checkpoint import save_figure
+from common.run.checkpoint import save_figure, write_atomically
 from common.run.program import os_error, run_program
 from common.weights import PARAM_NAMES, reference_params
 from stages import stage01_numpy as stage1
@@ -576,7 +576,7 @@ def main(argv=None) -> dict:
     print("\n".join(torch_verdicts(checks)))
 
     record = as_record(table, scans, checks, args)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    write_atomically(out.with_suffix(".json"), lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
     print(f"\nwritten: {out}, {out.with_suffix('.json')}")
     return record
 
