@@ -35,9 +35,11 @@ import torch
 from torch import nn, optim
 from tqdm import tqdm
 
+from common.cli import OneLineParser
 from common.data import make_synthetic
 from common.harness import driver, load_stage, sample_batches, stage_names, stage_options
 from common.run import StageRun
+from common.run.program import run_program
 from common.run.threads import FIRST_LOOK, ThreadPolicy
 from common.weights import PARAM_SHAPES, reference_params
 
@@ -331,8 +333,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller epoch")
     parser.add_argument("--out", default="runs/bench", help="folder for the CSV files")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which measurements to make")
@@ -371,4 +373,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every ending (common/run/program.py)

@@ -8,7 +8,9 @@ exit code 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,8 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from common.data import SOURCES
-from common.errors import BAD_INPUT, printable
-from common.run import signals
+from common.errors import BAD_INPUT, INTERRUPTED, printable
+from common.run import rendezvous, signals
 
 DTYPES = ("float32", "float64")
 MAX_SEED = 2**32 - 1  # numpy's legacy np.random.seed() takes seeds in [0, 2**32)
@@ -26,10 +28,27 @@ MAX_BATCH_SIZE = sys.maxsize  # DataLoader's BatchSampler cuts batches with iter
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but an error is a single line (the usage is one `--help` away)."""
+    """argparse, but an error is a single line (the usage is one `--help` away), and a misspelt
+    option or choice names the nearest one (what argparse's suggest_on_error does from Python 3.14)."""
 
     def error(self, message: str) -> None:
-        self.exit(BAD_INPUT, f"{self.prog}: error: {printable(message)} (see --help)\n")
+        self.exit(BAD_INPUT, f"{self.prog}: error: {printable(message)}{self._nearest(message)} (see --help)\n")
+
+    def _nearest(self, message: str) -> str:
+        """"; did you mean --batch-size?" for an option or a choice close to one the parser knows."""
+        if message.startswith("unrecognized arguments: "):
+            typed = [word.split("=")[0] for word in message.split(": ", 1)[1].split() if word.startswith("-")]
+            known = [option for option in self._option_string_actions if option.startswith("--")]
+        else:
+            choice = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)$", message)
+            if choice is None:
+                return ""
+            typed, known = [choice[1]], [c.strip().strip("'") for c in choice[2].split(",")]
+        for word in typed:
+            close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean {close[0] if close[0].startswith('-') else repr(close[0])}?"
+        return ""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -167,7 +186,7 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
                            description=first_line and f"{first_line}\nWhat changed, and why: the top of "
                                                       f"stages/{stem}.py and docs/stages/{stem}.md.",
                            epilog="Exit codes: 0 done, 2 bad input, 3 diverged, 4 a write failed "
-                                  "(disk full), 130 interrupted.",
+                                  "(disk full), 5 out of memory, 130 interrupted (common/errors.py).",
                            formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--epochs", type=positive_int, default=2, help="passes over the training set")
@@ -189,9 +208,17 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
 
 def parse_args(stage_file: str, description: str | None, argv: Sequence[str] | None = None,
                add_options: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
-    """A stage's first line: `args = parse_args(__file__, __doc__, argv)`. From here on, Ctrl-C
-    and SIGTERM stop the run between two steps (common/run/signals.py), not in the middle of one."""
+    """A stage's first line: `args = parse_args(__file__, __doc__, argv)`. From here on, Ctrl-C,
+    SIGTERM and SIGHUP stop the run between two steps (common/run/signals.py), not in the middle
+    of one; one that came while the stage was still starting (importing torch) ends it here."""
+    stage = Path(stage_file).stem
+    if getattr(sys.modules.get("__main__"), "__file__", None) == stage_file:  # the program itself, not a test's
+        signals.guard_program("stage", stage)  # run as a file: stages/__init__.py did not (python -m does)
     signals.defer()
+    if signals.pending() is not None:
+        signals.ending(INTERRUPTED)
+        signals.say(f"{stage}: {signals.starting_message()}")
+        raise SystemExit(INTERRUPTED)
     try:
         return parse_only(stage_file, description, argv, add_options)
     except BaseException:
@@ -211,7 +238,13 @@ def parse_only(stage_file: str, description: str | None, argv: Sequence[str] | N
 
 
 def _check_together(parser: OneLineParser, args: argparse.Namespace) -> None:
-    """What no single option can check alone."""
+    """What no single option can check alone, and the distributed environment of a stage that
+    joins a process group (common/run/rendezvous.py)."""
+    joins_a_group = any(a.type is process_device_name for a in parser._actions)
+    rendezvous.expect_group(joins_a_group)
+    problem = rendezvous.check_environment() if joins_a_group else None
+    if problem is not None:
+        parser.exit(BAD_INPUT, f"{parser.prog}: error: the distributed environment: {printable(problem)}\n")
     largest = float(np.finfo(args.dtype).max)
     for name in ("lr", "momentum"):
         if getattr(args, name) > largest:  # torch cannot even pass such a factor to a float32 kernel

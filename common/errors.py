@@ -1,11 +1,18 @@
 """Errors a learner can fix themselves: shown as one line, never as a traceback.
 
-Exit codes of every stage and of the course runner:
+Exit codes of every stage, of the course runner and of every tool behind make:
   0    finished (also: a --resume of a run that had already finished)
-  2    bad input: an option, the data, a checkpoint, a device that is not there
+  1    (make check, make compare) something is not done yet, wrong or disagreeing
+  2    bad input: an option, a make variable, the data, a checkpoint, a device that is not there,
+       a file or folder that cannot be used (not there, not writable, not UTF-8 text), a
+       --checkpoint that another run is writing or that names a file which is not a checkpoint,
+       a distributed environment that does not add up or whose other processes never came
   3    training diverged: the loss became NaN or infinite
-  4    a write failed (a full disk, a folder that became read-only); what was written before stays readable
-  130  interrupted by Ctrl-C (SIGINT) or SIGTERM
+  4    a write failed (a full disk, a folder that became read-only, a stdout that could not take
+       the output); what was written before stays readable
+  5    out of memory: a batch too large for this machine's memory, or a DataLoader worker killed
+       (most often by the system's out-of-memory killer); the record says it is incomplete
+  130  interrupted by Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal closed)
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import unicodedata
 BAD_INPUT = 2
 DIVERGED = 3
 WRITE_FAILED = 4
+OUT_OF_MEMORY = 5
 INTERRUPTED = 130  # the shell's code for a program stopped by Ctrl-C
 
 

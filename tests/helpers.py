@@ -424,6 +424,79 @@ def npy_data_dir(folder: Path, n_train: int = 20, n_test: int = 10) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------- a program held at one point
+# Put on PYTHONPATH as sitecustomize.py, it holds the program at COURSE_HOLD_AT ("import torch", or
+# "module:function", "module:Class.method", optionally only when called from COURSE_HOLD_CALLER)
+# until the test creates `release` in COURSE_HOLD_DIR: `held` says it got there, `noted-N` that the
+# course's signal handler has run N times, `released` that it went on. So a test sends a signal
+# while a program is at a known point, never after a guess of how long it takes to get there.
+HOLD_SITE = '''
+import importlib.abc, importlib.machinery, os, sys, time
+from pathlib import Path
+
+folder, where = Path(os.environ["COURSE_HOLD_DIR"]), os.environ["COURSE_HOLD_AT"]
+caller = os.environ.get("COURSE_HOLD_CALLER")
+
+
+def hold():
+    (folder / "held").touch()
+    noted = 0
+    while not (folder / "release").exists():
+        signals = sys.modules.get("common.run.signals")
+        if signals is not None and len(signals._received) > noted:
+            noted = len(signals._received)
+            (folder / f"noted-{noted}").touch()
+        time.sleep(0.01)
+    (folder / "released").touch()
+
+
+def held(original):
+    def function(*args, **kwargs):
+        if not (folder / "held").exists() and (caller is None or sys._getframe(1).f_code.co_name == caller):
+            hold()
+        return original(*args, **kwargs)
+    return function
+
+
+class Hold(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if where == "import torch":
+            if name == "torch" and not (folder / "held").exists():
+                hold()
+            return None
+        module_name, _, attribute = where.partition(":")
+        if name != module_name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            *owner_path, last = attribute.split(".")
+            owner = module
+            for part in owner_path:
+                owner = getattr(owner, part)
+            setattr(owner, last, held(getattr(owner, last)))
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, Hold())
+'''
+
+
+def held_at(where: str, folder: Path, caller: str | None = None) -> dict:
+    """The environment of a program held at `where` (see HOLD_SITE), its cue files in `folder`."""
+    site = folder / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(HOLD_SITE)
+    env = dict(os.environ, PYTHONPATH=str(site), COURSE_HOLD_DIR=str(folder), COURSE_HOLD_AT=where)
+    if caller is not None:
+        env["COURSE_HOLD_CALLER"] = caller
+    return env
+
+
 # ---------------------------------------------------------------- a stage with a mistake planted
 def planted(folder: Path, stage: int, function: str, old: str, new: str, times: int = 1) -> Path:
     """The course's own stage, as a learner's file in `folder`, with one mistake planted in

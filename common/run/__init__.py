@@ -13,7 +13,7 @@ A stage writes its loop itself, `for epoch in ...:` and `for x, y in ...:`, and 
 `StageRun` only hands each job to its part: record.py (the record folder, runs/<stage>/<time>/,
 and its files), progress.py (the bar and the printed lines), resume.py (--checkpoint and
 --resume), guard.py (signals, and every ending as one line and an exit code: bad input 2, a
-diverging loss 3, a failed write 4, Ctrl-C or SIGTERM 130), threads.py (--threads) and
+diverging loss 3, a failed write 4, out of memory 5, Ctrl-C, SIGTERM or SIGHUP 130), threads.py (--threads) and
 plots.py (curves.png).
 """
 from __future__ import annotations
@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import CourseError
-from common.run import summary
+from common.run import signals, summary
 from common.run.guard import Guard
 from common.run.progress import Progress
 from common.run.record import Record, per_class_accuracy
+from common.run.rendezvous import Watch
 from common.run.steps import StepLog
 from common.run.resume import Checkpoints
 from common.run.threads import ThreadPolicy
@@ -45,8 +46,9 @@ class StageRun:
         self.summary: dict = {}
         self.progress = Progress(self.stage, shown=main_process)
         self.checkpoints = Checkpoints(self.stage, args, writes=main_process)
-        self.guard = Guard(self.stage, shown=main_process)
+        self.guard = Guard(self.stage, shown=main_process, args=args)
         self.record = self.threads = None
+        self.watch = Watch(self.stage, self._ended_waiting)  # for the other processes of a group (stage 11)
         self._epoch = {"first_step": 0, "steps": 0, "per_class": [], "classes": (), "data": {}}
 
     @property
@@ -70,6 +72,7 @@ class StageRun:
         self.epoch = epoch
         self._epoch.update(first_step=self.steps, steps=steps)
         if self.progress.bar is None:
+            self.watch.stop()  # the group, if any, is formed
             self.threads.check(at_once=True)  # the set-up so far was the first look at the machine
             self.progress.say(self.threads.describe())
             total = (self.args.epochs - epoch + 1) * steps
@@ -119,11 +122,13 @@ class StageRun:
     def __enter__(self) -> "StageRun":
         self._start = time.perf_counter()
         self.guard.__enter__()
+        signals.when_stopped_at_once(self._stopped_at_once)  # a second signal while the run unwinds
         self.threads = ThreadPolicy(self.args.threads)
         try:
             self.guard.stop_if_asked(self.steps)
             self.record = Record(Path(self.args.out) if self.main_process else None, self.stage, vars(self.args))
             self.step_log = StepLog(self.record, self.progress, self.args)
+            self.watch.start()
         except BaseException as err:
             self.__exit__(type(err), err, err.__traceback__)
             raise
@@ -137,7 +142,7 @@ class StageRun:
             self.progress.close()
             if hasattr(self, "_quiet_numpy"):
                 self._quiet_numpy.__exit__(None, None, None)
-            if self.record is not None and not isinstance(exc, (CourseError, OSError)):
+            if self.record is not None and not self.guard.write_failed(exc):
                 self._write_pending()  # what the last steps computed is not lost when the run ends
             if exc is None:
                 self.guard.finish(self._finish, self._mark_incomplete, self.record_dir)
@@ -149,6 +154,8 @@ class StageRun:
                 self.guard.end(message, code)
             return False  # anything else is a bug: let its traceback show
         finally:
+            self.watch.stop()
+            self.checkpoints.release()
             if self.record is not None:
                 self.record.close()
             if self.threads is not None:
@@ -158,7 +165,7 @@ class StageRun:
     def _write_pending(self) -> None:
         try:
             self.step_log.write_pending()
-        except (CourseError, KeyboardInterrupt):  # a divergence among them, or a second Ctrl-C
+        except (CourseError, KeyboardInterrupt, MemoryError):  # a divergence among them, a second Ctrl-C
             pass
 
     def _finish(self) -> None:
@@ -171,11 +178,28 @@ class StageRun:
                            self._epoch["per_class"], self.args.max_steps)
 
     def _mark_incomplete(self, why: str) -> None:
-        """An ended run leaves summary.json saying it is incomplete, and why."""
+        """An ended run leaves summary.json saying it is incomplete, why, and by which signal."""
         if self.record is not None and self.main_process:
-            self.record.mark_incomplete({"stage": self.stage, "complete": False, "ended": why,
-                                         "steps": self.steps, "record": str(self.record_dir)})
+            ended = {"stage": self.stage, "complete": False, "ended": why, "steps": self.steps,
+                     "record": str(self.record_dir)}
+            self.record.mark_incomplete(dict(ended, signal=self.guard.signal_name()) if self.guard.signalled()
+                                        else ended)
 
     def _interrupted_message(self) -> str:
+        if self.record is None:
+            return signals.starting_message()
         return (f"interrupted by {self.guard.signal_name()} at step {self.steps}"
                 f"{self.checkpoints.interrupted_note()}; the record so far is in {self.record_dir}")
+
+    def _ended_waiting(self, why: str, line: str, code: int) -> None:
+        """The wait for the other processes ended by a signal or the time limit (from the watch's thread)."""
+        self._mark_incomplete(why)
+        signals.ending(code)
+        signals.say(f"{self.stage}: {line}")
+        signals.end_at_once()
+
+    def _stopped_at_once(self) -> None:
+        """A signal came while the run was already stopping: record and say so, before the program ends."""
+        self._mark_incomplete("interrupted")
+        if self.main_process:
+            signals.say(f"{self.stage}: {self._interrupted_message()}")

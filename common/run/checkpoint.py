@@ -15,14 +15,20 @@ bytes damaged on disk are refused ("Bad CRC-32"); a file rewritten by a program,
 of the right shapes and dtypes, cannot be told from a real one. It is written atomically, to a
 temporary file that is then renamed over the old one, so an interruption or a full disk
 while saving leaves the previous checkpoint as it was (a process killed in the middle of a
-save can leave a hidden .NAME.tmp beside it).
+save can leave a hidden .NAME.PID-XXXX.tmp beside it). The temporary name is the writer's own,
+and a run holds its --checkpoint locked (`hold()`) from its start to its end, so two runs given
+the same --checkpoint never write into one file: the second refuses in one line. An existing
+file that is not a checkpoint of this course (a source file, a data file) is never replaced.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import numbers
 import os
+import secrets
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +263,58 @@ def check_writable(path: Path) -> None:
         raise CourseError(f"--checkpoint {path}: cannot write there ({err.strerror or err})") from None
 
 
+def check_replaceable(path: Path) -> None:
+    """Refuse a checkpoint path that names a file of another kind (a source file, a data file):
+    saving would replace it."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size > 0 and not is_course_checkpoint(path):
+        raise CourseError(f"--checkpoint {path}: that file exists and is not a checkpoint of this course; "
+                          "it is left as it is: give a new file name (e.g. --checkpoint ckpt.npz)")
+
+
+def is_course_checkpoint(path: Path) -> bool:
+    """An .npz archive with the course's meta fields (checked no further: load() does that)."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("meta.npy") as member:
+            meta = json.loads(str(np.lib.format.read_array(member, allow_pickle=False)))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, EOFError):
+        return False
+    return isinstance(meta, dict) and {"format", "stage", "epoch"} <= meta.keys()
+
+
+_held: dict[Path, int] = {}  # checkpoint path -> the open lock file this process holds
+
+
+def hold(path: Path) -> None:
+    """Lock --checkpoint PATH for this run (a hidden .NAME.lock beside it, locked with flock, which
+    the system releases when the process ends however it ends); refuse if another run holds it."""
+    path = Path(path).absolute()
+    if path in _held:
+        return
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise CourseError(f"--checkpoint {path}: cannot write there ({err.strerror or err})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise CourseError(f"--checkpoint {path}: another run (process {holder}) is writing that checkpoint; "
+                          "wait for it to end, or give this run another --checkpoint") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[path] = fd
+
+
+def release(path: Path | None) -> None:
+    """The run is over: another may write the checkpoint now."""
+    fd = _held.pop(Path(path).absolute(), None) if path is not None else None
+    if fd is not None:
+        os.close(fd)  # closing the file releases the lock
+
+
 def save(path: Path, meta: dict, objects: list, rng_by_rank: list | None = None) -> None:
     """Write a checkpoint atomically: a crash or a full disk leaves the old file or the new one.
     rng_by_rank: in a run of several processes, each one's (CPU, GPU or None) generator states."""
@@ -285,9 +343,9 @@ def write_atomically(path: Path, write, durable: bool = False) -> None:
     OSError (torch.save reports a failed write as a RuntimeError, turned into one here).
     durable: on disk before the rename, so that even a crash of the machine leaves the old file
     or the new one."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # this writer's own
     try:
-        with open(temporary, "wb") as f:
+        with open(temporary, "xb") as f:
             write(f)
             if durable:
                 f.flush()
@@ -298,6 +356,13 @@ def write_atomically(path: Path, write, durable: bool = False) -> None:
         if isinstance(err, RuntimeError):
             raise OSError(str(err).splitlines()[0]) from None
         raise
+
+
+def save_figure(fig, path: Path, dpi: int) -> None:
+    """A matplotlib figure written like the records (write_atomically): a failed write leaves
+    the previous figure as it was, never a partial image."""
+    path = Path(path)
+    write_atomically(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=dpi))
 
 
 def load(path: Path, stage: str | None = None) -> tuple[dict, list]:

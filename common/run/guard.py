@@ -2,19 +2,20 @@
 run agreeing first), and every way a run can end becomes one line and an exit code."""
 from __future__ import annotations
 
-import sys
+import signal
+import threading
 from pathlib import Path
 
-from common.errors import INTERRUPTED, WRITE_FAILED, CourseError, printable
+from common.errors import INTERRUPTED, OUT_OF_MEMORY, WRITE_FAILED, CourseError, one_line, printable
 from common.loaded import loaded_torch
-from common.run import checkpoint, signals
+from common.run import checkpoint, signals, streams
 
 AGREE_EVERY = 10  # steps between two agreements on stopping, in a distributed run
 
 
 class Guard:
-    def __init__(self, stage: str, shown: bool):
-        self.stage, self.shown = stage, shown
+    def __init__(self, stage: str, shown: bool, args=None):
+        self.stage, self.shown, self.args = stage, shown, args
 
     def __enter__(self) -> "Guard":
         signals.defer()
@@ -35,7 +36,14 @@ class Guard:
                 return
             asked = group.any(asked)
         if asked:
+            signals.stopping()  # a further signal now ends the program at once
             raise KeyboardInterrupt
+
+    @staticmethod
+    def write_failed(exc: BaseException | None) -> bool:
+        """The run ends because a write failed (no use writing more); a batch cut off on its way from
+        a DataLoader worker is an OSError too, and the record's pending rows can still be written."""
+        return isinstance(exc, CourseError) or isinstance(exc, OSError) and not isinstance(exc, ConnectionError)
 
     @staticmethod
     def signal_name() -> str:
@@ -52,6 +60,9 @@ class Guard:
             return "interrupted", interrupted, INTERRUPTED
         if isinstance(exc, CourseError):
             return "failed", f"error: {exc}", exc.exit_code
+        out_of_memory = out_of_memory_message(exc, self.args)
+        if out_of_memory is not None:
+            return "out of memory", f"error: {out_of_memory}; the record so far is in {record_dir}", OUT_OF_MEMORY
         if isinstance(exc, OSError) and exc.errno is not None:  # a write outside the record's helpers
             path = exc.filename or record_dir
             return "failed", (f"error: cannot write {path}: {exc.strerror}"
@@ -73,11 +84,58 @@ class Guard:
         if self.signalled():  # one signal while finishing: finished first, then say so
             self.end(f"{self.signal_name()} while writing the summary and figures: they were "
                      f"finished first, the record is complete in {record_dir}", INTERRUPTED)
+        self.tell_broken_streams(record_dir)
+
+    def tell_broken_streams(self, record_dir: Path) -> None:
+        """A stdout or stderr that broke during the run (common/run/streams.py) did not stop it:
+        say so on the stream that still works. A reader that went away (`| head -1`) was the
+        learner's choice; a stream that could not take the output (a full device) lost it: 4."""
+        broke = streams.broke()
+        if not broke:
+            return
+        if streams.lost_output():
+            self.end(f"error: {broke}: the printed output was lost, not the run: its record is complete in "
+                     f"{record_dir}", WRITE_FAILED)
+        if self.shown:
+            signals.say(f"{self.stage}: {broke}: its reader went away, the run went on; its record is complete in "
+                        f"{record_dir}")
 
     def end(self, message: str, code: int) -> None:
+        signals.ending(code)  # the line is said: a further signal ends the program at once
         if self.shown:
-            print(f"{self.stage}: {printable(message)}", file=sys.stderr)
+            signals.say(f"{self.stage}: {printable(message)}")
         raise SystemExit(code)
+
+
+def out_of_memory_message(exc: BaseException, args) -> str | None:
+    """What ran out of memory, naming what the learner can make smaller; None for other errors.
+    A DataLoader worker killed (by the system's out-of-memory killer, most often) shows as a
+    RuntimeError from torch that starts "DataLoader worker", or, when the worker dies while
+    handing over a batch, as whatever error the hand-over then meets inside the DataLoader."""
+    batch_size = getattr(args, "batch_size", None)
+    smaller = f"a smaller --batch-size than {batch_size}" if batch_size else "a smaller --batch-size"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # numpy's, or torch's on a GPU
+        return f"out of memory with --batch-size {batch_size}: try {smaller}, or close other programs"
+    worker_died = isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker")
+    # a batch cut off on its way from a dead worker; a worker's own error (a file not found) is re-raised as it is
+    if not worker_died and not (isinstance(exc, (ConnectionError, EOFError)) and _in_data_loader(exc)):
+        return None
+    if threading.current_thread() is threading.main_thread():
+        # torch's SIGCHLD handler raises again whenever another child ends: not during the clean-up
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    what = (one_line(str(exc).split(". ")[0], 100) if worker_died
+            else f"a DataLoader worker ended while handing over a batch ({one_line(exc, 60)})")
+    return (f"{what}, most often by the system's out-of-memory killer: try fewer --workers than "
+            f"{getattr(args, 'workers', None)} (0 loads the data in this process) or {smaller}")
+
+
+def _in_data_loader(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if "torch/utils/data/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def divergence_message(loss: float, step: int, args) -> str:

@@ -182,7 +182,7 @@ def draw_run(record_dir: Path) -> Figure:
 def plot_run(record_dir: Path) -> Path:
     """curves.png beside the CSVs (see draw_run)."""
     path = record_dir / "curves.png"
-    draw_run(record_dir).savefig(path, dpi=100)
+    checkpoint.save_figure(draw_run(record_dir), path, dpi=100)
     return path
 
 

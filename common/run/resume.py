@@ -4,6 +4,7 @@ is the file format)."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from common.errors import CourseError, one_line
 from common.loaded import loaded_torch
@@ -26,6 +27,10 @@ class Checkpoints:
         self.objects = objects
         if self.args.checkpoint is not None:
             checkpoint.check_writable(self.args.checkpoint)
+            if not same_file(self.args.checkpoint, self.args.resume):  # a --resume of it is checked by load()
+                checkpoint.check_replaceable(self.args.checkpoint)
+            if self.writes:
+                checkpoint.hold(self.args.checkpoint)  # until release(): no other run writes it meanwhile
         if self.args.resume is None:
             return 1, 0
         meta, states = checkpoint.load(self.args.resume, stage=self.stage)
@@ -70,6 +75,10 @@ class Checkpoints:
         checkpoint.save(self.args.checkpoint, meta, list(self.objects), rng_by_rank)
         self.saved_epoch = epoch
 
+    def release(self) -> None:
+        if self.writes:
+            checkpoint.release(self.args.checkpoint)
+
     def interrupted_note(self) -> str:
         """What a learner can do with the checkpoint after an interruption."""
         if self.args.checkpoint is None:
@@ -94,6 +103,10 @@ class Checkpoints:
             if torch is not None and isinstance(obj, torch.optim.Optimizer):
                 for group in obj.param_groups:
                     group.update(lr=self.args.lr, momentum=self.args.momentum)
+
+
+def same_file(path, other) -> bool:
+    return other is not None and os.path.abspath(path) == os.path.abspath(other)
 
 
 def own_rng_states() -> list:

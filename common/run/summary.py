@@ -3,6 +3,7 @@ that say how it went."""
 from __future__ import annotations
 
 from common.data import CHANCE
+from common.run import streams
 from common.run.progress import Progress
 from common.run.record import Record
 
@@ -14,6 +15,7 @@ def finish(record: Record, progress: Progress, summary: dict, classes: tuple, pe
         record.write_text("per_class_accuracy.csv", "class,test_accuracy\n"
                           + "".join(f"{c},{a:.6f}\n" for c, a in zip(classes, per_class)))
         progress.say("test accuracy per class: " + ", ".join(f"{c} {100 * a:.1f}%" for c, a in zip(classes, per_class)))
+    summary["output"] = streams.trouble()  # a stdout or stderr that broke or was closed (empty: none)
     record.write_json("summary.json", summary)
     from common.run import plots  # matplotlib loads only once a run has finished
 
@@ -25,3 +27,6 @@ def finish(record: Record, progress: Progress, summary: dict, classes: tuple, pe
         print(f"{stage}: {summary['steps']} steps were too few to learn: the test accuracy, {100 * accuracy:.2f}%, "
               f"is below twice chance ({200 * CHANCE:.0f}%). At the tutorial's lr 0.001 the loss stays near ln 10 "
               "for the first few hundred steps on CIFAR-10; drop --max-steps to train whole epochs")
+    if streams.trouble() != summary["output"]:  # a stream broke on the last lines: the record says so too
+        summary["output"] = streams.trouble()
+        record.write_json("summary.json", summary)

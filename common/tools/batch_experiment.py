@@ -29,10 +29,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.cli import batch_size, positive_float, positive_int
+from common.cli import OneLineParser, batch_size, positive_float, positive_int
 from common.data import CHANCE, SOURCES, load_data
 from common.errors import CourseError
 from common.harness import driver, load_stage, stage_options
+from common.run.checkpoint import save_figure, write_atomically
+from common.run.program import run_program
 from common.seed import seed_everything
 from common.weights import reference_params
 
@@ -125,13 +127,15 @@ def plot(runs: dict[int, list[dict]], budget: float, source: str, path: Path) ->
         ax.grid(alpha=0.3)
     fig.suptitle(f"Batch size, stage 10 on {source.split(' from ')[0].split(' via ')[0]}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)  # to a temporary name, renamed: never a partial figure
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m common.tools.batch_experiment", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(prog="python -m common.tools.batch_experiment", description=__doc__.splitlines()[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--batch-sizes", type=batch_size, nargs="+", default=[4, 16, 64, 256], help="batch sizes")
     parser.add_argument("--epochs", type=positive_int, default=3, help="epochs for every batch size")
     parser.add_argument("--lr", type=positive_float, default=0.001, help=f"learning rate at batch {BASE_BATCH}")
@@ -141,6 +145,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="runs/batch-experiment", help="folder for the JSON and PNG")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)  # before the training: a folder that cannot be made is said at once
         data = load_data(args.data, args.data_dir, args.seed)
         runs, budget = {}, 0.0
         for batch in sorted(args.batch_sizes):
@@ -148,8 +154,6 @@ def main(argv=None) -> dict:
             points = train_one_batch_size(data, batch, lr, args.epochs, budget, args.seed)
             runs[batch] = [dict(p, lr=lr) for p in points]
             budget = budget or points[-1]["seconds"]
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
     except CourseError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
@@ -161,12 +165,13 @@ def main(argv=None) -> dict:
     print(by_epoch)
     print(f"\nAt equal time ({budget:.1f} s of training, what batch {min(runs)} needed for {args.epochs} epochs):")
     print(by_time)
-    (out / "batch-experiment.json").write_text(json.dumps({"source": data.source, "budget_seconds": budget,
-                                                           "runs": {str(b): p for b, p in runs.items()}}, indent=1))
+    saved = json.dumps({"source": data.source, "budget_seconds": budget, "runs": {str(b): p for b, p in runs.items()}},
+                       indent=1)
+    write_atomically(out / "batch-experiment.json", lambda f: f.write(saved.encode()))  # never half a file
     plot(runs, budget, data.source, out / "batch-experiment.png")
     print(f"\nwritten: {out / 'batch-experiment.json'}, {out / 'batch-experiment.png'}")
     return runs
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every ending (common/run/program.py)

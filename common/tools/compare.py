@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import time
@@ -21,8 +22,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.cli import DTYPES, batch_size, positive_int
+from common.cli import DTYPES, OneLineParser, batch_size, positive_int
 from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches, stage_names, to_numpy
+from common.run.checkpoint import save_figure, write_atomically
+from common.run.program import run_program
 from common.weights import reference_params
 
 LR, MOMENTUM = 0.001, 0.9  # the tutorial's settings
@@ -90,24 +93,25 @@ def plot(curves_by_dtype: dict, path: Path):
     from common.tools.compare_figure import draw_comparison  # matplotlib loads only once there is a figure
 
     fig = draw_comparison(curves_by_dtype, {dtype: TOLERANCES[dtype].rtol for dtype in curves_by_dtype})
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)  # to a temporary name, renamed: never a partial figure
     return fig
 
 
 def write(out: Path, dtype: str, steps: int, rows: list[dict], curves: dict) -> Path:
     stem = out / f"compare-{dtype}"
-    stem.with_suffix(".json").write_text(json.dumps({"dtype": dtype, "steps": steps, "rows": rows,
-                                                     "curves": curves}, indent=1) + "\n")
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    saved = json.dumps({"dtype": dtype, "steps": steps, "rows": rows, "curves": curves}, indent=1) + "\n"
+    write_atomically(stem.with_suffix(".json"), lambda f: f.write(saved.encode()))  # never half a file
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(stem.with_suffix(".csv"), lambda f: f.write(table.getvalue().encode()))
     return stem
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m common.tools.compare", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(prog="python -m common.tools.compare", description=__doc__.splitlines()[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dtype", choices=DTYPES + ("both",), default="both", help="precision of every stage")
     parser.add_argument("--steps", type=positive_int, default=50, help="training steps per stage")
     parser.add_argument("--batch-size", type=batch_size, default=4, help="images per step")
@@ -146,4 +150,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every ending (common/run/program.py)

@@ -13,11 +13,13 @@ what kind of run it was, so that a short or partial run never replaces the summa
 The JSON holds how the course was run and, per stage, its summary and its record folder
 (relative to the JSON's folder); `make site` shows each stage's figure from the full run.
 
-Exit codes: 2, with one line, for an unknown stage, a bad option or a summary that cannot be
-written; a stage that fails stops the course with that stage's own exit code.
+Exit codes: 2, with one line, for an unknown stage or a bad option; 4 for a summary that cannot be
+written (the previous one stays whole); a stage that fails stops the course with that stage's own
+exit code.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -29,8 +31,10 @@ import numpy as np
 
 from common.cli import OneLineParser
 from common.data import CHANCE, SYNTHETIC_NAME, data_name, on_data
-from common.errors import BAD_INPUT
+from common.errors import BAD_INPUT, WRITE_FAILED, CourseError
 from common.harness import ROOT, load_stage, stage_names
+from common.run.checkpoint import free_space_note, save_figure, write_atomically
+from common.run.program import run_program
 from common.tools.exercises.catalog import EXERCISES
 
 COINCIDE = 0.005  # curves closer than this fraction of the loss axis's range share a colour and a legend entry
@@ -42,6 +46,9 @@ def parse(argv):
     parser.add_argument("--stages", type=int, nargs="+", default=None,
                         help="stage numbers to run (default: all, in order)")
     args, stage_argv = parser.parse_known_args(argv)
+    for word in stage_argv:  # the stages' parser would suggest one of its own options for a misspelt --stages
+        if word.startswith("--") and difflib.get_close_matches(word.split("=")[0], ["--stages"], cutoff=0.8):
+            parser.error(f"unrecognized arguments: {word}")
     try:
         names = stage_names() if args.stages is None else [load_stage(n).__name__ for n in args.stages]
     except ValueError as err:  # an unknown stage number: say so before anything runs
@@ -179,12 +186,12 @@ def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str]
         "summaries": [dict(s, record=Path(os.path.relpath(r, out)).as_posix()) for s, r in zip(summaries, records)],
     }
     fig = draw_course(summaries, describe(course))
-    try:
-        (out / f"{name}.json").write_text(json.dumps(course, indent=2) + "\n")
-        fig.savefig(out / f"{name}.png", dpi=100)
+    try:  # each to a temporary name, renamed: a failed write leaves the previous summary whole
+        save_figure(fig, out / f"{name}.png", dpi=100)  # the figure first: the JSON never describes a missing one
+        write_atomically(out / f"{name}.json", lambda f: f.write((json.dumps(course, indent=2) + "\n").encode()))
     except OSError as err:
-        print(f"python -m common.tools.course: error: cannot write the summary to {out}: {err.strerror}", file=sys.stderr)
-        sys.exit(BAD_INPUT)
+        raise CourseError(f"cannot write the summary to {out}: {err.strerror or err}{free_space_note(out)}; "
+                          "the previous summary and figure are unchanged", WRITE_FAILED) from None
     finally:
         plt.close(fig)  # pyplot keeps every figure it made until it is closed
     return out / f"{name}.json", out / f"{name}.png", course
@@ -294,4 +301,4 @@ def group_label(summaries: list[dict], members: list[int]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every ending (common/run/program.py)

@@ -47,6 +47,8 @@ from common.cli import HelpFormatter, OneLineParser, positive_int
 from common.data import SYNTHETIC_NAME
 from common.errors import BAD_INPUT
 from common.harness import relative_error, sample_batches
+from common.run.checkpoint import save_figure, write_atomically
+from common.run.program import os_error, run_program
 from common.weights import PARAM_NAMES, reference_params
 from stages import stage01_numpy as stage1
 
@@ -379,7 +381,7 @@ def draw_scans(scans: list[Scan], batch_size: int):
 
 def plot_scans(scans: list[Scan], path: Path, batch_size: int) -> None:
     """The figure of draw_scans, written to `path`, DPI pixels per inch: 900 px wide."""
-    draw_scans(scans, batch_size).savefig(path, dpi=DPI)
+    save_figure(draw_scans(scans, batch_size), path, dpi=DPI)  # to a temporary name, renamed: never a partial figure
 
 
 # ---------------------------------------------------------------- torch.autograd.gradcheck
@@ -524,7 +526,8 @@ def writable_figure(parser: OneLineParser, out: str) -> Path:
         if not os.access(path.parent, os.W_OK):
             raise ValueError("its folder is not writable")
     except (OSError, ValueError) as err:
-        parser.exit(BAD_INPUT, f"{parser.prog}: error: cannot write --out {out}: {err}\n")
+        why = os_error(err) if isinstance(err, OSError) else err
+        parser.exit(BAD_INPUT, f"{parser.prog}: error: cannot write --out {out}: {why}\n")
     return path
 
 
@@ -573,10 +576,10 @@ def main(argv=None) -> dict:
     print("\n".join(torch_verdicts(checks)))
 
     record = as_record(table, scans, checks, args)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    write_atomically(out.with_suffix(".json"), lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
     print(f"\nwritten: {out}, {out.with_suffix('.json')}")
     return record
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)  # one line and an exit code for every ending (common/run/program.py)

@@ -13,6 +13,7 @@ import shlex
 import sys
 
 from common.errors import BAD_INPUT
+from common.run.program import run_program
 
 
 def args_from_env() -> list[str]:
@@ -22,11 +23,18 @@ def args_from_env() -> list[str]:
         fail(f"ARGS: {err}")
 
 
+def number(variable: str, what: str, example: str, default: str = "") -> int:
+    """A make variable as a whole number, by the rule int() uses: "3", " 3", "٣" (another script's
+    digit) are 3; "²" or "3.0" are refused here in one line, not by a traceback later."""
+    text = os.environ.get(variable, default).strip()
+    try:
+        return int(text)
+    except ValueError:
+        fail(f"{variable}={text!r} is not {what} (try {example})")
+
+
 def stage_number(variable: str, example: str) -> int:
-    text = os.environ.get(variable, "").strip()
-    if not text.isdigit():
-        fail(f"{variable}={text!r} is not a stage number (try {example})")
-    return int(text)
+    return number(variable, "a stage number", example)
 
 
 def fail(message: str) -> None:
@@ -34,12 +42,12 @@ def fail(message: str) -> None:
     raise SystemExit(BAD_INPUT)
 
 
-def stage_file(number: int, variable: str):
+def stage_file(n: int, variable: str):
     from common.harness import stage_file, stage_files
 
-    found = stage_file(number)
+    found = stage_file(n)
     if found is None:
-        fail(f"no stage {variable}={number} (the stages are 1 to {len(stage_files())})")
+        fail(f"no stage {variable}={n} (the stages are 1 to {len(stage_files())})")
     return found
 
 
@@ -73,17 +81,20 @@ def diff() -> None:
 def ddp() -> None:
     from common.tools import torchrun
 
-    nproc = os.environ.get("NPROC", "2").strip()
-    if not nproc.isdigit() or int(nproc) < 1:
-        fail(f"NPROC={nproc!r} is not a number of processes (try NPROC=2)")
-    torchrun.main(["--nproc-per-node", nproc, "-m", "stages.stage11_distributed"] + args_from_env())
+    nproc = number("NPROC", "a number of processes", "NPROC=2", default="2")
+    if nproc < 1:
+        fail(f"NPROC={nproc} is not a number of processes (try NPROC=2)")
+    torchrun.main(["--nproc-per-node", str(nproc), "-m", "stages.stage11_distributed"] + args_from_env())
 
 
-def module(name: str, fixed: list[str] = ()):
-    """A target that runs `python -m name` with fixed arguments and then ARGS."""
+def module(name: str, fixed: list[str] = (), stage: bool = False):
+    """A target that runs `python -m name` with fixed arguments and then ARGS; stage: it reads
+    STAGE, checked (and written as plain digits) here."""
     def target() -> None:
         import runpy
 
+        if stage and os.environ.get("STAGE", "").strip():
+            os.environ["STAGE"] = str(stage_number("STAGE", "STAGE=3"))
         sys.argv = [name, *fixed, *args_from_env()]
         runpy.run_module(name, run_name="__main__", alter_sys=True)
     return target
@@ -112,8 +123,9 @@ TARGETS = {
     "gradcheck": module("common.tools.gradcheck"), "bench": module("benchmarks.bench"),
     "compare": module("common.tools.compare"), "site": module("common.tools.site"),
     "batch-experiment": module("common.tools.batch_experiment"),
-    "exercise": module("common.tools.exercises", ["exercise"]), "check": module("common.tools.exercises", ["check"]),
-    "solution": module("common.tools.exercises", ["solution"]), "notebooks": module("common.tools.notebooks"),
+    "exercise": module("common.tools.exercises", ["exercise"], stage=True),
+    "check": module("common.tools.exercises", ["check"], stage=True),
+    "solution": module("common.tools.exercises", ["solution"], stage=True), "notebooks": module("common.tools.notebooks"),
     "mistakes": module("common.tools.mistakes"),
 }
 
@@ -126,4 +138,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main, name="make")  # one line and an exit code for every ending (common/run/program.py)

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from common.errors import INTERRUPTED, WRITE_FAILED, CourseError, one_line, printable
+from common.errors import INTERRUPTED, CourseError, one_line, printable
 from common.harness import ROOT
+from common.run.program import exit_code_of
 
 GALLERY_PAGE = "docs/mistakes.md"
 
@@ -567,7 +568,7 @@ def main(argv=None) -> int:
         return err.exit_code
     except OSError as err:
         print(f"mistakes: cannot write {err.filename or args.out}: {err.strerror}", file=sys.stderr)
-        return WRITE_FAILED
+        return exit_code_of(err)  # 4 for a write that failed midway, 2 for a folder that cannot be used
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)

@@ -31,7 +31,9 @@ import sys
 import time
 from pathlib import Path
 
+from common.cli import OneLineParser
 from common.harness import ROOT, stage_files
+from common.run.program import run_program
 from common.tools.exercises.catalog import EXERCISES
 from common.tools.lessons import LESSONS_DIR, Lesson, read_lesson, relink, relative_to
 
@@ -293,8 +295,8 @@ def execute(path: Path, timeout: int = 600):
 
 
 def main(argv=None) -> list[Path]:
-    parser = argparse.ArgumentParser(prog="python -m common.tools.notebooks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m common.tools.notebooks", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=NOTEBOOKS_DIR, help="folder for the notebooks")
     parser.add_argument("--lessons", type=Path, default=LESSONS_DIR, help="the lesson pages, stageNN_<name>.md")
     parser.add_argument("--execute", action="store_true", help="run each notebook once and save its outputs")
@@ -312,4 +314,4 @@ def main(argv=None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_program(lambda: main(sys.argv[1:]))  # one line and an exit code for every ending
