@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import CourseError
 from common.run import signals, summary
 from common.run.guard import Guard
 from common.run.progress import Progress
@@ -54,10 +53,6 @@ class StageRun:
     @property
     def record_dir(self) -> Path:
         return self.record.folder if self.record is not None else Path(os.devnull)
-
-    @property
-    def running_loss(self) -> float:
-        return self.progress.running_loss
 
     # ---------------------------------------------------------------- called from the loop
     def resume(self, *objects) -> int:
@@ -106,7 +101,7 @@ class StageRun:
                            data={"source": data.source, "details": getattr(data, "details", None)})
         seconds = time.perf_counter() - self._start
         self.record.row("accuracy.csv", (self.epoch, self.steps, f"{accuracy:.6f}", f"{seconds:.2f}"))
-        self.progress.say(f"{self.stage} epoch {self.epoch}: running loss {self.running_loss:.4f}, "
+        self.progress.say(f"{self.stage} epoch {self.epoch}: running loss {self.progress.running_loss:.4f}, "
                           f"test accuracy {100 * accuracy:.2f}% ({seconds:.1f}s)")
         if self.steps - self._epoch["first_step"] == self._epoch["steps"]:  # a whole epoch
             self.checkpoints.save(self.epoch, self.steps, self._epoch["steps"])
@@ -132,18 +127,13 @@ class StageRun:
         except BaseException as err:
             self.__exit__(type(err), err, err.__traceback__)
             raise
-        # a diverging run overflows on the way to NaN; log_step() reports that in one line instead
-        self._quiet_numpy = np.errstate(over="ignore", invalid="ignore")
-        self._quiet_numpy.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             self.progress.close()
-            if hasattr(self, "_quiet_numpy"):
-                self._quiet_numpy.__exit__(None, None, None)
             if self.record is not None and not self.guard.write_failed(exc):
-                self._write_pending()  # what the last steps computed is not lost when the run ends
+                self.step_log.write_pending(at_the_end=True)  # what the last steps computed is not lost
             if exc is None:
                 self.guard.finish(self._finish, self._mark_incomplete, self.record_dir)
                 return False
@@ -162,15 +152,9 @@ class StageRun:
                 self.threads.restore()
             self.guard.__exit__(None, None, None)
 
-    def _write_pending(self) -> None:
-        try:
-            self.step_log.write_pending()
-        except (CourseError, KeyboardInterrupt, MemoryError):  # a divergence among them, a second Ctrl-C
-            pass
-
     def _finish(self) -> None:
         accuracy = self.accuracies[-1] if self.accuracies else float("nan")
-        self.summary = {"stage": self.stage, "final_loss": self.running_loss, "test_accuracy": accuracy,
+        self.summary = {"stage": self.stage, "final_loss": self.progress.running_loss, "test_accuracy": accuracy,
                         "seconds": time.perf_counter() - self._start, "steps": self.steps,
                         "record": str(self.record_dir), "complete": True, "data": self._epoch["data"]}
         if self.record.writes:
@@ -180,10 +164,7 @@ class StageRun:
     def _mark_incomplete(self, why: str) -> None:
         """An ended run leaves summary.json saying it is incomplete, why, and by which signal."""
         if self.record is not None and self.main_process:
-            ended = {"stage": self.stage, "complete": False, "ended": why, "steps": self.steps,
-                     "record": str(self.record_dir)}
-            self.record.mark_incomplete(dict(ended, signal=self.guard.signal_name()) if self.guard.signalled()
-                                        else ended)
+            self.record.mark_incomplete(why, self.steps, self.guard.signal_name() if self.guard.signalled() else None)
 
     def _interrupted_message(self) -> str:
         if self.record is None:

@@ -6,6 +6,8 @@ import signal
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from common.errors import INTERRUPTED, OUT_OF_MEMORY, WRITE_FAILED, CourseError, one_line, printable
 from common.loaded import loaded_torch
 from common.run import checkpoint, signals, streams
@@ -19,9 +21,13 @@ class Guard:
 
     def __enter__(self) -> "Guard":
         signals.defer()
+        # a diverging run overflows on the way to NaN; the step log reports that in one line instead
+        self._quiet_numpy = np.errstate(over="ignore", invalid="ignore")
+        self._quiet_numpy.__enter__()
         return self
 
     def __exit__(self, *exc) -> bool:
+        self._quiet_numpy.__exit__(None, None, None)
         signals.restore()
         return False
 

@@ -26,7 +26,7 @@ class Record:
     distributed run but one) nothing is written, and every call is a no-op."""
 
     def __init__(self, out: Path | None, stage: str, options: dict):
-        self.folder = Path(os.devnull)
+        self.stage, self.folder = stage, Path(os.devnull)
         self.files: dict[str, RecordFile] = {}
         if out is not None:
             self.folder = new_record_dir(Path(out) / stage)
@@ -60,10 +60,14 @@ class Record:
             state = {name: value.detach().cpu().clone() for name, value in params.items()}
             write_whole(self.folder / "model.pt", lambda f: torch.save(state, f))
 
-    def mark_incomplete(self, summary: dict) -> None:
-        """summary.json says the run ended early, and why; a full disk keeps its own message."""
+    def mark_incomplete(self, why: str, steps: int, signal_name: str | None = None) -> None:
+        """summary.json says the run ended early, why, after how many steps, and by which signal;
+        a full disk keeps its own message."""
         if not self.writes or not self.folder.exists():
             return
+        summary = {"stage": self.stage, "complete": False, "ended": why, "steps": steps, "record": str(self.folder)}
+        if signal_name is not None:
+            summary["signal"] = signal_name
         try:
             self.write_json("summary.json", summary)
         except CourseError:

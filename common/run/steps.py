@@ -59,9 +59,16 @@ class StepLog:
         if len(self.pending) >= READ_EVERY:
             self.write_pending()
 
-    def write_pending(self) -> None:
+    def write_pending(self, at_the_end: bool = False) -> None:
         """Every pending step into the record, up to a loss that is NaN or infinite, which ends
-        the run in one line naming its step."""
+        the run in one line naming its step. At the end of a run that is already ending, that
+        ending stands: a divergence found now, or a second Ctrl-C, is not raised over it."""
+        if at_the_end:
+            try:
+                self.write_pending()
+            except (CourseError, KeyboardInterrupt, MemoryError):
+                pass
+            return
         rows = self.pending.read()
         diverged = first_non_finite(rows)
         rows = [row for row in rows if diverged is None or row[0] <= diverged[0]]
