@@ -404,13 +404,17 @@ MAKE_VARIABLES = ("ARGS", "STAGE", "FROM", "TO", "NPROC", "FORCE", "MAKEFLAGS", 
                   "MAKEOVERRIDES")
 
 
+def outside_make(**variables: str) -> dict:
+    """This process's environment without what an outer make handed down, plus `variables`."""
+    return {**{name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}, **variables}
+
+
 def make(course: Path, *args: str) -> subprocess.CompletedProcess:
     """make in `course` (a copy, or ROOT), with this interpreter's environment; -o: never (re)build
     that environment, whatever the timestamps of requirements.txt and its marker file say."""
     venv = Path(sys.prefix)
-    env = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
     return subprocess.run(["make", "--no-print-directory", f"VENV={venv}", "-o", str(venv / ".installed"), *args],
-                          cwd=course, capture_output=True, text=True, timeout=EVENT_TIMEOUT, env=env)
+                          cwd=course, capture_output=True, text=True, timeout=EVENT_TIMEOUT, env=outside_make())
 
 
 # ---------------------------------------------------------------- a small data folder
@@ -491,7 +495,7 @@ def held_at(where: str, folder: Path, caller: str | None = None) -> dict:
     site = folder / "site"
     site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(HOLD_SITE)
-    env = dict(os.environ, PYTHONPATH=str(site), COURSE_HOLD_DIR=str(folder), COURSE_HOLD_AT=where)
+    env = outside_make(PYTHONPATH=str(site), COURSE_HOLD_DIR=str(folder), COURSE_HOLD_AT=where)
     if caller is not None:
         env["COURSE_HOLD_CALLER"] = caller
     return env

@@ -3,7 +3,6 @@ variables that only look like numbers, an --out or work/ folder that cannot be u
 file that is not UTF-8."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 
 from common.errors import BAD_INPUT, WRITE_FAILED
 from common.tools import make as make_py
-from tests.helpers import EVENT_TIMEOUT, ROOT, copy_of_the_course, make
+from tests.helpers import EVENT_TIMEOUT, ROOT, copy_of_the_course, make, outside_make
 
 
 def tool_code(result) -> int | None:
@@ -118,7 +117,7 @@ def test_a_tools_output_lost_on_a_full_device_is_one_line_and_4(tmp_path):
     with open("/dev/full", "w") as full:
         result = subprocess.run([sys.executable, "-m", "common.tools.make", "diff"], cwd=ROOT, stdout=full,
                                 stderr=subprocess.PIPE, text=True, timeout=EVENT_TIMEOUT,
-                                env=dict(os.environ, FROM="2", TO="3"))
+                                env=outside_make(FROM="2", TO="3"))
     assert result.returncode == WRITE_FAILED and "Traceback" not in result.stderr, result.stderr[-800:]
     assert result.stderr.strip().splitlines() == ["make: error: stdout (No space left on device): the printed output "
                                                   "was lost"]
