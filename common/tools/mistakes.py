@@ -556,6 +556,7 @@ def main(argv=None) -> int:
     # SIGTERM and SIGHUP end it as a Ctrl-C does: one line, nothing half-written
     saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)  # before the runs: a folder that cannot be made is said at once
         with tempfile.TemporaryDirectory(prefix="mistakes-") as folder:
             report = run_gallery(mistakes, Path(folder))
         report["seconds"] = round(time.perf_counter() - start)
