@@ -138,7 +138,7 @@ TINY_TRAIN, TINY_TEST = 40, 10  # the images of conftest's `tiny_data` folder
 
 def tiny(data_dir: Path) -> list[str]:
     """Whole epochs of 10 steps in a moment, batches of 4 from the `tiny_data` folder, on one thread
-    (a run then repeats bit for bit: the README's Determinism): for checkpoints and resumes, which
+    (a run then repeats bit for bit: docs/running.md, Determinism): for checkpoints and resumes, which
     happen at the end of an epoch, and for runs that several tests read or that must repeat."""
     return ["--data-dir", str(data_dir), "--batch-size", "4", "--threads", "1"]
 

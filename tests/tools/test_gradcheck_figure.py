@@ -1,4 +1,4 @@
-"""The gradient check's figure reads at the width the README shows it (about 900 px): every text of
+"""The gradient check's figure reads at the width docs/tools.md shows it on GitHub (about 900 px): every text of
 it, measured from the matplotlib objects, is at least MIN_TEXT_PX high there."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from matplotlib.text import Text
 
 from common.tools.gradcheck import FIGURE_PARAMS, DPI, draw_scans, plot_scans, scan_steps
 
-README_WIDTH_PX = 900  # the README's column on GitHub, where docs/figures/gradcheck-step-size.png is shown
+PAGE_WIDTH_PX = 900  # a page's column on GitHub, where docs/tools.md shows docs/figures/gradcheck-step-size.png
 MIN_TEXT_PX = 11  # smaller text than this cannot be read on a screen without zooming
 
 
@@ -18,9 +18,9 @@ def figure():
 
 
 def shown_px(fig, text: Text) -> float:
-    """A text's font size in pixels once the whole figure is scaled to README_WIDTH_PX."""
+    """A text's font size in pixels once the whole figure is scaled to PAGE_WIDTH_PX."""
     width_px = fig.get_figwidth() * DPI
-    return text.get_fontsize() / 72 * DPI * min(1.0, README_WIDTH_PX / width_px)
+    return text.get_fontsize() / 72 * DPI * min(1.0, PAGE_WIDTH_PX / width_px)
 
 
 def test_every_text_is_legible_at_the_readmes_width(figure):
@@ -29,7 +29,7 @@ def test_every_text_is_legible_at_the_readmes_width(figure):
     texts = [t for t in fig.findobj(Text) if t.get_text().strip() and t.get_visible()]
     assert len(texts) > 40, "the check saw the labels, the notes and the ticks"
     small = sorted({(round(shown_px(fig, t), 1), t.get_text()[:40]) for t in texts if shown_px(fig, t) < MIN_TEXT_PX})
-    assert small == [], f"too small at {README_WIDTH_PX} px: {small[:5]}"
+    assert small == [], f"too small at {PAGE_WIDTH_PX} px: {small[:5]}"
 
 
 def test_one_panel_per_parameter_each_with_its_own_step_axis(figure):
@@ -54,4 +54,4 @@ def test_the_written_figure_is_at_most_the_readmes_width(figure, tmp_path):
     from matplotlib.image import imread
 
     height, width = imread(tmp_path / "step-size.png").shape[:2]
-    assert width <= README_WIDTH_PX and height > width, "one column of panels, shown at its own size"
+    assert width <= PAGE_WIDTH_PX and height > width, "one column of panels, shown at its own size"
