@@ -189,11 +189,24 @@ class StageResult:
 
 def run_main(stage: str | int, out_dir: Path, *argv: str, preset: list[str] = SMOKE) -> StageResult:
     """load_stage(stage).main(preset + ["--out", out_dir] + argv) in this process, its printing
-    captured, and what it left. A later argument overrides the preset's (argparse keeps the last)."""
+    captured, and what it left. A later argument overrides the preset's (argparse keeps the last).
+
+    Each run starts with torch.compile's in-memory caches empty, as in a new process. Otherwise a
+    compiled stage reuses the graphs of earlier runs in this process, and a graph that an earlier
+    run's batch size made dynamic adds in another order than the static graph a new process
+    compiles: tests/equivalence/test_determinism.py shows it."""
+    forget_compiled_graphs()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         summary = load_stage(stage).main([*preset, "--out", str(out_dir), *argv])
     return StageResult(summary, Path(summary["record"]), out.getvalue(), err.getvalue())
+
+
+def forget_compiled_graphs() -> None:
+    """torch.compiler.reset(): a compiled stage then traces afresh (inductor's kernels on disk stay)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.compiler.reset()
 
 
 def exit_of_main(stage: str | int, argv: list[str], capsys) -> tuple[int, str, str]:

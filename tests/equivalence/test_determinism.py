@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import ALL_STAGES, run_main, smoke_argv, tiny
+from tests.helpers import ALL_STAGES, run_main, smoke_argv, stages_where, takes_option, tiny
 
 # The runs fix the thread count (tests.helpers.tiny): the order in which a sum is split over
 # threads changes its last bits, and --threads auto may choose differently from one run to the next.
@@ -20,6 +20,17 @@ def test_same_seed_same_losses_and_parameters_bit_for_bit(stage_name, smoke_run,
     assert list(first_params) == list(second_params)
     for name in first_params:
         assert np.array_equal(first_params[name], second_params[name]), name
+
+
+@pytest.mark.parametrize("stage_name", stages_where(takes_option("--compile")))
+def test_a_compiled_stage_repeats_after_a_run_with_another_batch_size(stage_name, tiny_data, tmp_path):
+    """A run at batch 8 in between makes the compiled graph's batch dimension dynamic; the next
+    run must still compile its own static graph, as a new process does (tests.helpers.run_main)."""
+    first = run_main(stage_name, tmp_path / "first", *smoke_argv(stage_name), preset=tiny(tiny_data))
+    run_main(stage_name, tmp_path / "between", *smoke_argv(stage_name), "--max-steps", "2",
+             preset=[*tiny(tiny_data), "--batch-size", "8"])
+    again = run_main(stage_name, tmp_path / "again", *smoke_argv(stage_name), preset=tiny(tiny_data))
+    assert first.text("losses.csv") == again.text("losses.csv")
 
 
 @pytest.mark.parametrize("stage_name", [ALL_STAGES[0], ALL_STAGES[-1]])
