@@ -41,8 +41,7 @@ class StageRun:
     def __init__(self, stage_file: str, args: argparse.Namespace, main_process: bool = True):
         self.stage, self.args, self.main_process = Path(stage_file).stem, args, main_process
         self.steps = self.epoch = 0  # steps count those of a resumed run too
-        self.accuracies: list[float] = []
-        self.summary: dict = {}
+        self.accuracies, self.summary = [], {}  # the test accuracy of each epoch; summary.json's content
         self.progress = Progress(self.stage, shown=main_process)
         self.checkpoints = Checkpoints(self.stage, args, writes=main_process)
         self.guard = Guard(self.stage, shown=main_process, args=args)
@@ -130,6 +129,7 @@ class StageRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self.guard.stop_watching_workers(exc)
         try:
             self.progress.close()
             if self.record is not None and not self.guard.write_failed(exc):

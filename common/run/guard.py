@@ -3,6 +3,7 @@ run agreeing first), and every way a run can end becomes one line and an exit co
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -24,9 +25,12 @@ class Guard:
         # a diverging run overflows on the way to NaN; the step log reports that in one line instead
         self._quiet_numpy = np.errstate(over="ignore", invalid="ignore")
         self._quiet_numpy.__enter__()
+        self._excepthook = sys.excepthook
+        sys.excepthook = quiet_hand_over(sys.excepthook)
         return self
 
     def __exit__(self, *exc) -> bool:
+        sys.excepthook = self._excepthook
         self._quiet_numpy.__exit__(None, None, None)
         signals.restore()
         return False
@@ -44,6 +48,14 @@ class Guard:
         if asked:
             signals.stopping()  # a further signal now ends the program at once
             raise KeyboardInterrupt
+
+    @staticmethod
+    def stop_watching_workers(exc: BaseException | None) -> None:
+        """A run ending on an error (a DataLoader worker killed, say): from here on, another worker
+        that ends is no news. torch's SIGCHLD handler would raise whenever one does, mid-way through
+        the clean-up, and its traceback would follow the run's one line."""
+        if exc is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     @staticmethod
     def write_failed(exc: BaseException | None) -> bool:
@@ -126,9 +138,6 @@ def out_of_memory_message(exc: BaseException, args) -> str | None:
     # a batch cut off on its way from a dead worker; a worker's own error (a file not found) is re-raised as it is
     if not worker_died and not (isinstance(exc, (ConnectionError, EOFError)) and _in_data_loader(exc)):
         return None
-    if threading.current_thread() is threading.main_thread():
-        # torch's SIGCHLD handler raises again whenever another child ends: not during the clean-up
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     what = (one_line(str(exc).split(". ")[0], 100) if worker_died
             else f"a DataLoader worker ended while handing over a batch ({one_line(exc, 60)})")
     return (f"{what}, most often by the system's out-of-memory killer: try fewer --workers than "
@@ -136,12 +145,27 @@ def out_of_memory_message(exc: BaseException, args) -> str | None:
 
 
 def _in_data_loader(exc: BaseException) -> bool:
-    tb = exc.__traceback__
+    return _passes_through(exc.__traceback__, "torch/utils/data/")
+
+
+def _passes_through(tb, path_part: str) -> bool:
     while tb is not None:
-        if "torch/utils/data/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+        if path_part in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
             return True
         tb = tb.tb_next
     return False
+
+
+def quiet_hand_over(previous):
+    """sys.excepthook during a run. multiprocessing's resource-sharer thread, which passes file
+    descriptors between this process and its DataLoader workers, reports a worker that died
+    mid-way through sys.excepthook, as a traceback; the main thread already says in one line that
+    the worker died (out_of_memory_message). Every other error goes to `previous`."""
+    def hook(kind, exc, tb):
+        if issubclass(kind, (ConnectionError, EOFError)) and _passes_through(tb, "multiprocessing/resource_sharer.py"):
+            return
+        previous(kind, exc, tb)
+    return hook
 
 
 def divergence_message(loss: float, step: int, args) -> str:

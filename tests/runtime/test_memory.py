@@ -16,7 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from common.errors import OUT_OF_MEMORY
+from common.harness import stage_options
+from common.run import StageRun
+from common.run.guard import quiet_hand_over
+from common.run.progress import Progress
 from tests.helpers import EVENT_TIMEOUT, ROOT, Background, held_at
 
 ADDRESS_SPACE = 1500 * 2**20  # enough to start the numpy stage, not for its im2col of 8000 images (1.75 GiB)
@@ -73,3 +79,43 @@ def test_a_dataloader_worker_killed_is_one_line_naming_the_workers(tmp_path):
     summary = incomplete(out, "out of memory")
     [losses] = out.glob("*/*/losses.csv")  # the other worker may have handed over a batch or more meanwhile
     assert len(losses.read_text().splitlines()) - 1 == summary["steps"], "every step taken is in the record"
+
+
+def test_a_child_ending_during_the_clean_up_adds_no_traceback(tmp_path, monkeypatch, capsys):
+    """Once a worker died, torch's SIGCHLD handler raises whenever a child process ends, and the
+    other workers end while the run cleans up. Played here: that handler, and a child that ends
+    in Progress.close (the first thing StageRun.__exit__ does). The run still ends in one line."""
+    def like_torchs_handler(signum, frame):
+        raise RuntimeError("DataLoader worker (pid 2) is killed by signal: Killed.")
+
+    args = stage_options(7, ["--out", str(tmp_path)])
+    close = Progress.close
+    monkeypatch.setattr(Progress, "close", lambda self: (subprocess.run(["true"]), close(self)))
+    previous = signal.signal(signal.SIGCHLD, like_torchs_handler)
+    try:
+        with pytest.raises(SystemExit) as ended, StageRun("stage07_dataloader.py", args):
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Killed.")
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert ended.value.code == OUT_OF_MEMORY
+    assert said(capsys.readouterr().err)[0].startswith("stage07_dataloader: error: DataLoader worker (pid 1)")
+
+
+def raised_in(filename: str, error: BaseException):
+    """The (type, value, traceback) of `error` raised by code that says it is in `filename`."""
+    try:
+        exec(compile("raise error", filename, "exec"), {"error": error})
+    except BaseException:
+        return sys.exc_info()
+
+
+def test_a_hand_over_cut_off_in_multiprocessing_s_thread_prints_nothing(capsys):
+    """multiprocessing's resource-sharer thread reports a worker gone mid-way through sys.excepthook
+    (as a traceback); during a run that says nothing, as the main thread says it in one line."""
+    hook = quiet_hand_over(sys.__excepthook__)
+    hook(*raised_in("/usr/lib/python3.11/multiprocessing/resource_sharer.py", ConnectionResetError(104, "reset")))
+    assert capsys.readouterr().err == ""
+    hook(*raised_in("/usr/lib/python3.11/multiprocessing/resource_sharer.py", ValueError("a bug")))
+    hook(*raised_in("/work/my_stage.py", ConnectionResetError(104, "reset")))
+    printed = capsys.readouterr().err
+    assert printed.count("Traceback") == 2 and "ValueError: a bug" in printed, "any other error shows"
