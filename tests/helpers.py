@@ -193,8 +193,8 @@ def run_main(stage: str | int, out_dir: Path, *argv: str, preset: list[str] = SM
 
     Each run starts with torch.compile's in-memory caches empty, as in a new process. Otherwise a
     compiled stage reuses the graphs of earlier runs in this process, and a graph that an earlier
-    run's batch size made dynamic adds in another order than the static graph a new process
-    compiles: tests/equivalence/test_determinism.py shows it."""
+    run's batch size made dynamic is other generated code than the static graph a new process
+    compiles, with other last digits: tests/equivalence/test_determinism.py shows it."""
     forget_compiled_graphs()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
