@@ -22,6 +22,7 @@ def test_same_seed_same_losses_and_parameters_bit_for_bit(stage_name, smoke_run,
         assert np.array_equal(first_params[name], second_params[name]), name
 
 
+@pytest.mark.slow  # three compiled runs: of the test harness, so not in make test-quick
 @pytest.mark.parametrize("stage_name", stages_where(takes_option("--compile")))
 def test_a_compiled_stage_repeats_after_a_run_with_another_batch_size(stage_name, tiny_data, tmp_path):
     """A run at batch 8 in between makes the compiled graph's batch dimension dynamic; the next

@@ -109,7 +109,7 @@ def raised_in(filename: str, error: BaseException):
         return sys.exc_info()
 
 
-def test_a_hand_over_cut_off_in_multiprocessing_s_thread_prints_nothing(capsys):
+def test_a_hand_over_cut_off_in_the_resource_sharer_thread_prints_nothing(capsys):
     """multiprocessing's resource-sharer thread reports a worker gone mid-way through sys.excepthook
     (as a traceback); during a run that says nothing, as the main thread says it in one line."""
     hook = quiet_hand_over(sys.__excepthook__)
