@@ -19,6 +19,7 @@ AGREE_EVERY = 10  # steps between two agreements on stopping, in a distributed r
 class Guard:
     def __init__(self, stage: str, shown: bool, args=None):
         self.stage, self.shown, self.args = stage, shown, args
+        self._sigchld = None  # torch's SIGCHLD handler, while stop_watching_workers has it off
 
     def __enter__(self) -> "Guard":
         signals.defer()
@@ -31,6 +32,9 @@ class Guard:
 
     def __exit__(self, *exc) -> bool:
         sys.excepthook = self._excepthook
+        if self._sigchld is not None and signals.program() != "stage":  # a stage program ends here
+            signal.signal(signal.SIGCHLD, self._sigchld)  # the next run in this process is watched again
+            self._sigchld = None
         self._quiet_numpy.__exit__(None, None, None)
         signals.restore()
         return False
@@ -49,13 +53,14 @@ class Guard:
             signals.stopping()  # a further signal now ends the program at once
             raise KeyboardInterrupt
 
-    @staticmethod
-    def stop_watching_workers(exc: BaseException | None) -> None:
-        """A run ending on an error (a DataLoader worker killed, say): from here on, another worker
-        that ends is no news. torch's SIGCHLD handler would raise whenever one does, mid-way through
-        the clean-up, and its traceback would follow the run's one line."""
-        if exc is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    def stop_watching_workers(self, exc: BaseException | None) -> None:
+        """A run ending on an error (a DataLoader worker killed, say): until the run's clean-up is
+        done, a child process that ends is no news. torch's SIGCHLD handler may still report the
+        dead worker late (any child that ends triggers its check), mid-way through the clean-up,
+        and its traceback would follow the run's one line."""
+        main_thread = threading.current_thread() is threading.main_thread()
+        if exc is not None and main_thread and hasattr(signal, "SIGCHLD"):  # Windows has none
+            self._sigchld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     @staticmethod
     def write_failed(exc: BaseException | None) -> bool:
@@ -157,10 +162,11 @@ def _passes_through(tb, path_part: str) -> bool:
 
 
 def quiet_hand_over(previous):
-    """sys.excepthook during a run. multiprocessing's resource-sharer thread, which passes file
-    descriptors between this process and its DataLoader workers, reports a worker that died
-    mid-way through sys.excepthook, as a traceback; the main thread already says in one line that
-    the worker died (out_of_memory_message). Every other error goes to `previous`."""
+    """sys.excepthook during a run (forked DataLoader workers inherit it). multiprocessing's
+    resource-sharer thread, which passes file descriptors between this process and its workers,
+    reports a hand-over that the other side broke off (a worker killed) through sys.excepthook, as
+    a traceback; the main thread already says in one line that the worker died
+    (out_of_memory_message). Every other error goes to `previous`."""
     def hook(kind, exc, tb):
         if issubclass(kind, (ConnectionError, EOFError)) and _passes_through(tb, "multiprocessing/resource_sharer.py"):
             return

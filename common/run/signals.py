@@ -108,6 +108,11 @@ def restore() -> None:
         ending(0)  # the run finished: a stage has nothing left to do but exit
 
 
+def program() -> str | None:
+    """"stage" or "tool" (see the top); None for a main() called from Python (a test, a notebook)."""
+    return _state["program"]
+
+
 def pending() -> int | None:
     """The first signal received since the window began, or None."""
     return _received[0] if _received else None
