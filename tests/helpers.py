@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from common.harness import TOLERANCES, driver, load_stage, relative_error, stage_names, worst_relative_error
+from common.loaded import loaded_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENT_TIMEOUT = 900  # a safety net only: the tests wait for events (a file, a row), never for a speed
@@ -204,7 +205,7 @@ def run_main(stage: str | int, out_dir: Path, *argv: str, preset: list[str] = SM
 
 def forget_compiled_graphs() -> None:
     """torch.compiler.reset(): a compiled stage then traces afresh (inductor's kernels on disk stay)."""
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     if torch is not None:
         torch.compiler.reset()
 
