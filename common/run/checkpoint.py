@@ -256,8 +256,10 @@ def check_writable(path: Path) -> None:
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".{path.name}.probe"
-        probe.write_bytes(b"")
+        # this process's own name: every process of a distributed run checks the same path at once
+        probe = folder / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.probe"
+        with open(probe, "xb"):
+            pass
         probe.unlink()
     except OSError as err:
         raise CourseError(f"--checkpoint {path}: cannot write there ({err.strerror or err})") from None

@@ -184,6 +184,27 @@ def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_training(pat
     assert losses_written(tmp_path) == 0, "refused before the first step"
 
 
+def test_two_processes_checking_one_checkpoint_path_at_once_both_pass(tmp_path, monkeypatch):
+    """Every process of a run under torchrun checks --checkpoint before training, at the same
+    moment. Played here in the order that once failed in CI: the second process's whole check
+    runs between the first one's test write and its clean-up."""
+    from common.run import checkpoint
+
+    path, interleaved = tmp_path / "ckpt.npz", []
+    unlink = Path.unlink
+
+    def unlink_after_the_other_process(self, *args, **kwargs):
+        if self.parent == tmp_path and not interleaved:
+            interleaved.append(self.name)
+            checkpoint.check_writable(path)  # the other process, start to end
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink_after_the_other_process)
+    checkpoint.check_writable(path)
+    assert interleaved, "the check cleans up with Path.unlink, where the other process was played in"
+    assert list(tmp_path.iterdir()) == [], "each process removes its own test file, and only that"
+
+
 @pytest.mark.parametrize("change,message", [
     (["--batch-size", "2"], "made with batch_size 4, but this run has 2"),
     (["--seed", "3"], "made with seed 0, but this run has 3"),
