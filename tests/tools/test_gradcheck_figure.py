@@ -23,7 +23,7 @@ def shown_px(fig, text: Text) -> float:
     return text.get_fontsize() / 72 * DPI * min(1.0, PAGE_WIDTH_PX / width_px)
 
 
-def test_every_text_is_legible_at_the_readmes_width(figure):
+def test_every_text_is_legible_at_the_pages_width(figure):
     fig, _ = figure
     fig.draw_without_rendering()  # tick labels exist once the figure is laid out
     texts = [t for t in fig.findobj(Text) if t.get_text().strip() and t.get_visible()]
@@ -48,7 +48,7 @@ def test_the_title_names_the_data(figure):
     assert "synthetic shapes, not CIFAR-10" in fig.get_suptitle()
 
 
-def test_the_written_figure_is_at_most_the_readmes_width(figure, tmp_path):
+def test_the_written_figure_is_at_most_the_pages_width(figure, tmp_path):
     _, scans = figure
     plot_scans(scans, tmp_path / "step-size.png", batch_size=4)
     from matplotlib.image import imread
