@@ -41,9 +41,10 @@ help:
 	$(ROW) "make setup" "create $(VENV) and install the pinned packages"
 	$(ROW) "make clean" "remove runs/, site/, notebooks/ and the caches (never work/)"
 
-$(READY): requirements.txt
+$(READY): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --editable .
 	touch $@
 
 setup: $(READY)

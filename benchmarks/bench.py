@@ -39,7 +39,7 @@ from common.cli import OneLineParser
 from common.data import make_synthetic
 from common.harness import driver, load_stage, sample_batches, stage_names, stage_options
 from common.run import StageRun
-from common.run.program import run_program
+from common.tools.program import run_program
 from common.run.threads import FIRST_LOOK, ThreadPolicy
 from common.weights import PARAM_SHAPES, reference_params
 
@@ -373,4 +373,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    run_program(main)  # one line and an exit code for every ending (common/run/program.py)
+    run_program(main)  # one line and an exit code for every ending (common/tools/program.py)

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import random
+import sys
 
 import numpy as np
 
-from common.loaded import loaded_torch
-
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's `random`, numpy's global generator and, if the stage uses it, torch."""
+    """Seed Python's `random`, numpy's global generator and, if the stage uses it, torch (the
+    numpy stage never imports torch, so torch is seeded only where it is loaded)."""
     random.seed(seed)
     np.random.seed(seed)
-    # Seed torch only where it is loaded: the numpy stage loads it only when torchvision does
-    # (--data auto trying ./data).
-    torch = loaded_torch()
+    torch = sys.modules.get("torch")
     if torch is not None:
         torch.manual_seed(seed)

@@ -1,12 +1,11 @@
-"""Stage 1: the tutorial's CIFAR-10 convnet in numpy alone, every forward and backward written by hand.
+"""Stage 1: the tutorial's CIFAR-10 convnet in numpy alone, every forward and backward by hand.
 
 Changes from stage 0 (nothing):
 - The model is a dict of arrays and each op has a backward function, so that every later stage
   reads as "this hand-written piece is now done by PyTorch".
-- The convolution is im2col (each 5x5 window becomes a column of one matrix product), because
-  numpy has no 2-D convolution.
-- The update is SGD with momentum as `torch.optim.SGD` defines it (`buf = momentum * buf + grad`,
-  `p -= lr * buf`), so that the later stages can match it number for number.
+- The convolution is im2col (each 5x5 window a column of one matrix product): numpy has none.
+- The update is `torch.optim.SGD`'s (`buf = momentum * buf + grad`, `p -= lr * buf`), so that
+  the later stages can match it number for number.
 
 Run: python -m stages.stage01_numpy --epochs 1
 """
@@ -75,7 +74,7 @@ def max_pool2x2(x):
     """2x2 max-pool with stride 2; also returns which of the 4 inputs won, for the backward.
     Unlike F.max_pool2d, which gives NaN for a window holding a NaN, this skips a NaN that is
     not the window's first input (NaN > x is False)."""
-    corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # each window's 4 inputs, as 4 views
+    corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # a window's 4 inputs, 4 views
     out, winner = corners[0], np.zeros(corners[0].shape, dtype=np.int8)
     for k in (1, 2, 3):  # strictly greater: on ties the first maximum wins, as in F.max_pool2d
         better = corners[k] > out
@@ -182,9 +181,10 @@ def batches(images, labels, batch_size, dtype, rng):
 
 # ---------------------------------------------------------------- training and evaluation
 def show_first_step(loss, conv1_bias_grad):
-    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
-    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
-               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
+    """Step 1's loss and conv1's bias gradient: the same numbers in every stage, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten "
+               "logits nearly equal); conv1.bias gradient: "
+               + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(params, momentum_buffers, train_batches, args, run):
@@ -193,21 +193,22 @@ def train_one_epoch(params, momentum_buffers, train_batches, args, run):
         loss, dlogits = cross_entropy(logits, y)
         grads = backward(params, cache, dlogits)
         sgd_momentum_update(params, momentum_buffers, grads, args.lr, args.momentum)
-        run.log_step(loss, grads)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        run.log_step(loss)
         if run.steps == 1:
-            show_first_step(loss, grads["conv1.bias"])  # tqdm.write prints above the progress bar
+            show_first_step(loss, grads["conv1.bias"])
         if run.steps == args.max_steps:
             return
 
 
 def evaluate(params, images, labels, dtype):
-    """How many test images the network classifies correctly, and the class it predicts for each."""
-    predicted = []
+    """How many test images are classified correctly."""
+    correct = 0
     for start in range(0, len(images), EVAL_BATCH_SIZE):
         x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
-        predicted.append(forward(params, x).argmax(axis=1))  # the class with the highest logit
-    predicted = np.concatenate(predicted)
-    return int((predicted == labels).sum()), predicted
+        y = labels[start:start + EVAL_BATCH_SIZE]
+        predicted = forward(params, x).argmax(axis=1)  # the class with the highest logit
+        correct += (predicted == y).sum().item()
+    return correct
 
 
 def main(argv=None):
@@ -216,16 +217,16 @@ def main(argv=None):
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         dtype = DTYPES[args.dtype]
-        params = {name: value.astype(dtype) for name, value in reference_params(args.seed).items()}
+        params = {name: value.astype(dtype)
+                  for name, value in reference_params(args.seed).items()}
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
-        first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
-        for epoch in range(first_epoch, args.epochs + 1):
+        for epoch in range(1, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
             train_one_epoch(params, momentum_buffers, train_batches, args, run)
-            correct, predicted = evaluate(params, data.test_x, data.test_y, dtype)
-            run.end_epoch(correct, data, predicted)  # prints the test accuracy
+            correct = evaluate(params, data.test_x, data.test_y, dtype)
+            run.end_epoch(correct, data)
             if run.steps == args.max_steps:
                 break
         run.save_params(params)

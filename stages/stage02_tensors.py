@@ -1,12 +1,9 @@
 """Stage 2: the same hand-written network, with torch tensors in place of numpy arrays.
 
 Changes from stage 1:
-- Every array is a `torch.Tensor` and every numpy call has its torch twin (`transpose` ->
-  `permute`, `sliding_window_view` -> `unfold`), because autograd, next, works on tensors.
-- The forward, the backward and the update are still written by hand, so the numbers are
-  stage 1's, to round-off.
-- The stage prints a tensor's dtype, device and shape, and shows that a trailing `_` changes a
-  tensor in place.
+- Every array is a `torch.Tensor`, every numpy call its torch twin (`transpose` -> `permute`,
+  `sliding_window_view` -> `unfold`), because autograd, next, works on tensors.
+- The forward, the backward and the update are still by hand: stage 1's numbers, to round-off.
 
 Run: python -m stages.stage02_tensors --epochs 1
 """
@@ -75,7 +72,7 @@ def max_pool2x2(x):
     """2x2 max-pool with stride 2; also returns which of the 4 inputs won, for the backward.
     Unlike F.max_pool2d, which gives NaN for a window holding a NaN, this skips a NaN that is
     not the window's first input (NaN > x is False)."""
-    corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # each window's 4 inputs, as 4 views
+    corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # a window's 4 inputs, 4 views
     out, winner = corners[0], torch.zeros(corners[0].shape, dtype=torch.int8)
     for k in (1, 2, 3):  # strictly greater: on ties the first maximum wins, as in F.max_pool2d
         better = corners[k] > out
@@ -123,13 +120,6 @@ def forward(params, x):
     """The logits alone, for predictions."""
     logits, _ = forward_with_cache(params, x)
     return logits
-
-
-def show_tensor(name, t):
-    """A tensor's dtype, device and shape, and what a trailing _ means, shown on a copy of it."""
-    w = t.clone()  # a copy: the demonstration leaves the weights alone
-    print(f"{name}: {t.dtype} on {t.device}, shape {tuple(t.shape)}; w.add(1) is w: {w.add(1) is w}, "
-          f"w.add_(1) is w: {w.add_(1) is w} (a trailing _ changes the tensor in place)")
 
 
 # ---------------------------------------------------------------- loss and step
@@ -189,9 +179,10 @@ def batches(images, labels, batch_size, dtype, rng):
 
 # ---------------------------------------------------------------- training and evaluation
 def show_first_step(loss, conv1_bias_grad):
-    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
-    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
-               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
+    """Step 1's loss and conv1's bias gradient: the same numbers in every stage, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten "
+               "logits nearly equal); conv1.bias gradient: "
+               + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(params, momentum_buffers, train_batches, args, run):
@@ -200,21 +191,22 @@ def train_one_epoch(params, momentum_buffers, train_batches, args, run):
         loss, dlogits = cross_entropy(logits, y)
         grads = backward(params, cache, dlogits)
         sgd_momentum_update(params, momentum_buffers, grads, args.lr, args.momentum)
-        run.log_step(loss, grads)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        run.log_step(loss)
         if run.steps == 1:
-            show_first_step(loss, grads["conv1.bias"])  # tqdm.write prints above the progress bar
+            show_first_step(loss, grads["conv1.bias"])
         if run.steps == args.max_steps:
             return
 
 
 def evaluate(params, images, labels, dtype):
-    """How many test images the network classifies correctly, and the class it predicts for each."""
-    predicted = []
+    """How many test images are classified correctly."""
+    correct = 0
     for start in range(0, len(images), EVAL_BATCH_SIZE):
         x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
-        predicted.append(forward(params, x).argmax(dim=1))  # the class with the highest logit
-    predicted = torch.cat(predicted)
-    return (predicted == torch.from_numpy(labels)).sum().item(), predicted
+        y = torch.from_numpy(labels[start:start + EVAL_BATCH_SIZE])
+        predicted = forward(params, x).argmax(dim=1)  # the class with the highest logit
+        correct += (predicted == y).sum().item()
+    return correct
 
 
 def main(argv=None):
@@ -223,17 +215,16 @@ def main(argv=None):
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         dtype = DTYPES[args.dtype]
-        params = {name: torch.tensor(value, dtype=dtype) for name, value in reference_params(args.seed).items()}
+        params = {name: torch.tensor(value, dtype=dtype)
+                  for name, value in reference_params(args.seed).items()}
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
-        first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
-        show_tensor("conv1.weight", params["conv1.weight"])
-        for epoch in range(first_epoch, args.epochs + 1):
+        for epoch in range(1, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
             train_one_epoch(params, momentum_buffers, train_batches, args, run)
-            correct, predicted = evaluate(params, data.test_x, data.test_y, dtype)
-            run.end_epoch(correct, data, predicted)  # prints the test accuracy
+            correct = evaluate(params, data.test_x, data.test_y, dtype)
+            run.end_epoch(correct, data)
             if run.steps == args.max_steps:
                 break
         run.save_params(params)

@@ -1,12 +1,10 @@
 """Stage 3: autograd computes the gradients; the hand-written backward functions are gone.
 
 Changes from stage 2:
-- The parameters are made with `requires_grad=True` and `loss.backward()` fills each one's
-  `.grad`, because autograd records the forward and walks it back.
-- `zero_grad(params)` sets every `.grad` to None before the step, because `backward()` adds to
-  what `.grad` already holds.
-- The update runs under `torch.no_grad()`, because changing a parameter in place while autograd
-  records is an error.
+- The parameters have `requires_grad=True` and `loss.backward()` fills each one's `.grad`:
+  autograd records the forward and walks it back.
+- `zero_grad(params)` sets every `.grad` to None first, because `backward()` adds to it.
+- The update runs under `torch.no_grad()`: autograd refuses an in-place change to a parameter.
 
 Run: python -m stages.stage03_autograd --epochs 1
 """
@@ -49,7 +47,7 @@ def max_pool2x2(x):
     """2x2 max-pool with stride 2.
     Unlike F.max_pool2d, which gives NaN for a window holding a NaN, this skips a NaN that is
     not the window's first input (NaN > x is False)."""
-    corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # each window's 4 inputs, as 4 views
+    corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # a window's 4 inputs, 4 views
     out = corners[0]
     for k in (1, 2, 3):  # strictly greater: on ties the first maximum wins, and gets the gradient
         better = corners[k] > out
@@ -113,9 +111,10 @@ def batches(images, labels, batch_size, dtype, rng):
 
 # ---------------------------------------------------------------- training and evaluation
 def show_first_step(loss, conv1_bias_grad):
-    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
-    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
-               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
+    """Step 1's loss and conv1's bias gradient: the same numbers in every stage, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten "
+               "logits nearly equal); conv1.bias gradient: "
+               + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(params, momentum_buffers, train_batches, args, run):
@@ -124,22 +123,23 @@ def train_one_epoch(params, momentum_buffers, train_batches, args, run):
         loss = cross_entropy(forward(params, x), y)
         loss.backward()  # fills p.grad of every parameter
         sgd_momentum_update(params, momentum_buffers, args.lr, args.momentum)
-        run.log_step(loss, params)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        run.log_step(loss)
         if run.steps == 1:
-            show_first_step(loss, params["conv1.bias"].grad)  # tqdm.write prints above the progress bar
+            show_first_step(loss, params["conv1.bias"].grad)
         if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(params, images, labels, dtype):
-    """How many test images the network classifies correctly, and the class it predicts for each."""
-    predicted = []
+    """How many test images are classified correctly."""
+    correct = 0
     for start in range(0, len(images), EVAL_BATCH_SIZE):
         x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
-        predicted.append(forward(params, x).argmax(dim=1))  # the class with the highest logit
-    predicted = torch.cat(predicted)
-    return (predicted == torch.from_numpy(labels)).sum().item(), predicted
+        y = torch.from_numpy(labels[start:start + EVAL_BATCH_SIZE])
+        predicted = forward(params, x).argmax(dim=1)  # the class with the highest logit
+        correct += (predicted == y).sum().item()
+    return correct
 
 
 def main(argv=None):
@@ -152,13 +152,12 @@ def main(argv=None):
                   for name, value in reference_params(args.seed).items()}
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
-        first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
-        for epoch in range(first_epoch, args.epochs + 1):
+        for epoch in range(1, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
             train_one_epoch(params, momentum_buffers, train_batches, args, run)
-            correct, predicted = evaluate(params, data.test_x, data.test_y, dtype)
-            run.end_epoch(correct, data, predicted)  # prints the test accuracy
+            correct = evaluate(params, data.test_x, data.test_y, dtype)
+            run.end_epoch(correct, data)
             if run.steps == args.max_steps:
                 break
         run.save_params(params)

@@ -1,12 +1,10 @@
 """Stage 4: torch.nn.functional replaces the hand-written ops and the loss.
 
 Changes from stage 3:
-- `F.conv2d`, `F.relu`, `F.max_pool2d` and `F.linear` replace the hand-written convolution,
-  relu, max-pool and linear layer, because PyTorch's kernels are faster and tested.
-- `F.cross_entropy(logits, y)` replaces the hand-written loss: log-softmax and the mean negative
-  log-likelihood in one call.
-- The stage prints the loss of each of four images (`reduction="none"`) beside their mean, the
-  number `F.cross_entropy` returns by default.
+- `F.conv2d`, `F.relu`, `F.max_pool2d` and `F.linear` replace the hand-written layers, because
+  PyTorch's kernels are faster and tested.
+- `F.cross_entropy(logits, y)` replaces the hand-written loss: log-softmax and the mean
+  negative log-likelihood in one call.
 
 Run: python -m stages.stage04_functional --epochs 1
 """
@@ -40,16 +38,6 @@ def forward(params, x):
 
 
 # ---------------------------------------------------------------- loss and step
-@torch.no_grad()
-def show_loss_and_cost(params, x, y):
-    """One loss per image (reduction="none"), and their mean: what F.cross_entropy returns."""
-    logits = forward(params, x)
-    losses = F.cross_entropy(logits, y, reduction="none")  # (N,)
-    each = " ".join(f"{v:.4f}" for v in losses.tolist())
-    print(f"loss of each of {len(y)} test images (reduction='none'): {each}; their mean, the cost: "
-          f"{losses.mean():.4f}; F.cross_entropy(logits, y): {F.cross_entropy(logits, y):.4f}")
-
-
 def zero_grad(params):
     """backward() adds to .grad: set it to None, so this step's gradient starts from nothing."""
     for p in params.values():
@@ -82,9 +70,10 @@ def batches(images, labels, batch_size, dtype, rng):
 
 # ---------------------------------------------------------------- training and evaluation
 def show_first_step(loss, conv1_bias_grad):
-    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
-    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
-               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
+    """Step 1's loss and conv1's bias gradient: the same numbers in every stage, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten "
+               "logits nearly equal); conv1.bias gradient: "
+               + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(params, momentum_buffers, train_batches, args, run):
@@ -93,22 +82,23 @@ def train_one_epoch(params, momentum_buffers, train_batches, args, run):
         loss = F.cross_entropy(forward(params, x), y)
         loss.backward()  # fills p.grad of every parameter
         sgd_momentum_update(params, momentum_buffers, args.lr, args.momentum)
-        run.log_step(loss, params)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        run.log_step(loss)
         if run.steps == 1:
-            show_first_step(loss, params["conv1.bias"].grad)  # tqdm.write prints above the progress bar
+            show_first_step(loss, params["conv1.bias"].grad)
         if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(params, images, labels, dtype):
-    """How many test images the network classifies correctly, and the class it predicts for each."""
-    predicted = []
+    """How many test images are classified correctly."""
+    correct = 0
     for start in range(0, len(images), EVAL_BATCH_SIZE):
         x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
-        predicted.append(forward(params, x).argmax(dim=1))  # the class with the highest logit
-    predicted = torch.cat(predicted)
-    return (predicted == torch.from_numpy(labels)).sum().item(), predicted
+        y = torch.from_numpy(labels[start:start + EVAL_BATCH_SIZE])
+        predicted = forward(params, x).argmax(dim=1)  # the class with the highest logit
+        correct += (predicted == y).sum().item()
+    return correct
 
 
 def main(argv=None):
@@ -121,15 +111,12 @@ def main(argv=None):
                   for name, value in reference_params(args.seed).items()}
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
-        first_epoch = run.resume(params, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
-        x, y = normalise(data.test_x[:4], dtype), torch.from_numpy(data.test_y[:4])  # a batch to look at
-        show_loss_and_cost(params, x, y)
-        for epoch in range(first_epoch, args.epochs + 1):
+        for epoch in range(1, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
             train_one_epoch(params, momentum_buffers, train_batches, args, run)
-            correct, predicted = evaluate(params, data.test_x, data.test_y, dtype)
-            run.end_epoch(correct, data, predicted)  # prints the test accuracy
+            correct = evaluate(params, data.test_x, data.test_y, dtype)
+            run.end_epoch(correct, data)
             if run.steps == args.max_steps:
                 break
         run.save_params(params)

@@ -1,12 +1,10 @@
 """Stage 5: the network becomes an nn.Module, the tutorial's `Net`.
 
 Changes from stage 4:
-- `class Net(nn.Module)` makes its layers in `__init__` and uses them in `forward`, so the
+- `class Net(nn.Module)` makes its layers in `__init__` and uses them in `forward`: the
   parameters live in the model, under the tutorial's names (`conv1.weight`, ...).
-- `model.load_state_dict(...)` puts the reference weights in, and `model.zero_grad()` replaces
-  the loop over the dict of parameters.
-- The update loops over `model.named_parameters()`, which the stage prints: each layer's weight
-  and bias, by name.
+- `model.load_state_dict(...)` puts the reference weights in; `model.zero_grad()` and
+  `model.named_parameters()` replace the loops over the dict of parameters.
 
 Run: python -m stages.stage05_module --epochs 1
 """
@@ -48,12 +46,6 @@ class Net(nn.Module):
         return self.fc3(x)  # (N, 10)
 
 
-def show_parameters(model):
-    """What the module holds: named_parameters() yields each layer's weight and bias, by name."""
-    print("model.named_parameters(): " + ", ".join(f"{name} {tuple(p.shape)}" for name, p in model.named_parameters())
-          + f"; {sum(p.numel() for p in model.parameters()):,} numbers in all")
-
-
 # ---------------------------------------------------------------- loss and step
 def sgd_momentum_update(model, momentum_buffers, lr, momentum):
     """torch.optim.SGD's rule: buf = momentum * buf + grad (first buf = grad); p -= lr * buf."""
@@ -81,9 +73,10 @@ def batches(images, labels, batch_size, dtype, rng):
 
 # ---------------------------------------------------------------- training and evaluation
 def show_first_step(loss, conv1_bias_grad):
-    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
-    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
-               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
+    """Step 1's loss and conv1's bias gradient: the same numbers in every stage, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten "
+               "logits nearly equal); conv1.bias gradient: "
+               + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(model, momentum_buffers, train_batches, args, run):
@@ -92,22 +85,23 @@ def train_one_epoch(model, momentum_buffers, train_batches, args, run):
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         sgd_momentum_update(model, momentum_buffers, args.lr, args.momentum)
-        run.log_step(loss, model)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        run.log_step(loss)
         if run.steps == 1:
-            show_first_step(loss, model.conv1.bias.grad)  # tqdm.write prints above the progress bar
+            show_first_step(loss, model.conv1.bias.grad)
         if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, images, labels, dtype):
-    """How many test images the model classifies correctly, and the class it predicts for each."""
-    predicted = []
+    """How many test images are classified correctly."""
+    correct = 0
     for start in range(0, len(images), EVAL_BATCH_SIZE):
         x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
-        predicted.append(model(x).argmax(dim=1))  # the class with the highest logit
-    predicted = torch.cat(predicted)
-    return (predicted == torch.from_numpy(labels)).sum().item(), predicted
+        y = torch.from_numpy(labels[start:start + EVAL_BATCH_SIZE])
+        predicted = model(x).argmax(dim=1)  # the class with the highest logit
+        correct += (predicted == y).sum().item()
+    return correct
 
 
 def main(argv=None):
@@ -117,17 +111,16 @@ def main(argv=None):
         data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         dtype = DTYPES[args.dtype]
         model = Net().to(dtype)
-        model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
-        show_parameters(model)
+        model.load_state_dict({name: torch.from_numpy(value)
+                               for name, value in reference_params(args.seed).items()})
         momentum_buffers = {}  # one per parameter, made by the first update
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
-        first_epoch = run.resume(model, momentum_buffers, rng)  # the run's state: --checkpoint, --resume
-        for epoch in range(first_epoch, args.epochs + 1):
+        for epoch in range(1, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
             train_one_epoch(model, momentum_buffers, train_batches, args, run)
-            correct, predicted = evaluate(model, data.test_x, data.test_y, dtype)
-            run.end_epoch(correct, data, predicted)  # prints the test accuracy
+            correct = evaluate(model, data.test_x, data.test_y, dtype)
+            run.end_epoch(correct, data)
             if run.steps == args.max_steps:
                 break
         run.save_params(model.state_dict())

@@ -1,13 +1,11 @@
 """Stage 6: a loss module and torch.optim replace the loss call and the hand-written update.
 
 Changes from stage 5:
-- `criterion = nn.CrossEntropyLoss()` is the loss, as in the tutorial, a module that calls
-  `F.cross_entropy`.
+- `criterion = nn.CrossEntropyLoss()`, the tutorial's loss, is a module calling `F.cross_entropy`.
 - `optimizer = optim.SGD(model.parameters(), lr=..., momentum=...)` replaces the hand-written
-  update, so the step is the one every PyTorch program writes: `zero_grad`, loss, `backward`,
-  `step`.
-- The momentum buffers now live in `optimizer.state` (the stage prints one after step 1), so
-  the run's state is the model, the optimizer and the data order.
+  update: the step every PyTorch program writes, `zero_grad`, loss, `backward`, `step`.
+- The momentum buffers live in `optimizer.state`: the run's state is the model, the optimizer
+  and the data order.
 
 Run: python -m stages.stage06_optim --epochs 1
 """
@@ -66,17 +64,10 @@ def batches(images, labels, batch_size, dtype, rng):
 
 # ---------------------------------------------------------------- training and evaluation
 def show_first_step(loss, conv1_bias_grad):
-    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
-    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
-               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
-
-
-def show_momentum_buffers(optimizer, model):
-    """After step 1, optimizer.state holds a momentum buffer per parameter; the first is the gradient itself."""
-    state = optimizer.state[model.conv1.bias]
-    if "momentum_buffer" in state:  # --momentum 0 keeps none
-        tqdm.write(f"optimizer.state after step 1: a momentum buffer for each of {len(optimizer.state)} parameters; "
-                   f"conv1.bias's equals its .grad: {torch.equal(state['momentum_buffer'], model.conv1.bias.grad)}")
+    """Step 1's loss and conv1's bias gradient: the same numbers in every stage, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten "
+               "logits nearly equal); conv1.bias gradient: "
+               + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(model, train_batches, criterion, optimizer, args, run):
@@ -85,23 +76,23 @@ def train_one_epoch(model, train_batches, criterion, optimizer, args, run):
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
-        run.log_step(loss, model)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        run.log_step(loss)
         if run.steps == 1:
-            show_first_step(loss, model.conv1.bias.grad)  # tqdm.write prints above the progress bar
-            show_momentum_buffers(optimizer, model)
+            show_first_step(loss, model.conv1.bias.grad)
         if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, images, labels, dtype):
-    """How many test images the model classifies correctly, and the class it predicts for each."""
-    predicted = []
+    """How many test images are classified correctly."""
+    correct = 0
     for start in range(0, len(images), EVAL_BATCH_SIZE):
         x = normalise(images[start:start + EVAL_BATCH_SIZE], dtype)
-        predicted.append(model(x).argmax(dim=1))  # the class with the highest logit
-    predicted = torch.cat(predicted)
-    return (predicted == torch.from_numpy(labels)).sum().item(), predicted
+        y = torch.from_numpy(labels[start:start + EVAL_BATCH_SIZE])
+        predicted = model(x).argmax(dim=1)  # the class with the highest logit
+        correct += (predicted == y).sum().item()
+    return correct
 
 
 def main(argv=None):
@@ -111,17 +102,17 @@ def main(argv=None):
         data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         dtype = DTYPES[args.dtype]
         model = Net().to(dtype)
-        model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
+        model.load_state_dict({name: torch.from_numpy(value)
+                               for name, value in reference_params(args.seed).items()})
         criterion = nn.CrossEntropyLoss()
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         rng = np.random.default_rng(args.seed)  # the data order: a new shuffle every epoch
-        first_epoch = run.resume(model, optimizer, rng)  # the run's state: --checkpoint, --resume
-        for epoch in range(first_epoch, args.epochs + 1):
+        for epoch in range(1, args.epochs + 1):
             run.start_epoch(epoch, steps=math.ceil(len(data.train_y) / args.batch_size))
             train_batches = batches(data.train_x, data.train_y, args.batch_size, dtype, rng)
             train_one_epoch(model, train_batches, criterion, optimizer, args, run)
-            correct, predicted = evaluate(model, data.test_x, data.test_y, dtype)
-            run.end_epoch(correct, data, predicted)  # prints the test accuracy
+            correct = evaluate(model, data.test_x, data.test_y, dtype)
+            run.end_epoch(correct, data)
             if run.steps == args.max_steps:
                 break
         run.save_params(model.state_dict())

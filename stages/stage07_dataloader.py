@@ -1,11 +1,10 @@
 """Stage 7: a Dataset and a DataLoader feed the loop, with the tutorial's transform.
 
 Changes from stage 6:
-- `ArrayDataset` is a `Dataset`: `__len__` says how many images, `__getitem__` gives one as
-  (tensor, label) after the tutorial's `ToTensor()` and `Normalize`, which the stage shows.
-- `DataLoader` batches and shuffles it, its shuffle driven by a `torch.Generator` seeded with
-  --seed, so that a run can be repeated.
-- `--workers N` loads the batches in N processes, for data that costs more to read than this.
+- `ArrayDataset` is a `Dataset`: `__len__` counts the images, `__getitem__` gives one as
+  (tensor, label) after the tutorial's `ToTensor()` and `Normalize`.
+- `DataLoader` batches and shuffles it, with a `torch.Generator` seeded by --seed so that a run
+  repeats; `--workers N` loads the batches in N processes.
 
 Run: python -m stages.stage07_dataloader --epochs 1
 """
@@ -49,12 +48,13 @@ class Net(nn.Module):
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
     """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    return transforms.Compose([transforms.ToTensor(),
+                               transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                                transforms.ConvertImageDtype(dtype)])
 
 
 class ArrayDataset(Dataset):
-    """uint8 images (N, 32, 32, 3) and labels as a Dataset, transformed like torchvision's CIFAR10."""
+    """uint8 images (N, 32, 32, 3) and their labels, transformed as torchvision's CIFAR10 does."""
 
     def __init__(self, images, labels, transform):
         self.images, self.labels, self.transform = images, labels, transform
@@ -66,29 +66,23 @@ class ArrayDataset(Dataset):
         return self.transform(self.images[i]), int(self.labels[i])
 
 
-def show_dataset(dataset):
-    """What a Dataset is: a length, and one (image, label) pair for each index."""
-    image, label = dataset[0]
-    print(f"len(train_set) = {len(dataset)}; train_set[0] = (image {tuple(image.shape)} {image.dtype} in "
-          f"[{image.min():.2f}, {image.max():.2f}], label {label})")
-
-
 def make_loaders(data, args):
     transform = make_transform(DTYPES[args.dtype])
     train_set = ArrayDataset(data.train_x, data.train_y, transform)
     test_set = ArrayDataset(data.test_x, data.test_y, transform)
     generator = torch.Generator().manual_seed(args.seed)  # the shuffle order follows --seed
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=generator,
-                              num_workers=args.workers)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                              generator=generator, num_workers=args.workers)
     test_loader = DataLoader(test_set, batch_size=EVAL_BATCH_SIZE, num_workers=args.workers)
     return train_loader, test_loader
 
 
 # ---------------------------------------------------------------- training and evaluation
 def show_first_step(loss, conv1_bias_grad):
-    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
-    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
-               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
+    """Step 1's loss and conv1's bias gradient: the same numbers in every stage, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten "
+               "logits nearly equal); conv1.bias gradient: "
+               + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
@@ -97,22 +91,21 @@ def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
-        run.log_step(loss, model)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        run.log_step(loss)
         if run.steps == 1:
-            show_first_step(loss, model.conv1.bias.grad)  # tqdm.write prints above the progress bar
+            show_first_step(loss, model.conv1.bias.grad)
         if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, test_loader):
-    """How many test images the model classifies correctly, and the class it predicts for each."""
-    correct, predicted = 0, []
+    """How many test images are classified correctly."""
+    correct = 0
     for x, y in test_loader:
-        guess = model(x).argmax(dim=1)  # the class with the highest logit
-        correct += (guess == y).sum().item()
-        predicted.append(guess)
-    return correct, torch.cat(predicted)
+        predicted = model(x).argmax(dim=1)  # the class with the highest logit
+        correct += (predicted == y).sum().item()
+    return correct
 
 
 def add_options(parser):
@@ -126,17 +119,16 @@ def main(argv=None):
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         model = Net().to(DTYPES[args.dtype])
-        model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
+        model.load_state_dict({name: torch.from_numpy(value)
+                               for name, value in reference_params(args.seed).items()})
         criterion = nn.CrossEntropyLoss()
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args)
-        first_epoch = run.resume(model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
-        show_dataset(train_loader.dataset)
-        for epoch in range(first_epoch, args.epochs + 1):
+        for epoch in range(1, args.epochs + 1):
             run.start_epoch(epoch, steps=len(train_loader))
             train_one_epoch(model, train_loader, criterion, optimizer, args, run)
-            correct, predicted = evaluate(model, test_loader)
-            run.end_epoch(correct, data, predicted)  # prints the test accuracy
+            correct = evaluate(model, test_loader)
+            run.end_epoch(correct, data)
             if run.steps == args.max_steps:
                 break
         run.save_params(model.state_dict())

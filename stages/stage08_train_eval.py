@@ -4,16 +4,14 @@ Changes from stage 7:
 - `Net` gains `nn.Dropout(p)` before fc2 and fc3 (`--dropout`, 0 by default: the reference
   network), which zeroes activations at random while training.
 - `train_one_epoch` starts with `model.train()` and `evaluate` with `model.eval()`, because
-  dropout must act in training only; the stage shows both modes on one batch.
+  dropout must act in training only.
 
 Run: python -m stages.stage08_train_eval --epochs 1 --dropout 0.2
 """
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from tqdm import tqdm
 
@@ -51,12 +49,13 @@ class Net(nn.Module):
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
     """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    return transforms.Compose([transforms.ToTensor(),
+                               transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                                transforms.ConvertImageDtype(dtype)])
 
 
 class ArrayDataset(Dataset):
-    """uint8 images (N, 32, 32, 3) and labels as a Dataset, transformed like torchvision's CIFAR10."""
+    """uint8 images (N, 32, 32, 3) and their labels, transformed as torchvision's CIFAR10 does."""
 
     def __init__(self, images, labels, transform):
         self.images, self.labels, self.transform = images, labels, transform
@@ -73,17 +72,18 @@ def make_loaders(data, args):
     train_set = ArrayDataset(data.train_x, data.train_y, transform)
     test_set = ArrayDataset(data.test_x, data.test_y, transform)
     generator = torch.Generator().manual_seed(args.seed)  # the shuffle order follows --seed
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=generator,
-                              num_workers=args.workers)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                              generator=generator, num_workers=args.workers)
     test_loader = DataLoader(test_set, batch_size=EVAL_BATCH_SIZE, num_workers=args.workers)
     return train_loader, test_loader
 
 
 # ---------------------------------------------------------------- training and evaluation
 def show_first_step(loss, conv1_bias_grad):
-    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
-    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
-               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
+    """Step 1's loss and conv1's bias gradient: the same numbers in every stage, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten "
+               "logits nearly equal); conv1.bias gradient: "
+               + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
@@ -93,40 +93,22 @@ def train_one_epoch(model, train_loader, criterion, optimizer, args, run):
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
-        run.log_step(loss, model)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        run.log_step(loss)
         if run.steps == 1:
-            show_first_step(loss, model.conv1.bias.grad)  # tqdm.write prints above the progress bar
+            show_first_step(loss, model.conv1.bias.grad)
         if run.steps == args.max_steps:
             return
 
 
-@torch.no_grad()
-def show_train_and_eval_modes(model, x):
-    """Dropout 0.5 in a throw-away copy of the model: two train-mode forwards of one batch
-    differ, two eval-mode forwards agree. fork_rng() puts the random state back afterwards,
-    so the run draws exactly the numbers it would draw without this."""
-    probe = copy.deepcopy(model)
-    probe.dropout.p = 0.5
-    with torch.random.fork_rng(devices=[]):
-        probe.train()
-        first, second = probe(x), probe(x)
-        probe.eval()
-        third, fourth = probe(x), probe(x)
-    print(f"a copy with dropout 0.5: two train-mode forwards of one batch differ by up to "
-          f"{(first - second).abs().max():.4f}, two eval-mode forwards are identical: "
-          f"{torch.equal(third, fourth)} (this run's --dropout: {model.dropout.p})")
-
-
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, test_loader):
-    """How many test images the model classifies correctly, and the class it predicts for each."""
+    """How many test images are classified correctly."""
     model.eval()  # dropout off: every prediction uses the whole network
-    correct, predicted = 0, []
+    correct = 0
     for x, y in test_loader:
-        guess = model(x).argmax(dim=1)  # the class with the highest logit
-        correct += (guess == y).sum().item()
-        predicted.append(guess)
-    return correct, torch.cat(predicted)
+        predicted = model(x).argmax(dim=1)  # the class with the highest logit
+        correct += (predicted == y).sum().item()
+    return correct
 
 
 def add_options(parser):
@@ -142,18 +124,16 @@ def main(argv=None):
         seed_everything(args.seed)
         data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         model = Net(args.dropout).to(DTYPES[args.dtype])
-        model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
+        model.load_state_dict({name: torch.from_numpy(value)
+                               for name, value in reference_params(args.seed).items()})
         criterion = nn.CrossEntropyLoss()
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args)
-        first_epoch = run.resume(model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
-        x, _ = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 test images, one batch
-        show_train_and_eval_modes(model, x)
-        for epoch in range(first_epoch, args.epochs + 1):
+        for epoch in range(1, args.epochs + 1):
             run.start_epoch(epoch, steps=len(train_loader))
             train_one_epoch(model, train_loader, criterion, optimizer, args, run)
-            correct, predicted = evaluate(model, test_loader)
-            run.end_epoch(correct, data, predicted)  # prints the test accuracy
+            correct = evaluate(model, test_loader)
+            run.end_epoch(correct, data)
             if run.steps == args.max_steps:
                 break
         run.save_params(model.state_dict())

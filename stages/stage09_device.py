@@ -2,11 +2,10 @@
 
 Changes from stage 8:
 - `--device auto` takes this machine's accelerator (CUDA, MPS, XPU, ...) through
-  `torch.accelerator`, or the CPU; `main()` makes it a `torch.device` once and passes it down.
-- `model.to(device)` moves the model in place, but `x.to(device)` returns a copy, hence
+  `torch.accelerator`, or the CPU, as a `torch.device` made once and passed down.
+- `model.to(device)` moves the model in place, but `x.to(device)` returns a copy: hence
   `x = x.to(device)` in the loop and in `evaluate`.
-- On CUDA the loader pins its batches (`pin_memory=True`), so that `non_blocking=True` copies
-  can be queued.
+- On CUDA, pinned batches (`pin_memory=True`) let `non_blocking=True` copies be queued.
 
 Run: python -m stages.stage09_device --epochs 1 --device auto
 """
@@ -51,12 +50,13 @@ class Net(nn.Module):
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
     """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    return transforms.Compose([transforms.ToTensor(),
+                               transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                                transforms.ConvertImageDtype(dtype)])
 
 
 class ArrayDataset(Dataset):
-    """uint8 images (N, 32, 32, 3) and labels as a Dataset, transformed like torchvision's CIFAR10."""
+    """uint8 images (N, 32, 32, 3) and their labels, transformed as torchvision's CIFAR10 does."""
 
     def __init__(self, images, labels, transform):
         self.images, self.labels, self.transform = images, labels, transform
@@ -73,60 +73,53 @@ def make_loaders(data, args, device):
     train_set = ArrayDataset(data.train_x, data.train_y, transform)
     test_set = ArrayDataset(data.test_x, data.test_y, transform)
     generator = torch.Generator().manual_seed(args.seed)  # the shuffle order follows --seed
-    pin_memory = device.type == "cuda"  # page-locked batches can be copied to the GPU asynchronously
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=generator,
-                              num_workers=args.workers, pin_memory=pin_memory)
-    test_loader = DataLoader(test_set, batch_size=EVAL_BATCH_SIZE, num_workers=args.workers, pin_memory=pin_memory)
+    pin_memory = device.type == "cuda"  # page-locked: the copies to the GPU can be queued
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                              generator=generator, num_workers=args.workers, pin_memory=pin_memory)
+    test_loader = DataLoader(test_set, batch_size=EVAL_BATCH_SIZE, num_workers=args.workers,
+                             pin_memory=pin_memory)
     return train_loader, test_loader
 
 
 # ---------------------------------------------------------------- training and evaluation
 def show_first_step(loss, conv1_bias_grad):
-    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
-    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
-               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
-
-
-def show_device(model, x, device):
-    """Module.to() moved the model in place; Tensor.to() returns a copy, or x itself if it is there already."""
-    moved = x.to(device)
-    print(f"device: {device}; model.conv1.weight is on {model.conv1.weight.device}; an image x is on {x.device}, "
-          f"and x.to(device) is x: {moved is x} ({'it is already there' if moved is x else 'a copy'})")
+    """Step 1's loss and conv1's bias gradient: the same numbers in every stage, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten "
+               "logits nearly equal); conv1.bias gradient: "
+               + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(model, device, train_loader, criterion, optimizer, args, run):
     model.train()  # dropout on
     for x, y in train_loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # a copy unless already there
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # to the device
         optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
-        run.log_step(loss, model)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        run.log_step(loss)
         if run.steps == 1:
-            show_first_step(loss, model.conv1.bias.grad)  # tqdm.write prints above the progress bar
+            show_first_step(loss, model.conv1.bias.grad)
         if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, device, test_loader):
-    """How many test images the model classifies correctly, and the class it predicts for each."""
+    """How many test images are classified correctly."""
     model.eval()  # dropout off: every prediction uses the whole network
-    correct, predicted = 0, []
+    correct = 0
     for x, y in test_loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        guess = model(x).argmax(dim=1)  # the class with the highest logit
-        correct += (guess == y).sum().item()
-        predicted.append(guess)
-    return correct, torch.cat(predicted)
+        predicted = model(x).argmax(dim=1)  # the class with the highest logit
+        correct += (predicted == y).sum().item()
+    return correct
 
 
 def choose_device(name):
-    """auto: this machine's accelerator (CUDA, MPS, XPU, ...) if it has one, else the CPU.
-    (common/cli.py has already refused a device that is not there.)"""
+    """auto: this machine's accelerator (CUDA, MPS, XPU, ...) if it has one, else the CPU."""
     if name == "auto":
-        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
+        name = getattr(torch.accelerator.current_accelerator(check_available=True), "type", "cpu")
     return torch.device(name)
 
 
@@ -146,17 +139,16 @@ def main(argv=None):
         device = choose_device(args.device)
         data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose)
         model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
-        model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
+        model.load_state_dict({name: torch.from_numpy(value)
+                               for name, value in reference_params(args.seed).items()})
         criterion = nn.CrossEntropyLoss()
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         train_loader, test_loader = make_loaders(data, args, device)
-        first_epoch = run.resume(model, optimizer, train_loader.generator)  # the run's state: --checkpoint, --resume
-        show_device(model, test_loader.dataset[0][0], device)  # a test image, as the Dataset makes it
-        for epoch in range(first_epoch, args.epochs + 1):
+        for epoch in range(1, args.epochs + 1):
             run.start_epoch(epoch, steps=len(train_loader))
             train_one_epoch(model, device, train_loader, criterion, optimizer, args, run)
-            correct, predicted = evaluate(model, device, test_loader)
-            run.end_epoch(correct, data, predicted)  # prints the test accuracy
+            correct = evaluate(model, device, test_loader)
+            run.end_epoch(correct, data)
             if run.steps == args.max_steps:
                 break
         run.save_params(model.state_dict())

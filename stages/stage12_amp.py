@@ -1,24 +1,23 @@
-"""Stage 12: mixed precision. The forward and the loss run under autocast, in bfloat16 where that is safe.
+"""Stage 12: mixed precision: the forward and the loss run under autocast, in bfloat16.
 
 Changes from stage 11:
 - `with autocast:` around `criterion(model(x), y)`: convolutions and matrix products compute in
-  bfloat16 (half the bits of float32, the same range), the loss in float32. The weights, their
-  gradients and the optimizer's step stay float32.
-- `scaler = torch.amp.GradScaler(...)` scales the loss before `backward()`. It only acts with
-  float16 (GPUs without bfloat16), whose small range would round tiny gradients to zero.
-- `--amp on` is the default here; `--amp off` is stage 11 exactly. A float64 run never autocasts.
+  bfloat16 (float32's range, half its bits), the loss in float32; the weights, their gradients
+  and the step stay float32.
+- `torch.amp.GradScaler` scales the loss before `backward()`; it acts only with float16 (GPUs
+  without bfloat16), whose small range would round tiny gradients to zero.
+- `--amp off` is stage 11 exactly; a float64 run never autocasts.
 
 Run: python -m stages.stage12_amp --epochs 1
 """
 import os
-from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn, optim
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 from tqdm import tqdm
 
@@ -56,12 +55,13 @@ class Net(nn.Module):
 # ---------------------------------------------------------------- data
 def make_transform(dtype):
     """The tutorial's transform, then --dtype: ToTensor() makes torch's default dtype, float32."""
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    return transforms.Compose([transforms.ToTensor(),
+                               transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                                transforms.ConvertImageDtype(dtype)])
 
 
 class ArrayDataset(Dataset):
-    """uint8 images (N, 32, 32, 3) and labels as a Dataset, transformed like torchvision's CIFAR10."""
+    """uint8 images (N, 32, 32, 3) and their labels, transformed as torchvision's CIFAR10 does."""
 
     def __init__(self, images, labels, transform):
         self.images, self.labels, self.transform = images, labels, transform
@@ -73,54 +73,57 @@ class ArrayDataset(Dataset):
         return self.transform(self.images[i]), int(self.labels[i])
 
 
-def make_loaders(data, args, device, rank):
+def make_loaders(data, args, device):
     transform = make_transform(DTYPES[args.dtype])
     train_set = ArrayDataset(data.train_x, data.train_y, transform)
     test_set = ArrayDataset(data.test_x, data.test_y, transform)
     sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed)  # this process's share
     # every world_size-th test image from this rank's: each image exactly once over all processes
-    test_set = Subset(test_set, range(rank, len(test_set), dist.get_world_size()))
-    pin_memory = device.type == "cuda"  # page-locked batches can be copied to the GPU asynchronously
+    test_set = Subset(test_set, range(dist.get_rank(), len(test_set), dist.get_world_size()))
+    pin_memory = device.type == "cuda"  # page-locked: the copies to the GPU can be queued
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
                               num_workers=args.workers, pin_memory=pin_memory)
-    test_loader = DataLoader(test_set, batch_size=EVAL_BATCH_SIZE, num_workers=args.workers, pin_memory=pin_memory)
+    test_loader = DataLoader(test_set, batch_size=EVAL_BATCH_SIZE, num_workers=args.workers,
+                             pin_memory=pin_memory)
     return train_loader, test_loader, sampler
 
 
 # ---------------------------------------------------------------- training and evaluation
 def show_first_step(loss, conv1_bias_grad):
-    """Step 1's loss and conv1's bias gradient: every stage prints the same numbers, to round-off."""
-    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten logits "
-               "nearly equal); conv1.bias gradient: " + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
+    """Step 1's loss and conv1's bias gradient: the same numbers in every stage, to round-off."""
+    tqdm.write(f"step 1: loss {loss:.4f}, near ln 10 = 2.3026 (small random weights make the ten "
+               "logits nearly equal); conv1.bias gradient: "
+               + " ".join(f"{g:+.4e}" for g in conv1_bias_grad.tolist()))
 
 
 def train_one_epoch(model, device, train_loader, criterion, optimizer, autocast, scaler, args, run):
     model.train()  # dropout on
     for x, y in train_loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # a copy unless already there
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # to the device
         optimizer.zero_grad()  # every parameter's .grad to None, as model.zero_grad() did
         with autocast:  # the forward and the loss, each op in the dtype autocast chooses for it
             loss = criterion(model(x), y)
-        scaler.scale(loss).backward()  # outside autocast: the backward runs in the dtypes of the forward
+        scaler.scale(loss).backward()  # outside autocast: each op's backward in its forward's dtype
         scaler.step(optimizer)
         scaler.update()
-        run.log_step(loss, model)  # the progress bar; losses.csv, grad_norms.csv (read every 50 steps)
+        run.log_step(loss)
         if run.steps == 1 and run.main_process:  # only rank 0 prints
-            show_first_step(loss, model.module.conv1.bias.grad)  # tqdm.write prints above the progress bar
+            show_first_step(loss, model.module.conv1.bias.grad)
         if run.steps == args.max_steps:
             return
 
 
 @torch.no_grad()  # no backward follows, so no graph is needed
 def evaluate(model, device, test_loader, autocast):
-    """How many test images the model classifies correctly, over the shares of all processes."""
+    """How many test images are classified correctly, over the shares of all processes."""
     model.eval()  # dropout off: every prediction uses the whole network
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)  # a tensor, to all-reduce
     for x, y in test_loader:  # this process's share of the test set
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast:
             logits = model(x)
-        correct += (logits.argmax(dim=1) == y).sum()
+        predicted = logits.argmax(dim=1)  # the class with the highest logit
+        correct += (predicted == y).sum()
     dist.all_reduce(correct)  # the sum over every process, on every process
     return correct.item()
 
@@ -132,47 +135,25 @@ def autocast_dtype(device):
     return torch.bfloat16
 
 
-@torch.no_grad()
-def show_autocast(model, criterion, autocast, x, y):
-    """One forward under autocast: the dtype of each layer's output, and of the loss."""
-    dtypes = {}
-
-    def note_dtype(layer, inputs, output):  # a forward hook: called after the layer's forward
-        dtypes.setdefault(layer, output.dtype)
-
-    hooks = [layer.register_forward_hook(note_dtype) for layer in model.children()]
-    model.eval()  # dropout off: no random numbers drawn; train_one_epoch() turns it on
-    with autocast:
-        loss = criterion(model(x), y)
-    for hook in hooks:
-        hook.remove()
-    layers = ", ".join(f"{name} {dtypes[layer]}" for name, layer in model.named_children() if layer in dtypes)
-    print(f"under autocast: {layers}; the loss {loss.dtype}; the weights stay {model.conv1.weight.dtype}"
-          .replace("torch.", ""))
-
-
 def choose_device(name):
-    """auto or cuda: this process's GPU, cuda:LOCAL_RANK, if there are GPUs; else the CPU."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    """auto: this machine's accelerator (CUDA, MPS, XPU, ...) if it has one, else the CPU; an
+    accelerator without a number is the one numbered LOCAL_RANK: one device per process."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+        name = getattr(torch.accelerator.current_accelerator(check_available=True), "type", "cpu")
+    if name == "cpu" or ":" in name:
+        return torch.device(name)
+    return torch.device(name, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-@contextmanager
-def process_group(device):
-    """Join torchrun's process group (or make a group of one process), and leave it at the end."""
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # so that NCCL's own work for this process lands on its GPU
-    if "RANK" in os.environ:  # started by torchrun, which describes the group in the environment
+def join_process_group(device):
+    """The group torchrun describes in the environment, or without torchrun a group of one."""
+    backend = dist.get_default_backend_for_device(device)  # nccl for CUDA, gloo for the CPU
+    if device.type != "cpu":
+        torch.accelerator.set_device_index(device)  # so that NCCL's work lands on this GPU
+    if "RANK" in os.environ:  # started by torchrun
         dist.init_process_group(backend)
-    else:  # plain python: a group of one, whose rendezvous store lives in this process
+    else:  # plain python: a group of this process alone, its meeting point in memory
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def add_options(parser):
@@ -188,41 +169,41 @@ def add_options(parser):
 
 def main(argv=None):
     args = parse_args(__file__, __doc__, argv, add_options)
-    rank = int(os.environ.get("RANK", "0"))  # this process's number, from torchrun (0 under plain python)
+    rank = int(os.environ.get("RANK", "0"))  # this process's number, from torchrun (else 0)
     main_process = rank == 0  # the one that prints and writes
     with StageRun(__file__, args, main_process=main_process) as run:
         seed_everything(args.seed + rank)  # each process draws its own dropout masks
         device = choose_device(args.device)
-        with process_group(device):
-            if main_process:
-                print(f"device: {device}, DistributedDataParallel over {dist.get_world_size()} process(es)")
-            data = load_data(args.data, args.data_dir, args.seed, announce=main_process, verbose=args.verbose)
-            model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
-            model.load_state_dict({name: torch.from_numpy(value) for name, value in reference_params(args.seed).items()})
-            model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-            raw_model = model.module  # the Net itself: what to save, load and evaluate
-            criterion = nn.CrossEntropyLoss()
-            optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-            use_amp = args.amp == "on" and args.dtype == "float32"  # float64 is for checking round-off
-            amp_dtype = autocast_dtype(device)
-            autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
-            scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
-            train_loader, test_loader, sampler = make_loaders(data, args, device, rank)
-            first_epoch = run.resume(raw_model, optimizer, scaler)  # the run's state: --checkpoint, --resume
-            if main_process and use_amp:
-                x, y = default_collate([test_loader.dataset[i] for i in range(4)])  # 4 test images, one batch
-                show_autocast(raw_model, criterion, autocast, x.to(device), y.to(device))
-            elif main_process:
-                print(f"autocast: off (--amp {args.amp}, --dtype {args.dtype}): every op in {args.dtype}")
-            for epoch in range(first_epoch, args.epochs + 1):
-                sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
-                run.start_epoch(epoch, steps=len(train_loader))
-                train_one_epoch(model, device, train_loader, criterion, optimizer, autocast, scaler, args, run)
-                correct = evaluate(raw_model, device, test_loader, autocast)
-                run.end_epoch(correct, data)  # prints the test accuracy
-                if run.steps == args.max_steps:
-                    break
-            run.save_params(raw_model.state_dict())  # keys without "module."
+        join_process_group(device)
+        if main_process:
+            print(f"device: {device}; DistributedDataParallel over a group of {dist.get_world_size()}")
+        data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose,
+                         announce=main_process)
+        model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place
+        model.load_state_dict({name: torch.from_numpy(value)
+                               for name, value in reference_params(args.seed).items()})
+        model = DistributedDataParallel(model)  # after .to(device): it keeps the model's device
+        raw_model = model.module  # the Net itself: what to save and evaluate
+        criterion = nn.CrossEntropyLoss()
+        optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+        use_amp = args.amp == "on" and args.dtype == "float32"  # float64 checks round-off
+        amp_dtype = autocast_dtype(device)
+        autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+        scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+        if main_process:
+            print(f"autocast: {str(amp_dtype).removeprefix('torch.') if use_amp else 'off'}")
+        train_loader, test_loader, sampler = make_loaders(data, args, device)
+        for epoch in range(1, args.epochs + 1):
+            sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
+            run.start_epoch(epoch, steps=len(train_loader))
+            train_one_epoch(model, device, train_loader, criterion, optimizer, autocast, scaler,
+                            args, run)
+            correct = evaluate(raw_model, device, test_loader, autocast)
+            run.end_epoch(correct, data)
+            if run.steps == args.max_steps:
+                break
+        run.save_params(raw_model.state_dict())  # keys without "module."
+        dist.destroy_process_group()
     return run.summary
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from common.harness.stages import load_stage
+from common.run import StepLog
 
 # ---------------------------------------------------------------- the driver
 # The families of stages, told apart by what each stage has:
@@ -220,20 +221,6 @@ class Driver:
         with group_of_one():
             yield self.torch.nn.parallel.DistributedDataParallel(
                 model.net, device_ids=[model.device] if model.device.type == "cuda" else None)
-
-
-class StepLog:
-    """Stands in for the run recorder when the harness runs a stage's own loop: keeps the losses."""
-
-    main_process = True  # as the recorder of a run of one process says
-
-    def __init__(self):
-        self.losses: list[float] = []
-        self.steps = 0
-
-    def log_step(self, loss, gradients=None) -> None:
-        self.losses.append(loss.item() if hasattr(loss, "item") else float(loss))
-        self.steps += 1
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import sys
 import time
 from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -110,17 +111,15 @@ def run_program(main: Callable, argv: list[str], watchers: tuple = ()) -> Progra
 
 
 def _grad_enabled() -> bool:
-    from common.loaded import loaded_torch
-
-    torch = loaded_torch()
+    torch = sys.modules.get("torch")
     return torch is None or torch.is_grad_enabled()
 
 
 @contextmanager
 def _figures_skipped():
-    from common.run import plots
+    import common.run
 
-    with mock.patch.object(plots, "plot_run_or_say_why", lambda record_dir: None):
+    with mock.patch.object(common.run, "draw_curves", lambda folder: lambda f: None):
         yield
 
 

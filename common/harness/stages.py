@@ -42,8 +42,8 @@ def stage_number(name: str) -> int:
 
 def stage_options(stage: ModuleType | int | str, argv=()) -> argparse.Namespace:
     """A stage's options as its main() would parse them, for tools that call its helpers."""
-    from common.cli import parse_only
+    from common.cli import parse_args
 
     stage = stage if isinstance(stage, ModuleType) else load_stage(stage)
-    return parse_only(stage.__file__, stage.__doc__, list(argv), getattr(stage, "add_options", None))
+    return parse_args(stage.__file__, stage.__doc__, list(argv), getattr(stage, "add_options", None))
 

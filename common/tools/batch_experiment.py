@@ -33,8 +33,8 @@ from common.cli import OneLineParser, batch_size, positive_float, positive_int
 from common.data import CHANCE, SOURCES, load_data
 from common.errors import CourseError
 from common.harness import driver, load_stage, stage_options
-from common.run.checkpoint import save_figure, write_atomically
-from common.run.program import run_program
+from common.tools.figures import save_figure, write_whole
+from common.tools.program import run_program
 from common.seed import seed_everything
 from common.weights import reference_params
 
@@ -167,11 +167,11 @@ def main(argv=None) -> dict:
     print(by_time)
     saved = json.dumps({"source": data.source, "budget_seconds": budget, "runs": {str(b): p for b, p in runs.items()}},
                        indent=1)
-    write_atomically(out / "batch-experiment.json", lambda f: f.write(saved.encode()))  # never half a file
+    write_whole(out / "batch-experiment.json", lambda f: f.write(saved.encode()))  # never half a file
     plot(runs, budget, data.source, out / "batch-experiment.png")
     print(f"\nwritten: {out / 'batch-experiment.json'}, {out / 'batch-experiment.png'}")
     return runs
 
 
 if __name__ == "__main__":
-    run_program(main)  # one line and an exit code for every ending (common/run/program.py)
+    run_program(main)  # one line and an exit code for every ending (common/tools/program.py)

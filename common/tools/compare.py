@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from common.cli import DTYPES, OneLineParser, batch_size, positive_int
 from common.harness import TOLERANCES, driver, load_stage, relative_error, sample_batches, stage_names, to_numpy
-from common.run.checkpoint import save_figure, write_atomically
-from common.run.program import run_program
+from common.tools.figures import save_figure, write_whole
+from common.tools.program import run_program
 from common.weights import reference_params
 
 LR, MOMENTUM = 0.001, 0.9  # the tutorial's settings
@@ -100,12 +100,12 @@ def plot(curves_by_dtype: dict, path: Path):
 def write(out: Path, dtype: str, steps: int, rows: list[dict], curves: dict) -> Path:
     stem = out / f"compare-{dtype}"
     saved = json.dumps({"dtype": dtype, "steps": steps, "rows": rows, "curves": curves}, indent=1) + "\n"
-    write_atomically(stem.with_suffix(".json"), lambda f: f.write(saved.encode()))  # never half a file
+    write_whole(stem.with_suffix(".json"), lambda f: f.write(saved.encode()))  # never half a file
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_atomically(stem.with_suffix(".csv"), lambda f: f.write(table.getvalue().encode()))
+    write_whole(stem.with_suffix(".csv"), lambda f: f.write(table.getvalue().encode()))
     return stem
 
 
@@ -150,4 +150,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    run_program(main)  # one line and an exit code for every ending (common/run/program.py)
+    run_program(main)  # one line and an exit code for every ending (common/tools/program.py)

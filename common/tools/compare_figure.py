@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from common.data import SYNTHETIC_NAME
-from common.run.plots import LOG_FLOOR, whole_steps
+from common.tools.figures import LOG_FLOOR, whole_steps
 
 
 def draw_comparison(curves_by_dtype: dict, tolerances: dict) -> Figure:

@@ -33,8 +33,8 @@ from common.cli import OneLineParser
 from common.data import CHANCE, SYNTHETIC_NAME, data_name, on_data
 from common.errors import BAD_INPUT, WRITE_FAILED, CourseError
 from common.harness import ROOT, load_stage, stage_names
-from common.run.checkpoint import free_space_note, save_figure, write_atomically
-from common.run.program import run_program
+from common.tools.figures import save_figure, write_whole
+from common.tools.program import run_program
 from common.tools.exercises.catalog import EXERCISES
 
 COINCIDE = 0.005  # curves closer than this fraction of the loss axis's range share a colour and a legend entry
@@ -171,7 +171,7 @@ def main(argv=None) -> list[dict]:
 def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str], started: str,
                   seconds: float) -> tuple[Path, Path, dict]:
     """course-summary*.json and .png beside the records, named after the kind of run; and what the JSON holds."""
-    from common.run.plots import plt  # matplotlib loads only once the stages have finished
+    from common.tools.figures import plt  # matplotlib loads only once the stages have finished
 
     records = [Path(s["record"]) for s in summaries]
     out = records[0].parent.parent  # runs/<stage>/<timestamp> -> runs
@@ -188,9 +188,9 @@ def write_summary(summaries: list[dict], names: list[str], stage_argv: list[str]
     fig = draw_course(summaries, describe(course))
     try:  # each to a temporary name, renamed: a failed write leaves the previous summary whole
         save_figure(fig, out / f"{name}.png", dpi=100)  # the figure first: the JSON never describes a missing one
-        write_atomically(out / f"{name}.json", lambda f: f.write((json.dumps(course, indent=2) + "\n").encode()))
+        write_whole(out / f"{name}.json", lambda f: f.write((json.dumps(course, indent=2) + "\n").encode()))
     except OSError as err:
-        raise CourseError(f"cannot write the summary to {out}: {err.strerror or err}{free_space_note(out)}; "
+        raise CourseError(f"cannot write the summary to {out}: {err.strerror or err}; "
                           "the previous summary and figure are unchanged", WRITE_FAILED) from None
     finally:
         plt.close(fig)  # pyplot keeps every figure it made until it is closed
@@ -217,7 +217,7 @@ def describe(course: dict) -> str:
 def draw_course(summaries: list[dict], title: str):
     """Every stage's smoothed training loss on one axis, its test accuracy beside it; stages whose
     curves coincide share one colour and one legend entry, and the figure says they coincide."""
-    from common.run.plots import plt, read_csv, smoothing_window, trailing_mean
+    from common.tools.figures import plt, read_csv, smoothing_window, trailing_mean
 
     losses = [read_csv(Path(s["record"]) / "losses.csv") for s in summaries]
     window = smoothing_window(min((len(l["loss"]) for l in losses if l), default=0))
@@ -301,4 +301,4 @@ def group_label(summaries: list[dict], members: list[int]) -> str:
 
 
 if __name__ == "__main__":
-    run_program(main)  # one line and an exit code for every ending (common/run/program.py)
+    run_program(main)  # one line and an exit code for every ending (common/tools/program.py)

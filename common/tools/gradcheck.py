@@ -47,8 +47,8 @@ from common.cli import HelpFormatter, OneLineParser, positive_int
 from common.data import SYNTHETIC_NAME
 from common.errors import BAD_INPUT
 from common.harness import relative_error, sample_batches
-from common.run.checkpoint import save_figure, write_atomically
-from common.run.program import os_error, run_program
+from common.tools.figures import save_figure, write_whole
+from common.tools.program import run_program
 from common.weights import PARAM_NAMES, reference_params
 from stages import stage01_numpy as stage1
 
@@ -526,7 +526,7 @@ def writable_figure(parser: OneLineParser, out: str) -> Path:
         if not os.access(path.parent, os.W_OK):
             raise ValueError("its folder is not writable")
     except (OSError, ValueError) as err:
-        why = os_error(err) if isinstance(err, OSError) else err
+        why = err.strerror if isinstance(err, OSError) else err
         parser.exit(BAD_INPUT, f"{parser.prog}: error: cannot write --out {out}: {why}\n")
     return path
 
@@ -576,10 +576,10 @@ def main(argv=None) -> dict:
     print("\n".join(torch_verdicts(checks)))
 
     record = as_record(table, scans, checks, args)
-    write_atomically(out.with_suffix(".json"), lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
+    write_whole(out.with_suffix(".json"), lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
     print(f"\nwritten: {out}, {out.with_suffix('.json')}")
     return record
 
 
 if __name__ == "__main__":
-    run_program(main)  # one line and an exit code for every ending (common/run/program.py)
+    run_program(main)  # one line and an exit code for every ending (common/tools/program.py)

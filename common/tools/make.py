@@ -13,7 +13,7 @@ import shlex
 import sys
 
 from common.errors import BAD_INPUT
-from common.run.program import run_program
+from common.tools.program import run_program
 
 
 def args_from_env() -> list[str]:
@@ -84,7 +84,9 @@ def ddp() -> None:
     nproc = number("NPROC", "a number of processes", "NPROC=2", default="2")
     if nproc < 1:
         fail(f"NPROC={nproc} is not a number of processes (try NPROC=2)")
-    torchrun.main(["--nproc-per-node", str(nproc), "-m", "stages.stage11_distributed"] + args_from_env())
+    # --standalone: torchrun picks a free port itself, so another run's port is never in the way
+    return torchrun.main(["--standalone", "--nproc-per-node", str(nproc), "-m", "stages.stage11_distributed"]
+                         + args_from_env())
 
 
 def module(name: str, fixed: list[str] = (), stage: bool = False):
@@ -130,12 +132,12 @@ TARGETS = {
 }
 
 
-def main(argv=None) -> None:
+def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] not in TARGETS:
         fail(f"usage: python -m common.tools.make TARGET, TARGET one of {', '.join(TARGETS)}")
-    TARGETS[argv[0]]()
+    return TARGETS[argv[0]]()
 
 
 if __name__ == "__main__":
-    run_program(main, name="make")  # one line and an exit code for every ending (common/run/program.py)
+    run_program(main, name="make")  # one line and an exit code for every ending (common/tools/program.py)

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from common.errors import INTERRUPTED, CourseError, one_line, printable
-from common.harness import ROOT
-from common.run.program import exit_code_of
+from common.errors import INTERRUPTED, CourseError, describe, one_line, printable
+from common.harness import ROOT, StepLog
 
 GALLERY_PAGE = "docs/mistakes.md"
 
@@ -285,23 +284,12 @@ def on_two_devices(mistake: Mistake, folder: Path, planted: bool) -> str:
     saved = stage.show_first_step
     stage.show_first_step = lambda loss, grad: None  # a meta tensor has no values to print
     try:
-        d.train_one_epoch(model, batch, 0.01, 0.9, as_given=True, run=_Steps())
+        d.train_one_epoch(model, batch, 0.01, 0.9, as_given=True, run=StepLog())
         return "ran"
     except RuntimeError as err:
         return one_line(f"RuntimeError: {err}", 200)
     finally:
         stage.show_first_step = saved
-
-
-class _Steps:
-    """A run recorder that only counts: the meta device holds no numbers to record."""
-    main_process = True
-
-    def __init__(self):
-        self.steps = 0
-
-    def log_step(self, loss, gradients=None) -> None:
-        self.steps += 1
 
 
 # A mistake's symptom in words, from the mistaken run's numbers and the correct run's.
@@ -419,7 +407,7 @@ def plot(entries: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from common.run.checkpoint import write_atomically
+    from common.run import write_whole
 
     columns = 3
     rows = math.ceil(len(entries) / columns)
@@ -455,7 +443,7 @@ def plot(entries: list[dict], path: Path) -> None:
     image = io.BytesIO()
     fig.savefig(image, dpi=90)
     plt.close(fig)
-    write_atomically(path, lambda f: f.write(image.getvalue()))
+    write_whole(path, lambda f: f.write(image.getvalue()))
 
 
 def _wrapped(text: str, width: int) -> list[str]:
@@ -530,7 +518,7 @@ def run_gallery(mistakes, folder: Path, say=print) -> dict:
 
 
 def write(report: dict, out: Path, docs: bool) -> list[Path]:
-    from common.run.checkpoint import write_atomically
+    from common.run import write_whole
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -539,9 +527,9 @@ def write(report: dict, out: Path, docs: bool) -> list[Path]:
         (folder / figure).parent.mkdir(parents=True, exist_ok=True)
         plot(report["mistakes"], folder / figure)
         name = "mistakes.md" if folder == out else Path(GALLERY_PAGE).name
-        write_atomically(folder / name, lambda f, figure=figure: f.write(page(report, figure).encode()))
+        write_whole(folder / name, lambda f, figure=figure: f.write(page(report, figure).encode()))
         written += [folder / figure, folder / name]
-    write_atomically(out / "mistakes.json", lambda f: f.write((json.dumps(report, indent=1) + "\n").encode()))
+    write_whole(out / "mistakes.json", lambda f: f.write((json.dumps(report, indent=1) + "\n").encode()))
     return [out / "mistakes.json", *written]
 
 
@@ -569,7 +557,7 @@ def main(argv=None) -> int:
         return err.exit_code
     except OSError as err:
         print(f"mistakes: cannot write {err.filename or args.out}: {err.strerror}", file=sys.stderr)
-        return exit_code_of(err)  # 4 for a write that failed midway, 2 for a folder that cannot be used
+        return describe(err)[1]  # 4 for a write that failed midway, 2 for a folder that cannot be used
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)

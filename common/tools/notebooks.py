@@ -33,7 +33,7 @@ from pathlib import Path
 
 from common.cli import OneLineParser
 from common.harness import ROOT, stage_files
-from common.run.program import run_program
+from common.tools.program import run_program
 from common.tools.exercises.catalog import EXERCISES
 from common.tools.lessons import LESSONS_DIR, Lesson, read_lesson, relink, relative_to
 

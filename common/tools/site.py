@@ -48,7 +48,7 @@ from common.cli import OneLineParser
 from common.data import data_name, on_data
 from common.errors import BAD_INPUT
 from common.harness import stage_files
-from common.run.program import run_program
+from common.tools.program import run_program
 from common.tools.course import notes as course_notes
 from common.tools.exercises.catalog import EXERCISES
 from common.tools.lessons import LESSONS_DIR, Lesson, read_lesson, relink
@@ -597,4 +597,4 @@ def main(argv=None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    run_program(main)  # one line and an exit code for every ending (common/run/program.py)
+    run_program(main)  # one line and an exit code for every ending (common/tools/program.py)

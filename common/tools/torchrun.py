@@ -1,51 +1,53 @@
 """torchrun, ending as the course's programs end: one line and an exit code, never a traceback.
 
-    python -m common.tools.torchrun --nproc-per-node 2 -m stages.stage11_distributed --epochs 1
+    python -m common.tools.torchrun --standalone --nproc-per-node 2 -m stages.stage11_distributed
 
-takes torchrun's own arguments and runs torchrun itself (`torch.distributed.run.main`) in this
-process. Plain `torchrun` answers Ctrl-C, and any process that exits with an error, with
-its own traceback and a failure report; here Ctrl-C (which reaches torchrun; torchrun starts
-each worker in a session of its own and passes the signal on, and the workers agree to stop
-after the same step, see common/run/) ends with one line and code 130, and a process that failed (bad input, say) with its own one-line message,
-printed once by that process, and its exit code.
+runs torchrun itself (`torch.distributed.run.main`) in this process, with torchrun's own options.
+Plain `torchrun` answers Ctrl-C, or a process that failed, with its own traceback and a failure
+report; here Ctrl-C or SIGTERM (which torchrun passes on to every process) ends with one line
+and 130, and a process that failed with one line naming it, after that process's own line.
 """
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import types
 
 from common.cli import OneLineParser
 from common.errors import INTERRUPTED
-from common.run import signals
-from common.run.program import run_program
+from common.tools.program import run_program
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed import run as torchrun_module
-    from torch.distributed.run import main as torchrun
 
-    torchrun_module.get_args_parser = one_line(torchrun_module.get_args_parser)
-    for logger in ("torch.distributed.elastic", "torch.distributed.run"):  # warnings that restate the ending
-        logging.getLogger(logger).setLevel(logging.ERROR)
+    torchrun.get_args_parser = one_line(torchrun.get_args_parser)
+    for logger in ("torch.distributed.elastic", "torch.distributed.run"):  # they restate the ending
+        logging.getLogger(logger).setLevel(logging.CRITICAL)
     try:
-        torchrun(sys.argv[1:] if argv is None else argv)
+        torchrun.main(sys.argv[1:] if argv is None else argv)
     except SignalException as err:
-        signals.reclaim()  # torchrun's own handlers would raise again during the exit
-        print(f"torchrun: stopped by {err.sigval.name}, which it passed on to every process", file=sys.stderr)
-        sys.exit(INTERRUPTED)
+        quiet_from_now_on()
+        print(f"torchrun: stopped by {err.sigval.name}, which it passed on to every process",
+              file=sys.stderr)
+        return INTERRUPTED
     except ChildFailedError as err:
-        signals.reclaim()
+        quiet_from_now_on()
         rank, first = err.get_first_failure()  # the earliest: the others may have failed because of it
-        code = first.exitcode if 0 < first.exitcode < 256 else 1  # a negative code is a signal's number
-        print(f"torchrun: {len(err.failures)} process(es) failed; rank {rank} failed first, "
-              f"with exit code {first.exitcode}", file=sys.stderr)
-        sys.exit(code)
-    except KeyboardInterrupt:  # a signal before torchrun installed its own handlers
-        print(f"torchrun: stopped by {signals.name(signals.pending())} before the processes started", file=sys.stderr)
-        sys.exit(INTERRUPTED)
+        how = f"exit code {first.exitcode}" if first.exitcode > 0 else f"signal {-first.exitcode}"
+        print(f"torchrun: process {rank} failed first ({how}); torchrun stopped the others",
+              file=sys.stderr)
+        return first.exitcode if 0 < first.exitcode < 256 else 1
+    return 0
+
+
+def quiet_from_now_on() -> None:
+    """torchrun's own handlers would raise again at a second signal while this process ends."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def one_line(get_args_parser):
@@ -60,4 +62,4 @@ def one_line(get_args_parser):
 
 
 if __name__ == "__main__":
-    run_program(main)  # one line and an exit code for every other ending (common/run/program.py)
+    run_program(main)  # one line and an exit code for every other ending (common/tools/program.py)

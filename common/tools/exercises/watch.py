@@ -217,18 +217,3 @@ class StepWatch:
             yield
         finally:
             setattr(self.module, name, function)
-
-
-class LoggingRun:
-    """Stands in for the run recorder in a loop under watch: counts the steps, keeps the losses,
-    and tells the watch when a step was logged."""
-
-    main_process = True
-
-    def __init__(self, watch: StepWatch):
-        self.watch, self.losses, self.steps = watch, [], 0
-
-    def log_step(self, loss, gradients=None) -> None:
-        self.losses.append(loss.item() if hasattr(loss, "item") else float(loss))
-        self.steps += 1
-        self.watch.logged()

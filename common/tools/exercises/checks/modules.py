@@ -15,7 +15,8 @@ from common.tools.exercises.checks.handwritten import torch_of
 from common.tools.exercises.diagnoses import factor, loop_behaviour, loss_words, update_words
 from common.tools.exercises.framework import (FIVE_BATCHES, LR, MOMENTUM, ONE_BATCH, Mismatch, Subject, expect_close,
                                               expect_dicts_close, expect_losses, torch_reference)
-from common.tools.exercises.watch import LoggingRun, StepWatch, host_watched, on_host
+from common.run import StepLog
+from common.tools.exercises.watch import StepWatch, host_watched, on_host
 from common.weights import PARAM_SHAPES, reference_params
 
 
@@ -100,7 +101,7 @@ LOOP_BATCHES = 5
 
 
 def run_loop(s: Subject, params: dict, batches: list, dtype: str, max_steps: int | None = None,
-             setup=None) -> tuple[StepWatch, LoggingRun, object]:
+             setup=None) -> tuple[StepWatch, StepLog, object]:
     """The learner's train_one_epoch over `batches`, watched; from stage 8 on handed a model in eval
     mode (as evaluate() leaves it), from stage 9 on batches on the watched host device."""
     moves = s.takes("train_one_epoch", "device")
@@ -113,7 +114,7 @@ def run_loop(s: Subject, params: dict, batches: list, dtype: str, max_steps: int
     named = dict(model.net) if isinstance(model.net, dict) else dict(model.module.named_parameters())
     net = None if isinstance(model.net, dict) else model.module
     watch = StepWatch(named, s.module, net=net, optimizer=optimizer)
-    run = LoggingRun(watch)
+    run = StepLog(on_step=watch.logged)
     given = as_tensors(s, batches, dtype, host=True) if moves else batches
     with watch.watching(), host_watched():
         try:
