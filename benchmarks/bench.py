@@ -3,10 +3,10 @@
 1. the time of one training step of every stage at batch 4 and 64, float32 and float64
    (median of repeats after warm-up), with its ratio to stage 6 (idiomatic PyTorch);
 2. the shared machine: every stage's step at batch 4 and 64 (float32) on the idle machine
-   and beside one CPU-bound process that the benchmark starts and stops itself, with torch's
-   default threads and with --threads auto (common/run/threads.py); speed busy / idle;
+   and beside one CPU-bound process that the benchmark starts and stops itself, with the
+   course's --threads default (common/cli.py) and with torch's own default; speed busy / idle;
 3. one epoch of the stages' own loops (stages 7-10, with the real run recorder: progress bar,
-   losses.csv, gradient norms) against the tutorial's own loop on the same images, read
+   losses.csv) against the tutorial's own loop on the same images, read
    through a CIFAR10-style Dataset (a PIL image per sample, ToTensor, Normalize; batch 4);
 4. achieved GFLOP/s per stage, from the network's FLOP count, against the machine's peak for
    a large float32 matrix product measured in the same run;
@@ -35,13 +35,14 @@ import torch
 from torch import nn, optim
 from tqdm import tqdm
 
-from common.cli import OneLineParser
+from common.cli import DEFAULT_THREADS, OneLineParser
 from common.data import make_synthetic
 from common.harness import driver, load_stage, sample_batches, stage_names, stage_options
-from common.run import StageRun
+from common.run import StageRun, use_threads
 from common.tools.program import run_program
-from common.run.threads import FIRST_LOOK, ThreadPolicy
 from common.weights import PARAM_SHAPES, reference_params
+
+TORCH_THREADS = torch.get_num_threads()  # torch's own default, one per physical core
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -79,12 +80,11 @@ def _timed(fn) -> float:
 
 
 # ---------------------------------------------------------------- 1. train_step times
-def step_time(stage, batch_size: int, dtype: str, repeats: int, warmup: int = 3, policy=None,
+def step_time(stage, batch_size: int, dtype: str, repeats: int, warmup: int = 3,
               first: list | None = None) -> float:
     """Median seconds of one training step, on fresh batches each time, the model built as the
-    stage's main() builds it (autocast from stage 12, torch.compile from stage 13); with a thread
-    policy, it looks at the machine between steps as the run recorder does. `first`, if given,
-    receives the seconds of the first step (where torch.compile compiles)."""
+    stage's main() builds it (autocast from stage 12, torch.compile from stage 13). `first`, if
+    given, receives the seconds of the first step (where torch.compile compiles)."""
     d = driver(stage)
     options = d.main_options()
     if "compile" in options:
@@ -94,8 +94,6 @@ def step_time(stage, batch_size: int, dtype: str, repeats: int, warmup: int = 3,
     times = []
     for i, (x, y) in enumerate(batches):
         seconds = _timed(lambda: d.train_step(model, x, y, 0.001, 0.9))
-        if policy is not None:
-            policy.check()
         if i == 0 and first is not None:
             first.append(seconds)
         if i >= warmup:
@@ -148,43 +146,32 @@ def one_busy_process():
         hog.wait()
 
 
-def policy_for(setting):
-    """A thread policy that has already looked at the machine once."""
-    policy = ThreadPolicy(setting)
-    time.sleep(2 * FIRST_LOOK)
-    policy.check(at_once=True)
-    return policy
-
-
 def bench_shared(repeats: int) -> list[dict]:
     """Speed beside one busy process over speed on the idle machine, per stage and batch size,
-    with torch's default threads (what the course did before --threads) and with auto."""
-    default = torch.get_num_threads()
+    with the course's --threads default and with torch's own default (one thread per core)."""
+    settings = {"course": DEFAULT_THREADS, "torch": TORCH_THREADS}
     times = {}
     for busy in (False, True):
-        settings = (default, "auto") if busy else (default, "auto", 1)  # one thread idle: the best beside a busy one
         with one_busy_process() if busy else contextlib.nullcontext():
             for name in tqdm(stage_names(), desc="shared machine (busy)" if busy else "shared machine (idle)",
                              unit="stage"):
                 for batch_size in (4, 64):
-                    for setting in settings:  # taking turns, so a slow spell hits all alike
-                        policy = policy_for(setting)
+                    for setting, threads in settings.items():  # taking turns, so a slow spell hits both
+                        put_back = use_threads(threads)
                         try:
-                            times[name, batch_size, setting, busy] = step_time(name, batch_size, "float32",
-                                                                               repeats, policy=policy)
+                            times[name, batch_size, setting, busy] = step_time(name, batch_size, "float32", repeats)
                         finally:
-                            policy.restore()  # torch's and numpy's own thread counts again
+                            put_back()
     rows = []
     for name in stage_names():
         for batch_size in (4, 64):
-            t = {(s, b): times[name, batch_size, s, b] for s in (default, "auto") for b in (False, True)}
+            t = {(s, b): times[name, batch_size, s, b] for s in settings for b in (False, True)}
             rows.append({"stage": name.split(".")[1], "batch": batch_size,
-                         "default_idle_ms": 1000 * t[default, False], "default_busy_ms": 1000 * t[default, True],
-                         "default_busy_vs_idle": t[default, False] / t[default, True],
-                         "auto_idle_ms": 1000 * t["auto", False], "auto_busy_ms": 1000 * t["auto", True],
-                         "auto_busy_vs_idle": t["auto", False] / t["auto", True],
-                         "auto_idle_vs_default_idle": t[default, False] / t["auto", False],
-                         "one_thread_idle_vs_auto_idle": t["auto", False] / times[name, batch_size, 1, False]})
+                         "course_idle_ms": 1000 * t["course", False], "course_busy_ms": 1000 * t["course", True],
+                         "course_busy_vs_idle": t["course", False] / t["course", True],
+                         "torch_idle_ms": 1000 * t["torch", False], "torch_busy_ms": 1000 * t["torch", True],
+                         "torch_busy_vs_idle": t["torch", False] / t["torch", True],
+                         "course_idle_vs_torch_idle": t["torch", False] / t["course", False]})
     return rows
 
 
@@ -353,10 +340,9 @@ def main(argv=None) -> dict:
     results = {part: measure[part]() for part in PARTS if part in args.parts}
     titles = {
         "steps": "one training step (median ms; ratio to stage 6; achieved GFLOP/s and fraction of the matmul peak)",
-        "shared": f"beside one CPU-bound process (float32, median ms): torch's default {torch.get_num_threads()} "
-                  "threads against --threads auto; busy_vs_idle is speed beside it over speed alone (goal: >= 0.8 "
-                  "with auto), auto_idle_vs_default_idle the idle speed kept (goal: >= 0.95); "
-                  "one_thread_idle_vs_auto_idle is the most a run can keep beside a busy process when one core is left",
+        "shared": f"beside one CPU-bound process (float32, median ms): the course's --threads {DEFAULT_THREADS} "
+                  f"against torch's default {TORCH_THREADS} threads; busy_vs_idle is speed beside it over speed "
+                  "alone (goal: >= 0.8 with the course's default); course_idle_vs_torch_idle the idle speed kept",
         "throughput": "one epoch at batch 4 (images/s; ratio to the tutorial's loop, goal >= 0.95)",
         "memory": "peak extra memory of one float32 step at batch 256 (MiB)",
         "pytorch2": "stages 11-13, float32 (median ms; ratio to stage 11; the first step, where torch.compile "

@@ -77,6 +77,7 @@ def number(kind, low=None, high=None, *, above=None, below=None):
 
 positive_int, non_negative_int, positive_float = number(int, 1), number(int, 0), number(float, above=0)
 batch_size = number(int, 1, sys.maxsize)  # DataLoader's BatchSampler takes no more
+seed = number(int, 0, MAX_SEED)
 probability = number(float, 0, below=1)
 
 
@@ -101,11 +102,14 @@ def device_name(text: str) -> str:
     return text
 
 
+GROUP_DEVICES = "cuda (nccl), xpu (xccl) or cpu (gloo)"  # where a process group's backends all-reduce
+
+
 def process_device_name(text: str) -> str:
-    """device_name(), for a process group, whose backends all-reduce on cuda (nccl) or the cpu (gloo)."""
+    """device_name(), for a process group (checked again once auto is known: check_together)."""
     kind = device_name(text).partition(":")[0]
-    if kind not in ("auto", "cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"{text}: a process group all-reduces on cuda (nccl) or cpu (gloo), "
+    if kind not in ("auto", "cpu", "cuda", "xpu"):
+        raise argparse.ArgumentTypeError(f"{text}: a process group all-reduces on {GROUP_DEVICES}, "
                                          f"not on {kind}; use --device cpu")
     return text
 
@@ -124,9 +128,8 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
     add("--epochs", type=positive_int, default=2, help="passes over the training set")
     add("--batch-size", type=batch_size, default=4, help="images per training step")
     add("--lr", type=positive_float, default=0.001, help="learning rate")
-    add("--momentum", type=number(float, 0), default=0.9, help="SGD momentum")
-    add("--seed", type=number(int, 0, MAX_SEED), default=0,
-        help="seed of the weights, data order, synthetic data, dropout")
+    add("--momentum", type=probability, default=0.9, help="SGD momentum (below 1: the step must decay)")
+    add("--seed", type=seed, default=0, help="seed of the weights, data order, synthetic data, dropout")
     add("--dtype", choices=DTYPES, default="float32", help="floating-point precision")
     add("--data", choices=SOURCES, default="auto", help="auto: --data-dir, else ./data, else synthetic")
     add("--data-dir", default=None, metavar="DIR", help="a torchvision CIFAR-10 root or a folder of .npy files")
@@ -161,6 +164,10 @@ def check_together(parser: OneLineParser, args: argparse.Namespace) -> None:
     here = torch.accelerator.current_accelerator(check_available=True)
     if kind == "auto":
         kind = here.type if here is not None else "cpu"
+    joins_a_group = any(action.type is process_device_name for action in parser._actions)
+    if joins_a_group and kind not in ("cpu", "cuda", "xpu"):
+        parser.error(f"argument --device: {args.device} is {kind} here, and a process group all-reduces on "
+                     f"{GROUP_DEVICES}; use --device cpu")
     if kind == "mps" and args.dtype == "float64":
         parser.error("argument --dtype: mps has no float64; use --dtype float32, or --device cpu")
     if getattr(args, "data_parallel", False) and (kind not in ("cuda", "cpu") or kind == "cpu" and here):

@@ -11,11 +11,20 @@ back to the synthetic set, the printed line says why in plain words (no network,
 that failed otherwise, or a damaged `cifar-10-batches-py/`); torchvision's own error is kept in
 `CifarArrays.details` and printed with `verbose=True`.
 
-The `.npy` layout: the training images in one `train_x.npy` or in shards `train_x_<number>.npy`,
-numbered from 0 or 1 without gaps (zero-padding allowed) and read in numeric order, then
-`train_y.npy`, `test_x.npy` and `test_y.npy`. Images must be uint8 of shape (N, 32, 32, 3);
-labels 1-D integers of any width and byte order, in 0-9, which become native int64. Each
-file's header is checked before its data is read, and pickled (object) arrays are refused.
+The `.npy` layout, file by file:
+- Training images are either one `train_x.npy` or shards named `train_x_<digits>.npy`, read
+  in numeric order (`train_x_2.npy` before `train_x_10.npy`; zero-padding is allowed) and
+  numbered without gaps from 0 or 1. Files that are clearly not shards are ignored: names not
+  ending in `.npy` (`train_x_1.npy.bak`, `notes.txt`) and `.npy` files whose names do not start
+  with `train_x` (`mean.npy`). Refused with one line, because the intent is unclear: any other
+  `.npy` file starting with `train_x` (`train_x_final.npy`), two shards with one number
+  (`train_x_01.npy` and `train_x_1.npy`), a gap in the numbers, or `train_x.npy` beside shards.
+- Every file's header is read and checked before its data: images must be uint8 with shape
+  (N, 32, 32, 3); labels a 1-D array of integers of any width, signedness and byte order,
+  converted to native int64 once their values are checked to lie in 0-9. The data the header
+  describes must fill the rest of the file exactly, so a header that promises more than the
+  file holds (or a header length past its end) is refused before numpy allocates anything for
+  it. Object (pickled) arrays are refused without being unpickled.
 """
 from __future__ import annotations
 
@@ -23,11 +32,13 @@ import errno
 import os
 import re
 import socket
+import tokenize
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from common.errors import CourseError, one_line
 
@@ -146,58 +157,132 @@ def validate(data: CifarArrays) -> None:
 # ---------------------------------------------------------------- the offline .npy layout
 def load_npy(directory: Path) -> CifarArrays:
     """The offline layout: train_x.npy or its shards, train_y.npy, test_x.npy, test_y.npy."""
-    train_x = np.concatenate([_read(f, _check_images) for f in _train_files(directory)])
-    return CifarArrays(train_x, _read(directory / "train_y.npy", _check_labels),
-                       _read(directory / "test_x.npy", _check_images),
-                       _read(directory / "test_y.npy", _check_labels),
+    train_x = np.concatenate([_read_images(f) for f in _train_files(directory)])
+    return CifarArrays(train_x, _read_labels(directory / "train_y.npy"),
+                       _read_images(directory / "test_x.npy"), _read_labels(directory / "test_y.npy"),
                        source=f"CIFAR-10 from the .npy files in {directory}")
 
 
 def _train_files(directory: Path) -> list[Path]:
-    """train_x.npy, or the shards train_x_<number>.npy in numeric order (see the top)."""
-    shards = sorted((int(m[1]), directory / m[0]) for p in directory.iterdir()
-                    if (m := SHARD_NAME.fullmatch(p.name)))
+    """train_x.npy, or the shards in numeric order; the rule is in the module docstring."""
+    shards = _shards(directory)
     if not shards:
         return [directory / "train_x.npy"]
     if (directory / "train_x.npy").exists():
         raise CourseError(f"{directory}: holds both train_x.npy and shards (train_x_<number>.npy); keep one")
-    numbers = [n for n, _ in shards]
-    if numbers[0] > 1 or numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-        raise CourseError(f"{directory}: the shards are numbered {one_line(numbers, 80)}; they must run "
-                          "from 0 or 1 without gaps or repeats (is one missing?)")
-    return [path for _, path in shards]
+    numbers = sorted(shards)
+    if numbers[0] > 1 or numbers[-1] - numbers[0] + 1 != len(numbers):
+        raise CourseError(f"{directory}: the shards are numbered {_clip(', '.join(map(str, numbers)))}; "
+                          "they must run from 0 or 1 without gaps (is one missing?)")
+    return [directory / shards[n] for n in numbers]
 
 
-def _read(path: Path, check) -> np.ndarray:
-    """A .npy file, its header checked before its data is read. Mapped, not read: a header that
-    promises more than the file holds is refused without setting aside memory for it."""
+def _shards(directory: Path) -> dict[int, str]:
+    """Shard number -> file name; refuses the names whose intent is unclear."""
+    shards: dict[int, str] = {}
+    for name in sorted(p.name for p in directory.iterdir()):
+        if not (name.startswith("train_x") and name.endswith(".npy")) or name == "train_x.npy":
+            continue  # not a shard, and clearly not meant as one
+        match = SHARD_NAME.fullmatch(name)
+        if match is None:
+            raise CourseError(f"{directory / name}: neither train_x.npy nor a shard train_x_<number>.npy; "
+                              "rename it or move it out of the folder")
+        number = int(match[1])
+        if number in shards:
+            raise CourseError(f"{directory}: {shards[number]} and {name} are both shard {number}; keep one")
+        shards[number] = name
+    return shards
+
+
+def _read_images(path: Path) -> np.ndarray:
+    # A Fortran-order file loads as a transposed view; the stages expect C order.
+    return np.ascontiguousarray(_read_npy(path, _check_images))
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    labels = _read_npy(path, _check_labels)
+    # Checked before the conversion: a uint64 label of 2**63 or more would wrap to a negative int64.
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise CourseError(f"{path}: labels must lie in 0-9, found {labels.min()}..{labels.max()}")
+    return labels.astype(np.int64)  # native byte order, whatever the file's
+
+
+def _check_images(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if dtype != np.uint8:  # one byte has no byte order: '<u1', '>u1' and '|u1' are all uint8
+        raise CourseError(f"{path}: images must be uint8, got {_clip(dtype.name)}")
+    if len(shape) != 4 or shape[1:] != IMAGE_SHAPE:
+        raise CourseError(f"{path}: images must have shape (N, 32, 32, 3), got {_clip(str(shape))}")
+
+
+def _check_labels(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if dtype.kind not in "iu" or len(shape) != 1:  # kind i: signed integers, u: unsigned
+        raise CourseError(f"{path}: labels must be a 1-D integer array, got {_clip(dtype.name)} {_clip(str(shape))}")
+
+
+def _read_npy(path: Path, check) -> np.ndarray:
+    """Read a .npy file's header, check what it claims, and only then read the data."""
     if not path.is_file():
         what = "not a file" if path.exists() else "missing"
         raise CourseError(f"{path}: {what} (the .npy layout needs train_x*, train_y, test_x, test_y)")
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
-        raise CourseError(f"{path}: not a readable .npy file ({one_line(str(err) or type(err).__name__, 80)})")
-    if not isinstance(array, np.ndarray):  # np.load of a .npz archive
-        raise CourseError(f"{path}: not a .npy file")
-    return check(path, array)
+        with open(path, "rb") as f:
+            shape, dtype = _read_header(path, f)
+            check(path, shape, dtype)
+            _check_size(path, shape, dtype, data_bytes=os.fstat(f.fileno()).st_size - f.tell())
+            f.seek(0)
+            return npy_format.read_array(f, allow_pickle=False)
+    except OSError as err:
+        raise CourseError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
-def _check_images(path: Path, array: np.ndarray) -> np.ndarray:
-    if array.dtype != np.uint8:
-        raise CourseError(f"{path}: images must be uint8, got {array.dtype}")
-    if array.ndim != 4 or array.shape[1:] != IMAGE_SHAPE:
-        raise CourseError(f"{path}: images must have shape (N, 32, 32, 3), got {array.shape}")
-    return np.ascontiguousarray(array)  # read now, in C order whatever the file's
+def _read_header(path: Path, f) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a .npy header claims; leaves `f` where the data begins."""
+    try:
+        version = npy_format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):  # np.save writes 3.0 only for non-latin-1 field names
+            raise ValueError(f"format version {version[0]}.{version[1]}; np.save writes plain arrays as 1.0 or 2.0")
+        _check_header_length(path, f, length_bytes=2 if version == (1, 0) else 4)
+        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    # numpy parses the header (at most 10000 characters) with ast.literal_eval. Malformed text
+    # raises ValueError, TypeError (an unhashable key: "{[]: 1}"), tokenize.TokenError (open
+    # brackets, from numpy's fallback for Python 2 headers), or, when nested too deeply for
+    # Python's parser, MemoryError ("-" * 9000 + "1") or RecursionError ("a." * 4900 + "a"):
+    # here these mean "malformed", not "out of memory". SyntaxError too, should numpy pass it on.
+    except (ValueError, TypeError, tokenize.TokenError, MemoryError, RecursionError, SyntaxError) as err:
+        raise CourseError(f"{path}: not a readable .npy file ({_clip(str(err) or type(err).__name__)})") from None
+    if dtype.hasobject:
+        raise CourseError(f"{path}: holds Python objects, which would have to be unpickled; "
+                          "only plain numeric arrays are read")
+    return shape, dtype
 
 
-def _check_labels(path: Path, array: np.ndarray) -> np.ndarray:
-    """Integer labels of any width and byte order, checked to lie in 0-9, as native int64."""
-    if array.dtype.kind not in "iu" or array.ndim != 1:  # i: signed integers, u: unsigned
-        raise CourseError(f"{path}: labels must be a 1-D integer array, got {array.dtype} {array.shape}")
-    if array.size and (array.min() < 0 or array.max() >= len(CLASSES)):  # before a uint64 could wrap
-        raise CourseError(f"{path}: labels must lie in 0-9, found {array.min()}..{array.max()}")
-    return array.astype(np.int64)
+def _check_header_length(path: Path, f, length_bytes: int) -> None:
+    """numpy reads as many bytes as the header's length field says in one call, and Python sets
+    aside that much memory first: up to 4 GB for a 2.0 header, however small the file."""
+    start = f.tell()
+    length = int.from_bytes(f.read(length_bytes), "little")
+    f.seek(start)
+    if length > os.fstat(f.fileno()).st_size - start - length_bytes:
+        raise CourseError(f"{path}: not a readable .npy file (its header length, {length:,} bytes, "
+                          "runs past the end of the file)")
+
+
+def _check_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, data_bytes: int) -> None:
+    """The header's promise against the file's size: this is what makes an absurd shape harmless."""
+    if any(n < 0 for n in shape):
+        raise CourseError(f"{path}: not a readable .npy file (negative length in shape {_clip(str(shape))})")
+    needed = dtype.itemsize
+    for n in shape:
+        needed *= n  # Python ints: no overflow, however absurd the shape
+    if needed != data_bytes:
+        raise CourseError(f"{path}: not a readable .npy file (its header describes {_clip(str(shape))} "
+                          f"{dtype.name}, {needed:,} bytes, but {data_bytes:,} bytes follow it)")
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """Foreign text (numpy's reasons, a header's shape) as part of one short line."""
+    return one_line(text, limit)
 
 
 # ---------------------------------------------------------------- a torchvision root
@@ -220,7 +305,7 @@ def load_torchvision(root: Path, download: bool) -> CifarArrays:
     except Exception as err:  # torchvision raises RuntimeError, URLError, OSError, ...
         if not existed and root.is_dir() and not any(root.iterdir()):
             root.rmdir()  # leave no empty folder behind a failed download
-        reason = one_line(str(err) or type(err).__name__, 200)
+        reason = _clip(str(err) or type(err).__name__, 200)
         raise Unavailable(_why_unavailable(err, root), reason) from None
     return CifarArrays(train.data, np.asarray(train.targets, dtype=np.int64),
                        test.data, np.asarray(test.targets, dtype=np.int64),

@@ -10,6 +10,8 @@ Exit codes of every stage and of every tool behind make:
   5    out of memory
   6    another process of the group failed (stages 11-13)
   130  interrupted: Ctrl-C (SIGINT) or SIGTERM
+  141  stdout's reader went away (`| head`): the program ends quietly, as the shell reports a
+       program that SIGPIPE ended
 A bug still shows its traceback: `describe` returns None for it.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import unicodedata
 
 BAD_INPUT, DIVERGED, WRITE_FAILED, OUT_OF_MEMORY, GROUP_FAILED, INTERRUPTED = 2, 3, 4, 5, 6, 130
+READER_GONE = 141
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -41,8 +44,8 @@ def describe(exc: BaseException) -> tuple[str, int] | None:
         return "interrupted", INTERRUPTED
     if isinstance(exc, CourseError):
         return str(exc), exc.exit_code
-    if isinstance(exc, BrokenPipeError):  # `| head` read what it wanted and went away: no news
-        return "", 0
+    if isinstance(exc, BrokenPipeError):  # `| head` read what it wanted: the callers say nothing
+        return "stdout's reader went away", READER_GONE
     if isinstance(exc, MemoryError) or "OutOfMemoryError" in kinds:  # numpy's, or torch's
         return "out of memory: try a smaller --batch-size, or close other programs", OUT_OF_MEMORY
     if kinds & {"DistStoreError", "DistNetworkError"}:  # the group's rendezvous: a port, a peer

@@ -42,7 +42,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from common.data import CHANCE, data_name, on_data
-from common.errors import DIVERGED, INTERRUPTED, CourseError, describe, flush_stdout, printable
+from common.errors import DIVERGED, INTERRUPTED, READER_GONE, CourseError, describe, flush_stdout, printable
 
 READ_EVERY = 50  # steps whose losses are read back at once: a GPU then waits once, not every step
 RUNNING_LOSS_STEPS = 100  # the epoch's line and the figure average the loss over this many steps
@@ -141,6 +141,8 @@ class StageRun:
         if threading.current_thread() is threading.main_thread():  # signal handlers live there
             self._handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in SIGNALS}
         self._threads = use_threads(self.args.threads)
+        self._quiet = np.errstate(over="ignore", invalid="ignore")  # numpy's warnings on the way to
+        self._quiet.__enter__()  # a NaN: the run says it once, in its own line (a loss of NaN)
         self._say(f"threads: {self.args.threads}, for torch's and numpy's maths (--threads)")
         return self
 
@@ -158,7 +160,7 @@ class StageRun:
         if line is None:
             raise exc  # a bug: its traceback shows
         flush_stdout()
-        if line:
+        if code != READER_GONE:
             print(f"{self.stage}: {printable(line)}", file=sys.stderr, flush=True)
         raise SystemExit(code) from None
 
@@ -207,17 +209,19 @@ class StageRun:
         self.summary = {"stage": self.stage, "complete": True, "steps": self.steps,
                         "final_loss": self.running_loss, "test_accuracy": self._accuracy,
                         "seconds": time.perf_counter() - self._start, "record": str(self.folder),
-                        "data": {"source": getattr(self._data, "source", None)}}
+                        "data": {"source": getattr(self._data, "source", None),
+                                 "details": getattr(self._data, "details", None)}}
         if self.folder is None:
             return
         write_whole(self.folder / "summary.json", json_writer(self.summary))
-        write_whole(self.folder / "curves.png", draw_curves(self.folder))
+        save_curves(self.folder, self.summary["data"]["source"])
         self._say(f"{self.stage}: final training loss {self.running_loss:.4f} (mean of the last "
                   f"{len(self.recent_losses)} steps), test accuracy {100 * self._accuracy:.2f}%, "
                   f"time {self.summary['seconds']:.1f}s, record {self.folder}")
         if self.steps == self.args.max_steps and self._accuracy < 2 * CHANCE:
-            self._say(f"{self.stage}: {self.steps} steps were too few to learn (below twice "
-                      "chance); drop --max-steps to train whole epochs")
+            self._say(f"{self.stage}: {self.steps} steps were too few to learn: the test accuracy, "
+                      f"{100 * self._accuracy:.2f}%, is below twice chance ({200 * CHANCE:.0f}%); drop "
+                      "--max-steps to train whole epochs")
         flush_stdout()
 
     def _ending(self, exc: BaseException) -> tuple[str | None, int]:
@@ -228,9 +232,9 @@ class StageRun:
         line, code = described
         if code == INTERRUPTED:
             line = f"interrupted by {self._signal or 'SIGINT'} at step {self.steps}"
-        elif line:
+        elif code != READER_GONE:
             line = f"error: {line}"
-        if self.folder is not None and line:
+        if self.folder is not None:
             incomplete = {"stage": self.stage, "complete": False, "ended": line, "steps": self.steps}
             line += f"; the record so far is in {self.folder}"
             try:
@@ -245,16 +249,27 @@ class StageRun:
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
         self._threads()
+        self._quiet.__exit__(None, None, None)
 
     def _append(self, name: str, rows: list[tuple]) -> None:
-        """Rows at the end of a CSV file of the record, in one write: a row is whole or not there."""
-        if self.folder is not None:
-            text = "".join(",".join(str(value) for value in row) + "\n" for row in rows)
-            fd = os.open(self.folder / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, text.encode())
-            finally:
-                os.close(fd)
+        """Rows at the end of a CSV file of the record; a write that fails (a full disk, Ctrl-C)
+        is undone, so that the file always ends with a whole row."""
+        if self.folder is None:
+            return
+        data = memoryview("".join(",".join(map(str, row)) + "\n" for row in rows).encode())
+        path = self.folder / name
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        size = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except BaseException as err:
+            os.ftruncate(fd, size)  # shrinking a file needs no space
+            if isinstance(err, OSError):  # os.write's error names no file: this one does
+                raise OSError(err.errno, err.strerror, str(path)) from None
+            raise
+        finally:
+            os.close(fd)
 
     def _say(self, line: str) -> None:
         if self.main_process:
@@ -304,6 +319,8 @@ def write_whole(path: Path, write) -> None:
         with open(temporary, "wb") as f:
             write(f)
         os.replace(temporary, path)
+    except OSError as err:  # named after the file the learner knows, not the temporary one
+        raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -325,15 +342,21 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
-def draw_curves(folder: Path):
-    """curves.png: the training loss per step and its moving average, the test accuracy per epoch."""
-    import matplotlib
+def save_curves(folder: Path, source: str | None) -> None:
+    """curves.png, drawn from the record's CSV files (a Figure made without pyplot needs no
+    closing, and matplotlib loads only now, at the end of a run)."""
+    figure = draw_curves(folder, source)
+    write_whole(folder / "curves.png", lambda f: figure.savefig(f, format="png", dpi=100))
 
-    matplotlib.use("Agg")  # files only: no window, works without a display
+
+def draw_curves(folder: Path, source: str | None):
+    """The training loss per step and its moving average; the test accuracy per epoch; the title
+    names the data (`source`, as load_data() gave it), so that a result on the synthetic shapes
+    never passes for a CIFAR-10 one."""
     from matplotlib.figure import Figure
 
     losses, accuracy = read_csv(folder / "losses.csv"), read_csv(folder / "accuracy.csv")
-    data = on_data(data_name(json.loads((folder / "summary.json").read_text())["data"]["source"]))
+    data = on_data(data_name(source))
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_axes, accuracy_axes = fig.subplots(1, 2, width_ratios=[3, 2])
     loss_axes.set(xlabel="training step", ylabel="cross-entropy loss", title="training loss")
@@ -353,5 +376,5 @@ def draw_curves(folder: Path):
     accuracy_axes.axhline(100 * CHANCE, color="0.5", ls="--", lw=1, label="chance")
     accuracy_axes.legend(loc="lower right")
     fig.suptitle(f"{folder.parent.name}: {len(losses.get('step', ()))} training steps {data}")
-    return lambda f: fig.savefig(f, format="png", dpi=100)
+    return fig
 

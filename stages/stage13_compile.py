@@ -184,7 +184,7 @@ def main(argv=None):
         device = choose_device(args.device)
         join_process_group(device)
         if main_process:
-            print(f"device: {device}; DistributedDataParallel over a group of {dist.get_world_size()}")
+            print(f"device: {device}; DistributedDataParallel, a group of {dist.get_world_size()}")
         data = load_data(args.data, args.data_dir, args.seed, verbose=args.verbose,
                          announce=main_process)
         model = Net(args.dropout).to(device=device, dtype=DTYPES[args.dtype])  # in place

@@ -25,8 +25,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from common.harness import TOLERANCES, driver, load_stage, relative_error, stage_names, worst_relative_error
-from common.loaded import loaded_torch
+from common.harness import (TOLERANCES, driver, group_left_behind_ended, load_stage, relative_error, stage_names,
+                            worst_relative_error)
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENT_TIMEOUT = 900  # a safety net only: the tests wait for events (a file, a row), never for a speed
@@ -198,21 +198,21 @@ def run_main(stage: str | int, out_dir: Path, *argv: str, preset: list[str] = SM
     compiles, with other last digits: tests/equivalence/test_determinism.py shows it."""
     forget_compiled_graphs()
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), group_left_behind_ended():
         summary = load_stage(stage).main([*preset, "--out", str(out_dir), *argv])
     return StageResult(summary, Path(summary["record"]), out.getvalue(), err.getvalue())
 
 
 def forget_compiled_graphs() -> None:
     """torch.compiler.reset(): a compiled stage then traces afresh (inductor's kernels on disk stay)."""
-    torch = loaded_torch()
+    torch = sys.modules.get("torch")
     if torch is not None:
         torch.compiler.reset()
 
 
 def exit_of_main(stage: str | int, argv: list[str], capsys) -> tuple[int, str, str]:
     """The exit code, stdout and stderr of a main() that must end with SystemExit (bad input, --help)."""
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info, group_left_behind_ended():
         load_stage(stage).main(argv)
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
@@ -440,79 +440,6 @@ def npy_data_dir(folder: Path, n_train: int = 20, n_test: int = 10) -> Path:
         np.save(folder / f"{split}_x.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
         np.save(folder / f"{split}_y.npy", rng.integers(0, 10, n))
     return folder
-
-
-# ---------------------------------------------------------------- a program held at one point
-# Put on PYTHONPATH as sitecustomize.py, it holds the program at COURSE_HOLD_AT ("import torch", or
-# "module:function", "module:Class.method", optionally only when called from COURSE_HOLD_CALLER)
-# until the test creates `release` in COURSE_HOLD_DIR: `held` says it got there, `noted-N` that the
-# course's signal handler has run N times, `released` that it went on. So a test sends a signal
-# while a program is at a known point, never after a guess of how long it takes to get there.
-HOLD_SITE = '''
-import importlib.abc, importlib.machinery, os, sys, time
-from pathlib import Path
-
-folder, where = Path(os.environ["COURSE_HOLD_DIR"]), os.environ["COURSE_HOLD_AT"]
-caller = os.environ.get("COURSE_HOLD_CALLER")
-
-
-def hold():
-    (folder / "held").touch()
-    noted = 0
-    while not (folder / "release").exists():
-        signals = sys.modules.get("common.run.signals")
-        if signals is not None and len(signals._received) > noted:
-            noted = len(signals._received)
-            (folder / f"noted-{noted}").touch()
-        time.sleep(0.01)
-    (folder / "released").touch()
-
-
-def held(original):
-    def function(*args, **kwargs):
-        if not (folder / "held").exists() and (caller is None or sys._getframe(1).f_code.co_name == caller):
-            hold()
-        return original(*args, **kwargs)
-    return function
-
-
-class Hold(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if where == "import torch":
-            if name == "torch" and not (folder / "held").exists():
-                hold()
-            return None
-        module_name, _, attribute = where.partition(":")
-        if name != module_name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            *owner_path, last = attribute.split(".")
-            owner = module
-            for part in owner_path:
-                owner = getattr(owner, part)
-            setattr(owner, last, held(getattr(owner, last)))
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, Hold())
-'''
-
-
-def held_at(where: str, folder: Path, caller: str | None = None) -> dict:
-    """The environment of a program held at `where` (see HOLD_SITE), its cue files in `folder`."""
-    site = folder / "site"
-    site.mkdir(parents=True, exist_ok=True)
-    (site / "sitecustomize.py").write_text(HOLD_SITE)
-    env = outside_make(PYTHONPATH=str(site), COURSE_HOLD_DIR=str(folder), COURSE_HOLD_AT=where)
-    if caller is not None:
-        env["COURSE_HOLD_CALLER"] = caller
-    return env
 
 
 # ---------------------------------------------------------------- a stage with a mistake planted

@@ -21,7 +21,7 @@ own pieces; `d.train_one_epoch(...)` runs the stage's own `train_one_epoch` inst
 loop a learner reads is under test too, and the tests also run each stage's `main()`.
 """
 from common.harness.batches import normalise, one_step, sample_batches, trajectory
-from common.harness.driver import Driver, Model, driver, group_of_one
+from common.harness.driver import Driver, Model, driver, group_left_behind_ended, group_of_one
 from common.run import Run, StepLog
 from common.harness.stages import (ROOT, STAGES_DIR, load_stage, stage_file, stage_files, stage_names, stage_number,
                                    stage_options)
@@ -29,6 +29,6 @@ from common.harness.tolerances import (BFLOAT16_GRADIENTS, TOLERANCES, Tolerance
                                        relative_norm_error, to_numpy, worst_relative_error)
 
 __all__ = ["BFLOAT16_GRADIENTS", "Driver", "Model", "ROOT", "Run", "STAGES_DIR", "StepLog", "TOLERANCES", "Tolerance", "driver",
-           "group_of_one", "load_stage", "normalise", "one_step", "relative_error", "relative_norm_error",
+           "group_left_behind_ended", "group_of_one", "load_stage", "normalise", "one_step", "relative_error", "relative_norm_error",
            "sample_batches", "stage_file", "stage_files", "stage_names", "stage_number", "stage_options", "to_numpy",
            "trajectory", "worst_relative_error"]

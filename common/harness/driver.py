@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -190,9 +191,11 @@ class Driver:
     def train_one_epoch(self, model: Model, batches, lr: float, momentum: float, max_steps: int | None = None,
                         run=None, as_given: bool = False) -> list[float]:
         """Run the stage's own `train_one_epoch` over `batches` (pairs of x, y); returns the losses,
-        or None when `run` is a real run recorder, which writes them to its record. as_given: the
+        or None when a `run` (a Run: a recorder, or a StepLog of the caller's) is given, which keeps
+        them itself. as_given: the
         batches reach the loop unconverted (to see whether the loop moves them to the device)."""
-        run = run or StepLog()
+        own_log = run is None
+        run = StepLog() if own_log else run
         if not as_given:
             batches = (self.inputs(model, x, y) for x, y in batches)  # a DataLoader stays lazy
         available = {
@@ -208,13 +211,13 @@ class Driver:
             available["optimizer"] = self.optimizer(model, lr, momentum)
         with self._wrapped_as_in_main(model) as available["model"]:
             self.stage.train_one_epoch(**{name: available[name] for name in wanted})
-        return run.losses if isinstance(run, StepLog) else None  # a real recorder keeps its own record
+        return run.losses if own_log else None  # a run given keeps its own record
 
     @contextmanager
     def _wrapped_as_in_main(self, model: Model):
         """The model as the stage's loop receives it from main(): from stage 11 on wrapped in
         DistributedDataParallel, here in a process group of one unless one is running already."""
-        if not hasattr(self.stage, "process_group") or not isinstance(model.net, self.torch.nn.Module) \
+        if not hasattr(self.stage, "join_process_group") or not isinstance(model.net, self.torch.nn.Module) \
                 or isinstance(model.net, self.torch.nn.parallel.DistributedDataParallel):
             yield model.net
             return
@@ -237,6 +240,19 @@ def group_of_one():
         yield
     finally:
         dist.destroy_process_group()
+
+
+@contextmanager
+def group_left_behind_ended():
+    """Around a stage's main() called in this process: a stage from 11 on joins a process group
+    at its start and leaves it at its end, as a program does; a run that ended early leaves it
+    joined, which the next run could not join again. A program ends there; here it is left."""
+    try:
+        yield
+    finally:
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def driver(stage: ModuleType | int | str) -> Driver:

@@ -21,6 +21,7 @@ from unittest import mock
 import numpy as np
 
 from common.data import make_synthetic
+from common.harness.driver import group_left_behind_ended
 
 
 @dataclass
@@ -97,6 +98,7 @@ def run_program(main: Callable, argv: list[str], watchers: tuple = ()) -> Progra
             stack.enter_context(watcher(program))
         stack.enter_context(redirect_stdout(out))
         stack.enter_context(redirect_stderr(err))
+        stack.enter_context(group_left_behind_ended())
         try:
             summary = main(argv)
             program.record = Path(summary["record"]) if isinstance(summary, dict) and "record" in summary else None
@@ -119,7 +121,7 @@ def _grad_enabled() -> bool:
 def _figures_skipped():
     import common.run
 
-    with mock.patch.object(common.run, "draw_curves", lambda folder: lambda f: None):
+    with mock.patch.object(common.run, "save_curves", lambda folder, source: None):
         yield
 
 

@@ -60,7 +60,7 @@ def train_one_batch_size(data, batch_size: int, lr: float, epochs: int, seconds_
     train_loader, test_loader = stage.make_loaders(data, args, device)
 
     def accuracy() -> float:
-        correct, _ = stage.evaluate(model.net, device, test_loader)  # the stage counts them
+        correct = stage.evaluate(model.net, device, test_loader)  # the stage counts them
         return correct / len(data.test_y)
 
     steps = len(train_loader)

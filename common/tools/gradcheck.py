@@ -526,7 +526,8 @@ def writable_figure(parser: OneLineParser, out: str) -> Path:
         if not os.access(path.parent, os.W_OK):
             raise ValueError("its folder is not writable")
     except (OSError, ValueError) as err:
-        why = err.strerror if isinstance(err, OSError) else err
+        why = "a file, not a folder" if isinstance(err, (FileExistsError, NotADirectoryError)) else \
+            err.strerror if isinstance(err, OSError) else err
         parser.exit(BAD_INPUT, f"{parser.prog}: error: cannot write --out {out}: {why}\n")
     return path
 

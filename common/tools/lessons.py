@@ -1,7 +1,9 @@
 """The lesson pages, docs/stages/stageNN_<name>.md, read for the site and the notebooks.
 
 A lesson page is a `# Stage N: <title>` line, one paragraph, and the level-2 sections
-`## What changes`, `## Why`, `## Run it`, `## What to look at`, `## Fine print`, `## Next`.
+`## What changes`, `## Why`, `## Try it`, `## Run it`, `## What to look at`, `## Fine print`,
+`## Next`. "Try it" holds runnable snippets: a ```python block, then the ```text block of what it
+prints (`...` there stands for text that differs from run to run); the tests run every one.
 `read_lesson` splits it there (a `##` inside a fenced code block is code, not a heading), so
 that the site and the notebooks can put their own parts between the sections: the diff after
 "Why", the figure after "What to look at", the exercise before "Next".
@@ -20,7 +22,9 @@ from typing import Callable
 from common.harness import ROOT
 
 LESSONS_DIR = ROOT / "docs" / "stages"
-SECTIONS = ("What changes", "Why", "Run it", "What to look at", "Fine print", "Next")
+SECTIONS = ("What changes", "Why", "Try it", "Run it", "What to look at", "Fine print", "Next")
+SNIPPET = re.compile(r"^```python\n(?P<code>.*?)^```\n(?:(?!```).)*?^```text\n(?P<output>.*?)^```$",
+                     re.DOTALL | re.MULTILINE)
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 # an inline link or image target, `](target)` or `](target "title")`: the text between the brackets
 # may hold code but no closing bracket; a target has no spaces (the lesson pages write none)
@@ -60,6 +64,11 @@ def read_lesson(stem: str, lessons_dir: Path = LESSONS_DIR) -> Lesson | None:
             parts[list(parts)[-1]].append(line)
     intro = "\n".join(parts.pop(None)).strip("\n")
     return Lesson(path, title or stem, intro, {name: "\n".join(lines).strip("\n") for name, lines in parts.items()})
+
+
+def snippets(lesson: Lesson) -> list[tuple[str, str]]:
+    """The page's runnable snippets, (code, what it prints), from its "Try it" section."""
+    return [(m["code"], m["output"]) for m in SNIPPET.finditer(lesson.sections.get("Try it", ""))]
 
 
 def relink(markdown: str, lesson: Lesson, target_for: Callable[[Path, str], str | None]) -> str:

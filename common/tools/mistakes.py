@@ -84,7 +84,7 @@ GALLERY = (
             "train_one_epoch", right="    model.train()  # dropout on\n", wrong="", kind="loss",
             headline="dropout off after epoch 1", options=("--dropout", "0.5")),
     Mistake("unshuffled-data", "shuffle=False, on a data set stored class by class", 7, "make_loaders",
-            right="shuffle=True, generator=generator,", wrong="shuffle=False,", kind="accuracy",
+            right="shuffle=True,", wrong="shuffle=False,", kind="accuracy",
             headline="it forgets all but the last classes it saw", by_class=True),
     Mistake("lr-ten-times", "a learning rate ten times too large", 6, None, right="", wrong="", kind="loss",
             headline="it learns, then blows up", options=("--lr", "0.01"), wrong_options=("--lr", "0.1")),
@@ -96,11 +96,11 @@ GALLERY = (
             wrong='loss = F.cross_entropy(forward(params, x), y, reduction="sum")', kind="loss",
             headline="the loss explodes"),
     Mistake("sampler-epoch-never-set", "sampler.set_epoch(epoch) never called", 11, "main",
-            right="                sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process\n",
+            right="            sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process\n",
             wrong="", kind="order", headline="every epoch in the same order"),
     Mistake("to-device-unassigned", "x.to(device) without x =", 9, "train_one_epoch",
-            right="        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # a copy unless "
-                  "already there\n",
+            right="        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # to the "
+                  "device\n",
             wrong="        x.to(device), y.to(device)  # the copies are thrown away\n", kind="error",
             headline="nothing on the CPU, an error on a GPU"),
 )
@@ -247,7 +247,7 @@ def repeated_evaluations(runs: Runs, mistake: Mistake, program, tries: int = 3) 
         accuracies[key] = []
         for _ in range(tries):
             model.train()
-            accuracies[key].append(round(evaluate(model, test_loader)[0] / len(data.test_y), 4))
+            accuracies[key].append(round(evaluate(model, test_loader) / len(data.test_y), 4))
     return accuracies
 
 

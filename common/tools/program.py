@@ -13,7 +13,7 @@ import threading
 from pathlib import PurePath
 from typing import Callable
 
-from common.errors import INTERRUPTED, describe, flush_stdout, printable
+from common.errors import INTERRUPTED, READER_GONE, describe, flush_stdout, printable
 
 _received: list[str] = []  # the name of the signal that stopped the tool, if one did
 
@@ -47,10 +47,10 @@ def run_program(main: Callable[[], object], name: str | None = None) -> None:
         line, code = described
         if code == INTERRUPTED:
             line = f"interrupted by {_received[0] if _received else 'SIGINT'}"
-        elif line:
+        elif code != READER_GONE:
             line = f"error: {line}"
         flush_stdout()
-        if line:
+        if code != READER_GONE:
             print(f"{name}: {printable(line)}", file=sys.stderr, flush=True)
         raise SystemExit(code) from None
     flush_stdout()

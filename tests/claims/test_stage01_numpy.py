@@ -1,18 +1,15 @@
 """Stage 1's claims (numpy by hand), each shown by running it; and what every stage prints from it on.
 
 A claim that later stages keep making is tested here over every stage that has what it needs:
-the first step's printout, the end of a run too short to learn, and the checkpoint file that
-every stage writes from stage 1 on. The gradient check (make gradcheck) checks stage 1's
+the first step's printout and the end of a run too short to learn. The gradient check (make gradcheck) checks stage 1's
 hand-written gradients, so its claims are here too.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest
@@ -23,8 +20,8 @@ from common.data import CHANCE
 from common.harness import TOLERANCES, load_stage
 from common.tools import gradcheck
 from common.weights import reference_params
-from tests.helpers import (ALL_STAGES, EVENT_TIMEOUT, ROOT, SMOKE, a_batch, exit_of_main, has_hand_written_pool,
-                           loads_torch, stages_where, tiny)
+from tests.helpers import (ALL_STAGES, EVENT_TIMEOUT, ROOT, SMOKE, a_batch, has_hand_written_pool, loads_torch,
+                           stages_where)
 
 NAN = float("nan")
 
@@ -74,56 +71,6 @@ def test_conv1s_weight_gradient_sums_over_batch_times_28_times_28_positions():
     _, cols = stage.conv2d(x.numpy(), params["conv1.weight"], params["conv1.bias"])
     assert cols.shape == (3 * 5 * 5, 4 * 28 * 28), "dweight = dout_rows @ cols.T sums over the 3,136 columns"
     assert "batch x 28 x 28" in TOLERANCES["float32"].reason
-
-
-# ---------------------------------------------------------------- the checkpoint file, from stage 1 on
-
-
-def first_array_member(path) -> zipfile.ZipInfo:
-    with zipfile.ZipFile(path) as archive:
-        return next(info for info in archive.infolist() if info.filename != "meta.npy")
-
-
-@pytest.mark.stage1
-def test_bytes_damaged_on_disk_are_refused_by_zips_crc_32(tmp_path, tiny_data, capsys):
-    """np.savez stores each array as a zip member with its CRC-32: one flipped bit is caught."""
-    path = tmp_path / "ckpt.npz"
-    load_stage(1).main(tiny(tiny_data) + ["--epochs", "1", "--checkpoint", str(path), "--out", str(tmp_path)])
-    member, data = first_array_member(path), bytearray(path.read_bytes())
-    assert member.compress_type == zipfile.ZIP_STORED, "stored as they are: the bytes on disk are the array's"
-    name_and_extra = int.from_bytes(data[member.header_offset + 26:member.header_offset + 28], "little") \
-        + int.from_bytes(data[member.header_offset + 28:member.header_offset + 30], "little")
-    data[member.header_offset + 30 + name_and_extra + member.file_size - 1] ^= 1  # the last byte of an array
-    path.write_bytes(bytes(data))
-    code, _, err = exit_of_main(1, tiny(tiny_data) + ["--epochs", "2", "--resume", str(path), "--out", str(tmp_path)], capsys)
-    assert code == 2 and f"Bad CRC-32 for file '{member.filename}'" in err
-
-
-@pytest.mark.stage1
-def test_a_checkpoint_rewritten_by_a_program_cannot_be_told_from_a_real_one(tmp_path, tiny_data, capsys):
-    """The limit of the CRC: a program that writes new numbers of the right shape writes a new CRC too."""
-    path = tmp_path / "ckpt.npz"
-    load_stage(1).main(tiny(tiny_data) + ["--epochs", "1", "--checkpoint", str(path), "--out", str(tmp_path)])
-    with np.load(path) as saved:
-        arrays = dict(saved)
-    key = first_array_member(path).filename.removesuffix(".npy")
-    arrays[key] = arrays[key] + 1  # the same shape and dtype, other numbers
-    np.savez(path, **arrays)
-    summary = load_stage(1).main(tiny(tiny_data) + ["--epochs", "2", "--resume", str(path), "--out", str(tmp_path)])
-    assert summary["steps"] == 20 and json.loads(str(arrays["meta"]))["epoch"] == 1, "resumed, no complaint"
-
-
-@pytest.mark.stage1
-def test_a_torch_stages_checkpoint_given_to_the_numpy_stage_is_named_from_another_stage(tmp_path, tiny_data):
-    """The stage field is checked before the arrays are decoded: the numpy stage, without torch,
-    cannot decode a tensor, and would otherwise call the file damaged."""
-    path = tmp_path / "ckpt.npz"
-    load_stage(6).main(tiny(tiny_data) + ["--epochs", "1", "--checkpoint", str(path), "--out", str(tmp_path)])
-    result = subprocess.run([sys.executable, "-m", "stages.stage01_numpy", *tiny(tiny_data), "--epochs", "2",
-                             "--resume", str(path), "--out", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=EVENT_TIMEOUT)
-    assert result.returncode == 2
-    assert "from another stage: made with stage 'stage06_optim'" in result.stderr and "damaged" not in result.stderr
 
 
 # ---------------------------------------------------------------- the gradient check of stage 1's gradients

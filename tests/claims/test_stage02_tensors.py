@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.harness import load_stage
-from common.weights import reference_params
-from tests.helpers import EVENT_TIMEOUT, ROOT, shows, stages_where
+from tests.helpers import EVENT_TIMEOUT, ROOT
 
 
 @pytest.mark.stage2
@@ -92,45 +90,3 @@ def test_an_element_wise_operator_of_up_to_32768_elements_runs_on_one_thread():
     assert others_large > 0.3 * main_large, f"65,536 elements: two threads ({others_large} vs {main_large} ticks)"
 
 
-@pytest.mark.parametrize("stage_name", stages_where(shows("show_tensor")))
-def test_show_tensor_says_what_it_shows_and_leaves_the_weights_alone(stage_name, capsys):
-    weight = torch.tensor(reference_params(0)["conv1.weight"], dtype=torch.float32)
-    before = weight.clone()
-    load_stage(stage_name).show_tensor("conv1.weight", weight)
-    out = capsys.readouterr().out
-    assert "torch.float32 on cpu, shape (6, 3, 5, 5)" in out
-    assert "w.add(1) is w: False, w.add_(1) is w: True" in out
-    assert torch.equal(weight, before)
-
-
-@pytest.mark.parametrize("stage_name", stages_where(shows("show_tensor")))
-def test_every_stage_with_tensors_prints_what_a_trailing_underscore_does(stage_name, smoke_run):
-    assert "w.add(1) is w: False, w.add_(1) is w: True" in smoke_run(stage_name).out
-
-
-# Each stage's teaching printout, by its function's name, and words of the line it prints.
-PRINTOUTS = {"show_tensor": "w.add(1) is w", "show_loss_and_cost": "reduction='none'",
-             "show_parameters": "model.named_parameters()", "show_momentum_buffers": "optimizer.state after step 1",
-             "show_dataset": "len(train_set)", "show_train_and_eval_modes": "a copy with dropout 0.5",
-             "show_device": "x.to(device) is x", "show_autocast": "under autocast"}
-
-
-@pytest.mark.parametrize("stage_name", stages_where(lambda stage: any(hasattr(stage, name) for name in PRINTOUTS)))
-def test_the_teaching_printouts_leave_the_run_bit_for_bit_unchanged(stage_name, smoke_run, tmp_path, monkeypatch):
-    """The printouts copy, fork or only read: with them switched off, the run is the same. Where
-    the stage has dropout the run uses it (tests.helpers.smoke_argv), so it draws random numbers the printouts
-    must not take. (On the CPU, where a run repeats bit for bit: the runs take --device cpu where
-    there is one; the GPU's fork is checked in stage 9's claims.)"""
-    stage = load_stage(stage_name)
-    shown = smoke_run(stage_name)
-    words = [PRINTOUTS[name] for name in PRINTOUTS if hasattr(stage, name)]
-    for name in PRINTOUTS:
-        if hasattr(stage, name):
-            monkeypatch.setattr(stage, name, lambda *args: None)
-    hidden = smoke_run(stage_name, tmp_path)  # the same run again, with the printouts switched off
-    assert all(w in shown.out and w not in hidden.out for w in words), "the printouts were switched off"
-    assert shown.text("losses.csv") == hidden.text("losses.csv"), "the losses, in full precision"
-    shown_params, hidden_params = shown.params, hidden.params
-    assert list(shown_params) == list(hidden_params)
-    for name in shown_params:
-        assert np.array_equal(shown_params[name], hidden_params[name]), name

@@ -2,7 +2,6 @@
 prints, in every stage that prints them."""
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
@@ -13,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.harness import driver, load_stage
-from common.weights import reference_params
-from tests.helpers import EVENT_TIMEOUT, a_batch, assert_close, has_optimizer, shows, stages_where
+from tests.helpers import EVENT_TIMEOUT, assert_close
 
 
 @pytest.mark.stage4
@@ -45,30 +42,6 @@ def test_reduction_none_gives_one_loss_per_image_and_the_default_is_their_mean()
 
 def printed_numbers(line: str, after: str) -> list[float]:
     return [float(v) for v in re.findall(r"[-+]?\d+\.\d+(?:e[-+]\d+)?", line.split(after, 1)[1])]
-
-
-@pytest.mark.parametrize("stage_name", stages_where(shows("show_loss_and_cost")))
-def test_the_printed_cost_is_the_mean_of_the_printed_losses(stage_name, capsys):
-    stage = load_stage(stage_name)
-    x, y = a_batch(4, dtype="float32")
-    model = driver(stage).build(reference_params(0))
-    if has_optimizer(stage):  # the loss is a module the stage builds, the criterion
-        stage.show_loss_and_cost(model.net, nn.CrossEntropyLoss(), x, y)
-    else:
-        stage.show_loss_and_cost(model.net, x, y)
-    line = capsys.readouterr().out
-    each, rest = line.split("; their mean, the cost: ")
-    losses = printed_numbers(each, "(reduction='none'): ")
-    mean, returned = (float(v) for v in re.findall(r"\d+\.\d{4}", rest))
-    assert len(losses) == 4 and abs(sum(losses) / 4 - mean) <= 1e-4  # each printed to 4 decimals
-    assert mean == returned, "the default reduction returns the mean"
-    assert abs(mean - math.log(10)) < 0.2, "untrained: each of 10 classes gets about 1/10"
-
-
-@pytest.mark.parametrize("stage_name", stages_where(shows("show_loss_and_cost")))
-def test_every_stage_from_functional_on_prints_each_loss_and_their_mean(stage_name, smoke_run):
-    out = smoke_run(stage_name).out
-    assert "(reduction='none')" in out and "their mean, the cost" in out
 
 
 def convolution_ops(dtype: torch.dtype) -> set[str]:

@@ -2,7 +2,6 @@
 dropout."""
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
@@ -10,9 +9,9 @@ from torch import nn
 
 from common.data import make_synthetic
 from common.harness import driver, load_stage, stage_options
-from tests.helpers import a_batch, assert_close, assert_differs, reference_net, shows, stages_where
+from tests.helpers import a_batch, assert_close, assert_differs, has_dropout, stages_where
 
-DEMONSTRATING = stages_where(shows("show_train_and_eval_modes"))
+WITH_DROPOUT = stages_where(has_dropout)
 
 
 @pytest.mark.stage8
@@ -31,19 +30,12 @@ def test_dropout_zeroes_with_probability_p_and_scales_the_rest_by_one_over_one_m
     assert torch.equal(nn.Dropout(0.25).eval()(torch.ones(10)), torch.ones(10))
 
 
-@pytest.mark.parametrize("stage_name", DEMONSTRATING)
-def test_dropout_differs_in_train_mode_and_vanishes_in_eval_mode(stage_name, params, capsys):
-    """What the stage prints, from a copy of its model with dropout 0.5, and what its Net does: two
-    train-mode forwards of one batch differ; in eval mode they agree, bit for bit, with each
-    other and (to round-off) with the network without dropout."""
+@pytest.mark.parametrize("stage_name", WITH_DROPOUT)
+def test_dropout_differs_in_train_mode_and_vanishes_in_eval_mode(stage_name, params):
+    """What the lesson page's snippet prints, and more: two train-mode forwards of one batch
+    differ; in eval mode they agree, bit for bit, with each other and (to round-off) with the
+    network without dropout."""
     x = a_batch(4)[0]
-    model = reference_net(stage_name, dropout=0.0)
-    load_stage(stage_name).show_train_and_eval_modes(model, x)
-    out = capsys.readouterr().out
-    assert float(re.search(r"differ by up to (\d+\.\d+)", out).group(1)) > 0
-    assert "two eval-mode forwards are identical: True" in out and "--dropout: 0.0" in out
-    assert model.dropout.p == 0.0 and model.training, "the run's own model is left as it was"
-
     d = driver(stage_name)
     without = d.forward(d.build(params, dtype="float64"), x)
     model = d.build(params, dtype="float64", dropout=0.5)
@@ -56,11 +48,6 @@ def test_dropout_differs_in_train_mode_and_vanishes_in_eval_mode(stage_name, par
     assert_close(first, without, "float64", "eval mode against the network without dropout")
 
 
-@pytest.mark.parametrize("stage_name", DEMONSTRATING)
-def test_every_stage_with_dropout_prints_that_eval_mode_forwards_agree(stage_name, smoke_run):
-    assert "two eval-mode forwards are identical: True" in smoke_run(stage_name).out
-
-
 @pytest.mark.stage8
 def test_evaluate_predicts_every_test_image_in_eval_mode(params):
     stage = load_stage(8)
@@ -68,11 +55,9 @@ def test_evaluate_predicts_every_test_image_in_eval_mode(params):
     _, test_loader = stage.make_loaders(data, stage_options(stage))
     model = driver(stage).build(params).net
     model.train()
-    correct, predicted = stage.evaluate(model, test_loader)
+    correct = stage.evaluate(model, test_loader)
     assert not model.training, "evaluate() leaves the model in eval mode"
-    assert predicted.shape == (1500,) and predicted.dtype == torch.int64
-    assert correct == int((predicted == torch.from_numpy(data.test_y)).sum()), "it counts them, as the tutorial does"
     with torch.no_grad():
         expected = model(torch.stack([test_loader.dataset[i][0] for i in range(1500)])).argmax(dim=1)
-    assert torch.equal(predicted, expected)
+    assert isinstance(correct, int), "a count, as the tutorial keeps it"
     assert correct == int((expected == torch.from_numpy(data.test_y)).sum()), "counted over every test image"

@@ -9,8 +9,7 @@ from torch import optim
 
 from common.data import make_synthetic
 from common.harness import load_stage, stage_options
-from tests.helpers import (a_batch, assert_close, has_dropout, needs_gpus, pretend_gpus, reference_net, shows,
-                           stages_where, takes_option, train_a_few_steps)
+from tests.helpers import assert_close, needs_gpus, pretend_gpus, reference_net, train_a_few_steps
 
 
 @pytest.mark.stage9
@@ -109,13 +108,3 @@ def test_the_loader_pins_its_batches_for_a_gpu_only():
         assert x.is_pinned() == pinned and y.is_pinned() == pinned, device
 
 
-@pytest.mark.parametrize("stage_name", stages_where(lambda s: shows("show_train_and_eval_modes")(s)
-                                                    and takes_option("--device")(s) and has_dropout(s)))
-@needs_gpus(1)
-def test_the_dropout_demonstration_on_a_gpu_leaves_its_random_state_alone(stage_name, capsys):
-    model, x = reference_net(stage_name, dropout=0.0).to("cuda:0"), a_batch(4)[0].to("cuda:0")
-    cpu_state, gpu_state = torch.get_rng_state(), torch.cuda.get_rng_state("cuda:0")
-    load_stage(stage_name).show_train_and_eval_modes(model, x)
-    assert "two eval-mode forwards are identical: True" in capsys.readouterr().out
-    assert torch.equal(torch.get_rng_state(), cpu_state)
-    assert torch.equal(torch.cuda.get_rng_state("cuda:0"), gpu_state), "dropout on the GPU draws from the GPU's generator"

@@ -69,7 +69,7 @@ def test_a_process_without_a_gpu_of_its_own_is_refused_in_one_line(monkeypatch, 
     with pytest.raises(SystemExit) as exit_info:
         stage_options(11, [])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "LOCAL_RANK=1 but only 1 GPU(s) are visible" in err
+    assert exit_info.value.code == 2 and "LOCAL_RANK=1, but only 1 cuda device(s) are visible" in err
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert stage_options(11, []).device == "auto"
 

@@ -48,8 +48,7 @@ def test_a_float64_run_is_never_autocast(stage_name, tmp_path, quick):
     on = run_main(stage_name, tmp_path / "on", "--dtype", "float64", *extra, preset=quick)
     off = run_main(stage_name, tmp_path / "off", "--dtype", "float64", "--amp", "off", *extra, preset=quick)
     assert on.losses == off.losses and params_npz_equal(on.params, off.params)
-    if hasattr(load_stage(stage_name), "show_autocast"):  # the stage that teaches autocast says why
-        assert "autocast: off (--amp on, --dtype float64)" in on.out
+    assert "autocast: off" in on.out.splitlines()
 
 
 @pytest.mark.parametrize("batch_size", [4, 64])
@@ -66,11 +65,9 @@ def test_one_autocast_step_agrees_with_float32_to_bfloat16s_tolerance(stage_name
     assert_differs(mixed["logits"], float32["logits"], "float32", "logits: autocast did change them", times=10)
 
 
-@pytest.mark.parametrize("stage_name", stages_where(lambda stage: hasattr(stage, "show_autocast")))
-def test_autocast_computes_the_layers_in_bfloat16_and_the_loss_in_float32(stage_name, smoke_run):
-    line = next(line for line in smoke_run(stage_name).out.splitlines() if line.startswith("under autocast: "))
-    assert "conv1 bfloat16" in line and "fc3 bfloat16" in line
-    assert "the loss float32" in line and "the weights stay float32" in line
+@pytest.mark.parametrize("stage_name", AMP_STAGES)
+def test_the_stage_says_what_autocast_computes_in(stage_name, smoke_run):
+    assert "autocast: bfloat16" in smoke_run(stage_name).out.splitlines()
 
 
 @pytest.mark.parametrize("stage_name", AMP_STAGES)
@@ -117,7 +114,6 @@ def test_the_stage_compiled_by_inductor_trains_as_it_does_eager(stage_name, tmp_
     argv = [*REPEATABLE, "--max-steps", "20", "--amp", "off"]
     compiled = run_main(stage_name, tmp_path / "compiled", *argv)
     eager = run_main(stage_name, tmp_path / "eager", *argv, "--compile", "off")
-    assert "torch.compile traced the forward and backward" in compiled.out
     assert_close(compiled.losses, eager.losses, "float32", "losses")
     assert_close(compiled.params, eager.params, "float32", "parameters")
     state = torch.load(compiled.record / "model.pt", weights_only=True)
@@ -134,7 +130,7 @@ def test_without_a_cxx_compiler_the_stage_says_so_and_runs_eager(stage_name, tmp
     assert not stage.can_compile(torch.device("cpu")) and stage.can_compile(torch.device("cuda"))
     without = run_main(stage_name, tmp_path / "without", preset=quick)
     eager = run_main(stage_name, tmp_path / "eager", "--compile", "off", preset=quick)
-    assert "no C++ compiler found" in without.out
+    assert "torch.compile: no C++ compiler (inductor needs one on a CPU): running eager" in without.out
     assert without.losses == eager.losses
 
 

@@ -17,7 +17,7 @@ from common.harness import driver, load_stage, stage_options
 from common.weights import reference_params
 from tests.helpers import free_port, stages_where
 
-SHARDED = stages_where(lambda stage: hasattr(stage, "process_group"))
+SHARDED = stages_where(lambda stage: hasattr(stage, "join_process_group"))
 WORLD_SIZE = 2
 TEST_IMAGES = 1001  # odd: the two shares hold 501 and 500 images
 
@@ -28,7 +28,7 @@ def evaluate_in_the_group(rank: int, stage_name: str, world_size: int, port: int
         stage = load_stage(stage_name)
         data = make_synthetic(0, n_train=8, n_test=TEST_IMAGES)
         device = torch.device("cpu")
-        _, test_loader, _ = stage.make_loaders(data, stage_options(stage, []), device, rank)
+        _, test_loader, _ = stage.make_loaders(data, stage_options(stage, []), device)
         model = driver(stage).build(reference_params(0), "float32").net
         extra = (torch.autocast("cpu", enabled=False),) if "autocast" in inspect.signature(stage.evaluate).parameters else ()
         correct = stage.evaluate(model, device, test_loader, *extra)

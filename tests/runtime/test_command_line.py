@@ -25,17 +25,19 @@ def test_help_names_every_default(stage_name, capsys):
 
 
 BAD_INPUT = [  # (arguments, expected exit code, a piece of the message)
-    (["--batch-size", "0"], 2, "--batch-size: must be a positive integer"),
-    (["--epochs", "-1"], 2, "--epochs: must be a positive integer"),
-    (["--lr", "0"], 2, "--lr: must be a positive number"),
-    (["--lr", "nan"], 2, "--lr: must be a positive number"),
+    (["--batch-size", "0"], 2, "--batch-size: must be at least 1 and at most"),
+    (["--epochs", "-1"], 2, "--epochs: must be at least 1, got -1"),
+    (["--lr", "0"], 2, "--lr: must be above 0, got 0"),
+    (["--lr", "nan"], 2, "--lr: must be above 0, got nan"),
     (["--lr", "fast"], 2, "not a number"),
-    (["--momentum", "-0.5"], 2, "--momentum: must be zero or more"),
-    (["--max-steps", "0"], 2, "--max-steps: must be a positive integer"),
+    (["--momentum", "-0.5"], 2, "--momentum: must be at least 0 and below 1"),
+    (["--momentum", "1"], 2, "--momentum: must be at least 0 and below 1"),
+    (["--max-steps", "0"], 2, "--max-steps: must be at least 1"),
+    (["--threads", "0"], 2, "--threads: must be at least 1 and at most 256"),
     (["--dtype", "float16"], 2, "invalid choice: 'float16'"),
     (["--data", "imagenet"], 2, "invalid choice: 'imagenet'"),
     (["--data-dir", "/nonexistent/cifar"], 2, "no such folder"),
-    (["--data", "synthetic", "--out", "/proc/no-such-dir"], 2, "cannot write run records"),
+    (["--data", "synthetic", "--out", "/proc/no-such-dir"], 2, "--out /proc/no-such-dir: cannot make a folder"),
     (["--data", "synthetic", "--lr", "100"], 3, "training diverged; try a smaller --lr"),
 ]
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from common.harness import load_stage, stage_options
-from tests.helpers import pretend_accelerator, stages_where, takes_option
+from tests.helpers import is_distributed, pretend_accelerator, stages_where, takes_option
 
-DEVICE_STAGES = stages_where(lambda stage: takes_option("--device")(stage) and not hasattr(stage, "process_group"))
-PROCESS_STAGES = stages_where(lambda stage: hasattr(stage, "process_group"))
+DEVICE_STAGES = stages_where(lambda stage: takes_option("--device")(stage) and not is_distributed(stage))
+PROCESS_STAGES = stages_where(is_distributed)
 DATA_PARALLEL_STAGES = stages_where(takes_option("--data-parallel"))
 
 
@@ -64,12 +64,21 @@ def test_data_parallel_off_cuda_is_refused(stage_name, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("stage_name", PROCESS_STAGES)
-def test_a_process_group_runs_on_cuda_or_the_cpu_only(stage_name, monkeypatch, capsys):
+def test_a_process_group_runs_where_a_backend_all_reduces_and_says_so_elsewhere(stage_name, monkeypatch, capsys):
     pretend_accelerator(monkeypatch, "mps")
-    assert "a process group all-reduces on cuda (nccl) or cpu (gloo)" in refused(stage_name, ["--device", "mps"],
-                                                                                 capsys)
+    for device in ("mps", "auto"):
+        assert "a process group all-reduces on cuda (nccl), xpu (xccl) or cpu (gloo)" in refused(
+            stage_name, ["--device", device], capsys)
     stage = load_stage(stage_name)
-    assert stage.choose_device(stage_options(stage, []).device) == torch.device("cpu"), "auto skips mps here"
-    pretend_accelerator(monkeypatch, "cuda", 2)
+    assert stage.choose_device(stage_options(stage, ["--device", "cpu"]).device) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("kind", ["cuda", "xpu"])
+@pytest.mark.parametrize("stage_name", PROCESS_STAGES)
+def test_each_process_of_a_group_takes_the_accelerator_numbered_by_its_local_rank(stage_name, kind, monkeypatch):
+    pretend_accelerator(monkeypatch, kind, 2)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert stage.choose_device(stage_options(stage, []).device) == torch.device("cuda", 1)
+    stage = load_stage(stage_name)
+    assert stage.choose_device(stage_options(stage, []).device) == torch.device(kind, 1)
+    assert stage.choose_device(stage_options(stage, ["--device", kind]).device) == torch.device(kind, 1)
+    assert stage.choose_device(stage_options(stage, ["--device", f"{kind}:0"]).device) == torch.device(kind, 0)

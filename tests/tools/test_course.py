@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from common.harness import stage_names
-from common.run.plots import plt
+from common.tools.figures import plt
 from common.tools import course
 from tests.helpers import ONE_EPOCH
 

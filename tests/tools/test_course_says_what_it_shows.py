@@ -10,7 +10,7 @@ from matplotlib.text import Text
 
 from common.data import make_synthetic
 from common.harness import stage_names
-from common.run.plots import plt
+from common.tools.figures import plt
 from common.tools import course
 from common.tools.compare import plot as plot_comparison
 

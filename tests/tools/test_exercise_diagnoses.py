@@ -15,7 +15,7 @@ UPDATE_3 = "        sgd_momentum_update(params, momentum_buffers, args.lr, args.
 UPDATE_5 = "        sgd_momentum_update(model, momentum_buffers, args.lr, args.momentum)\n"
 STEP = "        loss.backward()\n        optimizer.step()\n"
 MOVE = "        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)"
-SCALED_STEP = ("        scaler.scale(loss).backward()  # outside autocast: the backward runs in the dtypes of the forward\n"
+SCALED_STEP = ("        scaler.scale(loss).backward()  # outside autocast: each op's backward in its forward's dtype\n"
                "        scaler.step(optimizer)\n")
 
 ORDER = "the update ran before loss.backward() filled .grad"
@@ -61,9 +61,8 @@ MISTAKES = {
             3, "zero_grad", "        p.grad = None\n", "        pass\n",
             ["conv1.weight.grad still holds the previous step's gradient"], "forgotten-zero-grad"),
         **{f"stage {n}, run.log_step forgotten": (
-            n, "train_one_epoch", f"        run.log_step(loss, {what})", "        pass",
-            ["run.log_step(...) was called 0 times in 5 steps"], None) for n, what in ((3, "params"), (6, "model"),
-                                                                                        (12, "model"))},
+            n, "train_one_epoch", "        run.log_step(loss)", "        pass",
+            ["run.log_step(...) was called 0 times in 5 steps"], None) for n in (3, 6, 12)},
         "stage 6, the --max-steps return forgotten": (
             6, "train_one_epoch", "        if run.steps == args.max_steps:\n            return\n", "",
             ["went on after args.max_steps = 3 steps"], None),
@@ -76,10 +75,10 @@ MISTAKES = {
         **{f"stage {n}, model.eval() forgotten": (
             n, "evaluate", "    model.eval()  # dropout off: every prediction uses the whole network\n", "",
             [EVAL_MODE, "call model.eval() first"], "eval-in-train-mode") for n in (8, 9, 11, 12)},
-        "stage 9, the batch never moved": (9, "train_one_epoch", MOVE + "  # a copy unless already there\n", "",
+        "stage 9, the batch never moved": (9, "train_one_epoch", MOVE + "  # to the device\n", "",
                                            [NOT_MOVED], "to-device-unassigned"),
         "stage 11, sampler.set_epoch forgotten": (
-            11, "main", "                sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process\n",
+            11, "main", "            sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process\n",
             "", ["sampler.set_epoch was never called: every epoch drew epoch 1's order again"],
             "sampler-epoch-never-set"),
         **{f"stage {n}, dist.all_reduce forgotten": (
@@ -95,8 +94,8 @@ MISTAKES = {
                                    "chooses for it\n            loss = criterion(model(x), y)\n",
             "        loss = criterion(model(x), y)\n", ["the forward ran outside autocast"], None),
         "stage 13, the compile left out": (
-            13, "main", "                model.compile()  # in place: from its first call on, forward runs through "
-                        "torch.compile\n", "                pass\n",
+            13, "main", "            model.compile()  # in place: from its first call on, forward runs through "
+                        "torch.compile\n", "            pass\n",
             ["with --compile on, your main() compiled 0 time(s), the course's 1"], None),
     },
     "a result not assigned": {
@@ -119,11 +118,10 @@ MISTAKES = {
             "nn.DataParallel(model, device_ids=gpus_starting_at(device))",
             ["the model is still the Net here", "assign it (model = ...)"], None),
         "stage 11, the DDP wrap not assigned": (
-            11, "main", 'model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)',
-            'DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)',
+            11, "main", "model = DistributedDataParallel(model)", "DistributedDataParallel(model)",
             ["the model is still the Net here"], None),
         "stage 13, torch.compile(model) instead of the in-place compile": (
-            13, "main", "                model.compile()", "                torch.compile(model)",
+            13, "main", "            model.compile()", "            torch.compile(model)",
             ["torch.compile(model) returns a new module"], None),
     },
     "a mode not set": {

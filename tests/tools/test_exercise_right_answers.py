@@ -14,9 +14,9 @@ MOVE = "        x, y = x.to(device, non_blocking=True), y.to(device, non_blockin
 RIGHT_ANSWERS = {
     "choose_device: torch.device('cuda:0') for 'cuda'": (
         9, "choose_device", "    return torch.device(name)", '    return torch.device("cuda:0" if name == "cuda" else name)'),
-    "choose_device: cuda:LOCAL_RANK as torch.device('cuda', local_rank)": (
-        11, "choose_device", 'torch.device(f"cuda:{local_rank}" if name == "cuda" else name)',
-        'torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)'),
+    "choose_device: the accelerator of LOCAL_RANK as a string": (
+        11, "choose_device", 'torch.device(name, int(os.environ.get("LOCAL_RANK", "0")))',
+        'torch.device(f"{name}:{os.environ.get(\'LOCAL_RANK\', 0)}")'),
     "zero_grad: p.grad zeroed where it is not None": (
         3, "zero_grad", "        p.grad = None\n", "        if p.grad is not None:\n            p.grad.zero_()\n"),
     "zero_grad: p.grad = torch.zeros_like(p)": (3, "zero_grad", "        p.grad = None\n",
@@ -32,8 +32,8 @@ RIGHT_ANSWERS = {
     "the loop: each tensor moved on its own line, blocking": (
         9, "train_one_epoch", MOVE, "        x = x.to(device)\n        y = y.to(device=device)"),
     "evaluate: x.to(device) inside the call": (
-        9, "evaluate", MOVE + "\n        guess = model(x).argmax(dim=1)",
-        "        y = y.to(device)\n        guess = model(x.to(device)).argmax(dim=1)"),
+        9, "evaluate", MOVE + "\n        predicted = model(x).argmax(dim=1)",
+        "        y = y.to(device)\n        predicted = model(x.to(device)).argmax(dim=1)"),
     "Net.forward: x.reshape(len(x), -1) for torch.flatten(x, 1)": (
         5, "Net.forward", "x = torch.flatten(x, 1)", "x = x.reshape(len(x), -1)"),
     "cross_entropy: amax for max(...).values": (
@@ -45,8 +45,8 @@ RIGHT_ANSWERS = {
     "the update: p.add_(buf, alpha=-lr)": (
         3, "sgd_momentum_update", "p -= lr * momentum_buffers[name]", "p.add_(momentum_buffers[name], alpha=-lr)"),
     "make_loaders: the DataLoader's options by position": (
-        7, "make_loaders", "train_set, batch_size=args.batch_size, shuffle=True, generator=generator,",
-        "train_set, args.batch_size, True, generator=generator,"),
+        7, "make_loaders", "train_set, batch_size=args.batch_size, shuffle=True,",
+        "train_set, args.batch_size, True,"),
     "gpus_starting_at: a device without an index taken as GPU 0": (
         10, "gpus_starting_at", "first = device.index if device.index is not None else torch.cuda.current_device()",
         "first = device.index or 0"),

@@ -229,7 +229,7 @@ def test_a_file_that_does_not_load_is_one_line_with_its_line_number(tmp_path):
 
 def test_a_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
     path = tmp_path / "stage06_optim.py"
-    path.write_bytes(stage_file(6).read_bytes().replace(b"# the progress bar", "# la barre \u00e9".encode("latin-1")))
+    path.write_bytes(stage_file(6).read_bytes().replace(b"# the class with", "# la classe \u00e9".encode("latin-1")))
     assert "is not UTF-8 text (byte 0xe9" in report(6, path, check_here(6, path))
     assert exercises.main(["solution", "6", "--file", str(path)]) == 2
     err = capsys.readouterr().err

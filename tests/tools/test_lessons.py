@@ -23,6 +23,8 @@ still code, under a longer fence of another character
 See `[not a link](../x.md)` in code, [an address](https://pytorch.org/docs), [above](#what-changes),
 ![a figure](../figures/compare.png "the compare figure") and [stage 4](stage04_functional.md).
 
+## Try it
+
 ## Run it
 
 ## What to look at

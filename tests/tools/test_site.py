@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.run.plots import plt
+from common.tools.figures import plt
 from common.tools.site import build, changed_characters, line_tokens, pair_lines, stage_files
 
 STAGES = [p.stem for p in stage_files()]

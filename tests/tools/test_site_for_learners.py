@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.data import make_synthetic
-from common.run.plots import plt
+from common.tools.figures import plt
 from common.tools.exercises.catalog import EXERCISES
 from common.tools.site import NARROW, build, stage_files
 

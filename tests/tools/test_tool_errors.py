@@ -112,12 +112,3 @@ def test_a_learner_file_that_is_not_utf8_is_refused_in_one_line(target, code, tm
     assert "work/stage03_autograd.py is not UTF-8 text (byte 0xe9" in result.stdout + result.stderr
 
 
-# ---------------------------------------------------------------- a tool's stdout on a full device
-def test_a_tools_output_lost_on_a_full_device_is_one_line_and_4(tmp_path):
-    with open("/dev/full", "w") as full:
-        result = subprocess.run([sys.executable, "-m", "common.tools.make", "diff"], cwd=ROOT, stdout=full,
-                                stderr=subprocess.PIPE, text=True, timeout=EVENT_TIMEOUT,
-                                env=outside_make(FROM="2", TO="3"))
-    assert result.returncode == WRITE_FAILED and "Traceback" not in result.stderr, result.stderr[-800:]
-    assert result.stderr.strip().splitlines() == ["make: error: stdout (No space left on device): the printed output "
-                                                  "was lost"]

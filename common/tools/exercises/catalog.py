@@ -99,7 +99,7 @@ EXERCISES = {
                                "beside torch.optim.SGD.",
         "train_one_epoch": "For each batch: zero_grad(params), then loss = cross_entropy(forward(params, x), y), "
                            "loss.backward(), sgd_momentum_update(params, momentum_buffers, args.lr, args.momentum) "
-                           "and run.log_step(loss, params); after step 1, show_first_step(loss, "
+                           "and run.log_step(loss); after step 1, show_first_step(loss, "
                            "params['conv1.bias'].grad); return once run.steps reaches args.max_steps. "
                            + TRAINING_LOOP_CHECK},
         "The lesson is autograd: the step in train_one_epoch now calls loss.backward(), the .grad it fills "
@@ -113,7 +113,7 @@ EXERCISES = {
         "train_one_epoch": "Stage 3's loop with F.cross_entropy(forward(params, x), y) as the loss, its default "
                            "reduction (the mean over the batch): zero_grad(params), the loss, loss.backward(), "
                            "sgd_momentum_update(params, momentum_buffers, args.lr, args.momentum), "
-                           "run.log_step(loss, params); show_first_step after step 1; return once run.steps "
+                           "run.log_step(loss); show_first_step after step 1; return once run.steps "
                            "reaches args.max_steps. " + TRAINING_LOOP_CHECK},
         "forward is where torch.nn.functional replaces the hand-written ops; train_one_epoch is where "
         "F.cross_entropy replaces the hand-written loss."),
@@ -130,7 +130,7 @@ EXERCISES = {
                                "check runs three updates beside torch.optim.SGD.",
         "train_one_epoch": "For each batch: model.zero_grad(), then loss = F.cross_entropy(model(x), y), "
                            "loss.backward(), sgd_momentum_update(model, momentum_buffers, args.lr, args.momentum) "
-                           "and run.log_step(loss, model); after step 1, show_first_step(loss, "
+                           "and run.log_step(loss); after step 1, show_first_step(loss, "
                            "model.conv1.bias.grad); return once run.steps reaches args.max_steps. "
                            + TRAINING_LOOP_CHECK},
         "The dict of parameters becomes a module: its layers (__init__), its forward, and the update and loop "
@@ -139,9 +139,9 @@ EXERCISES = {
     6: Exercise({
         "train_one_epoch": "For each batch, the step every PyTorch program writes: optimizer.zero_grad(), "
                            "loss = criterion(model(x), y) (the logits go in: the loss applies the softmax "
-                           "itself), loss.backward(), optimizer.step(); then run.log_step(loss, model); after "
-                           "step 1, show_first_step(loss, model.conv1.bias.grad) and show_momentum_buffers("
-                           "optimizer, model); return once run.steps reaches args.max_steps. "
+                           "itself), loss.backward(), optimizer.step(); then run.log_step(loss); after "
+                           "step 1, show_first_step(loss, model.conv1.bias.grad); return once run.steps reaches "
+                           "args.max_steps. "
                            + TRAINING_LOOP_CHECK},
         "The step every PyTorch program writes (zero_grad, criterion, backward, step) lives in "
         "train_one_epoch. main() builds the criterion and the optimizer as the harness builds them, so it "
@@ -169,15 +169,14 @@ EXERCISES = {
                        "dropout drawn from the same seed; in eval mode the logits are the network's own.",
         "train_one_epoch": "model.train() first (evaluate() leaves the model in eval mode), then stage 7's loop: "
                            "optimizer.zero_grad(), loss = criterion(model(x), y), loss.backward(), "
-                           "optimizer.step(), run.log_step(loss, model); show_first_step(loss, "
+                           "optimizer.step(), run.log_step(loss); show_first_step(loss, "
                            "model.conv1.bias.grad) after step 1; return once run.steps reaches args.max_steps. "
                            "The check hands it a model in eval mode and watches the mode at every forward, the "
                            "order of the calls and the clearing of .grad, and compares five steps with "
                            "torch.optim.SGD's.",
         "evaluate": "model.eval() first (dropout off), then for each test batch the predicted class, "
-                    "model(x).argmax(dim=1); return how many are correct, as an int, and every prediction, "
-                    "concatenated (torch.cat). The check hands it a model in train mode with dropout 0.5 and "
-                    "watches the mode at every forward."},
+                    "model(x).argmax(dim=1); return how many are correct, as an int. The check hands it a model "
+                    "in train mode with dropout 0.5 and watches the mode at every forward."},
         "Where dropout goes (forward) and when it is on (model.train() in the loop, model.eval() in "
         "evaluate). __init__ keeps its one new line, the nn.Dropout layer, as a given: rewriting the five "
         "layers of stage 5 again teaches nothing new."),
@@ -188,13 +187,13 @@ EXERCISES = {
                          "machine without an accelerator, one with CUDA GPUs and one with MPS; for 'cuda', "
                          "torch.device('cuda') and torch.device('cuda:0') both pass.",
         "train_one_epoch": "Stage 8's loop (model.train(), optimizer.zero_grad(), loss = criterion(model(x), y), "
-                           "loss.backward(), optimizer.step(), run.log_step(loss, model), show_first_step after "
+                           "loss.backward(), optimizer.step(), run.log_step(loss), show_first_step after "
                            "step 1, return at args.max_steps), with each batch moved where the model is first: "
                            "x, y = x.to(device), y.to(device) (non_blocking=True may be added). Tensor.to returns "
                            "a copy, so assign it. The check hands the loop batches on a watched host device and "
                            "sees whether the model and the loss compute with the moved copies.",
         "evaluate": "Stage 8's evaluate (model.eval(), the predictions model(x).argmax(dim=1), the count correct "
-                    "as an int and every prediction, concatenated), with each test batch moved first: "
+                    "as an int), with each test batch moved first: "
                     "x, y = x.to(device), y.to(device). The check hands it batches on a watched host device and "
                     "sees whether the model and the comparison with y use the moved copies."},
         "The device is decided once (choose_device) and every batch is moved to it where it is used "
@@ -207,35 +206,36 @@ EXERCISES = {
                             "4 GPUs and asks for cuda, cuda:0 and cuda:2.",
         "main: the wrap": "When data_parallel: model = nn.DataParallel(model, device_ids=gpus_starting_at(device)), "
                           "after .to(device) and before the optimizer; raw_model is the Net inside, model.module, "
-                          "when wrapped, and the model itself when not: it is what run.resume and save_params "
-                          "get, so that the saved names have no \"module.\" in front. The check runs your main() "
+                          "when wrapped, and the model itself when not: it is what save_params gets, so that the "
+                          "saved names have no \"module.\" in front. The check runs your main() "
                           "with --data-parallel beside the course's, and watches what the loop gets and what is "
                           "saved."},
         "The lesson is the wrap in main() and the device list it is given: DataParallel gathers on "
         "device_ids[0], so the model's own GPU comes first, and the Net inside the wrapper is what is saved.",
         {"main: the wrap": Lines("main", "if data_parallel:", "raw_model = ")}),
     11: Exercise({
-        "process_group": "Join the group: backend nccl on a CUDA device (after torch.cuda.set_device(device)), "
-                         "gloo otherwise; under torchrun (RANK in the environment) dist.init_process_group(backend), "
-                         "under plain python a group of one, dist.init_process_group(backend, "
-                         "store=dist.HashStore(), rank=0, world_size=1); yield; and always leave it, "
-                         "dist.destroy_process_group() in a finally. The check runs it under plain python.",
-        "choose_device": "'auto' or 'cuda': this process's GPU, cuda:LOCAL_RANK (the environment's LOCAL_RANK, 0 "
-                         "when unset), when there are GPUs, else the CPU; any other name as it is, as a "
+        "join_process_group": "Join the group: the backend dist.get_default_backend_for_device(device) (nccl "
+                              "for CUDA, gloo for the CPU), and on an accelerator "
+                              "torch.accelerator.set_device_index(device) first; under torchrun (RANK in the "
+                              "environment) dist.init_process_group(backend), under plain python a group of one, "
+                              "dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1). "
+                              "main() leaves it at its end. The check runs it under plain python.",
+        "choose_device": "'auto': this machine's accelerator's type (torch.accelerator), else 'cpu'; then 'cpu' "
+                         "or a name with its number (cuda:1) as it is, and an accelerator without a number the one "
+                         "of this process, numbered by the environment's LOCAL_RANK (0 when unset). Return a "
                          "torch.device. The check runs it as the process of LOCAL_RANK 1, with and without GPUs.",
         "make_loaders": "Stage 10's datasets (make_transform(DTYPES[args.dtype]), an ArrayDataset of each set); "
                         "a DistributedSampler(train_set, shuffle=True, seed=args.seed) gives this process its "
-                        "share of the training set; the test set becomes Subset(test_set, range(rank, n, "
+                        "share of the training set; the test set becomes Subset(test_set, range(dist.get_rank(), n, "
                         "dist.get_world_size())); the training DataLoader takes sampler=sampler (no shuffle of its "
                         "own), the test one batches of EVAL_BATCH_SIZE; return the two loaders and the sampler. "
                         "The check runs it as rank 1 of a pretended group of 2, then calls set_epoch(1).",
         "evaluate": "model.eval(); count the correct predictions of this process's share in a tensor on the "
                     "device; dist.all_reduce(correct) sums the counts of every process; return the sum as an "
                     "int. The check pretends another process that counted 7.",
-        "main: the DDP wrap": "model = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' "
-                              "else None), after .to(device) and load_state_dict and before the optimizer; "
-                              "raw_model = model.module, the Net itself, is what run.resume, evaluate and "
-                              "save_params get. The check runs your main() beside the course's and watches what "
+        "main: the DDP wrap": "model = DistributedDataParallel(model), after .to(device) and load_state_dict "
+                              "and before the optimizer (DDP keeps the model's own device); raw_model = "
+                              "model.module, the Net itself, is what evaluate and save_params get. The check runs your main() beside the course's and watches what "
                               "the loop gets and what is saved.",
         "main: the sampler's epoch": "sampler.set_epoch(epoch) at the start of each epoch, before its batches are "
                                      "drawn: a DistributedSampler shuffles by its seed plus the epoch, so "
@@ -275,8 +275,8 @@ EXERCISES = {
         "can_compile": "On a CPU, inductor writes C++, so a CPU run can compile only when a C++ compiler is found: "
                        "$CXX, g++ or clang++ (shutil.which); on any other device, True. The check hides and shows "
                        "compilers on the PATH.",
-        "main: compile": "If args.compile is 'on' and not can_compile(device): print why and set args.compile = "
-                         "'off'. Then if args.compile is 'on': model.compile(), in place, before the DDP wrap. The "
+        "main: compile": "If args.compile is 'on' and not can_compile(device): print why, and run eager. Else, if "
+                         "args.compile is 'on': model.compile(), in place, before the DDP wrap. The "
                          "check runs your main() with --compile on and off beside the course's, watching (not "
                          "running) the compile: which module is compiled, and when."},
         "torch.compile is two lines of main(), in their place: before the DDP wrap, in place, and only where "

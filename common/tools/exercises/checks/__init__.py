@@ -6,7 +6,7 @@ from typing import Callable
 from common.tools.exercises.checks.data_and_devices import (check_array_dataset_getitem, check_array_dataset_len,
                                                             check_can_compile, check_choose_device,
                                                             check_gpus_starting_at, check_make_loaders,
-                                                            check_make_transform, check_process_group)
+                                                            check_make_transform, check_join_process_group)
 from common.tools.exercises.checks.handwritten import (check_backward, check_conv2d, check_conv2d_backward,
                                                        check_conv2d_input_backward, check_cross_entropy,
                                                        check_linear_backward, check_max_pool2x2,
@@ -30,7 +30,7 @@ CHECKS: dict[str, Callable[[Subject, str], None]] = {
     "evaluate": check_evaluate, "make_transform": check_make_transform,
     "ArrayDataset.__len__": check_array_dataset_len, "ArrayDataset.__getitem__": check_array_dataset_getitem,
     "make_loaders": check_make_loaders, "choose_device": check_choose_device,
-    "gpus_starting_at": check_gpus_starting_at, "process_group": check_process_group,
+    "gpus_starting_at": check_gpus_starting_at, "join_process_group": check_join_process_group,
     "autocast_dtype": check_autocast_dtype, "can_compile": check_can_compile,
     "main: the wrap": check_main_wrap, "main: the DDP wrap": check_main_ddp_wrap,
     "main: the sampler's epoch": check_main_sampler_epoch, "main: autocast and the scaler": check_main_autocast,

@@ -72,7 +72,7 @@ def expected_order(s: Subject, n: int, args: argparse.Namespace, epoch: int) -> 
     """The index batches PyTorch draws for this stage: a DataLoader shuffled by a generator seeded
     with --seed, or (stage 11) rank 1's share from a DistributedSampler with that seed."""
     indices = list(range(n))
-    if hasattr(s.course, "process_group"):
+    if hasattr(s.course, "join_process_group"):
         sampler = DistributedSampler(indices, num_replicas=WORLD, rank=RANK, shuffle=True, seed=args.seed)
         sampler.set_epoch(epoch)
         loader = DataLoader(indices, batch_size=args.batch_size, sampler=sampler)
@@ -94,7 +94,7 @@ def pretended_group():
 def check_make_loaders(s: Subject, dtype: str) -> None:
     data, on = dataset_case()
     args = loader_args(dtype)
-    distributed = hasattr(s.course, "process_group")
+    distributed = hasattr(s.course, "join_process_group")
     extra = [torch.device("cpu")] * s.takes("make_loaders", "device") + [RANK] * s.takes("make_loaders", "rank")
     n = len(data.train_y)
     with pretended_group() if distributed else group_of_one():
@@ -196,7 +196,7 @@ def same_device(got, expected: torch.device) -> bool:
 def check_choose_device(s: Subject, dtype: str) -> None:
     """On pretended machines: without an accelerator, with 2 CUDA GPUs, with MPS; in stage 11 as
     the process of LOCAL_RANK 1, since there each process takes the GPU of its local rank."""
-    per_process = hasattr(s.course, "process_group")
+    per_process = hasattr(s.course, "join_process_group")
     local_rank = 1 if per_process else 0
     own = f"cuda:{local_rank}"
     machines = [(None, 0, {"cpu": "cpu", "auto": "cpu"}),
@@ -222,7 +222,7 @@ def check_choose_device(s: Subject, dtype: str) -> None:
 def device_hint(name: str, expected: str, s: Subject) -> str:
     if name == "auto" and expected == "mps":
         return ": torch.accelerator.current_accelerator(check_available=True) finds any accelerator, not only CUDA"
-    if hasattr(s.course, "process_group") and expected.startswith("cuda:"):
+    if hasattr(s.course, "join_process_group") and expected.startswith("cuda:"):
         return ": each process takes the GPU of its LOCAL_RANK"
     return ""
 
@@ -261,21 +261,18 @@ def check_can_compile(s: Subject, dtype: str) -> None:
 
 
 @once
-def check_process_group(s: Subject, dtype: str) -> None:
-    """Plain python (no RANK in the environment): a group of one process, left at the end."""
+def check_join_process_group(s: Subject, dtype: str) -> None:
+    """Plain python (no RANK in the environment): a group of one process, on gloo for the CPU."""
     outside_torchrun = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     with mock.patch.dict(os.environ, outside_torchrun, clear=True):
         try:
-            with s.module.process_group(torch.device("cpu")):
-                if not dist.is_initialized():
-                    raise Mismatch("inside process_group(cpu), no process group is initialised")
-                seen = dist.get_world_size(), dist.get_rank(), dist.get_backend()
+            s.module.join_process_group(torch.device("cpu"))
+            if not dist.is_initialized():
+                raise Mismatch("after join_process_group(cpu), no process group is initialised")
+            seen = dist.get_world_size(), dist.get_rank(), dist.get_backend()
         finally:
-            left = dist.is_initialized()
-            if left:
+            if dist.is_initialized():
                 dist.destroy_process_group()
     if seen != (1, 0, "gloo"):
-        raise Mismatch(f"inside process_group(cpu) started by plain python, world size, rank and backend are "
+        raise Mismatch(f"after join_process_group(cpu) started by plain python, world size, rank and backend are "
                        f"{seen}, expected (1, 0, 'gloo')")
-    if left:
-        raise Mismatch("after the with block, the process group is still initialised: destroy it on the way out")
