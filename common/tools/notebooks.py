@@ -35,7 +35,7 @@ from common.cli import OneLineParser
 from common.harness import ROOT, stage_files
 from common.tools.program import run_program
 from common.tools.exercises.catalog import EXERCISES
-from common.tools.lessons import LESSONS_DIR, Lesson, read_lesson, relink, relative_to
+from common.tools.lessons import LESSONS_DIR, SNIPPET, Lesson, read_lesson, relink, relative_to
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
 
@@ -234,6 +234,19 @@ def run_text(stage: Path, prose: Prose) -> str:
                     + (f"\n\nFrom a terminal, as the lesson page runs it:\n\n{terminal}" if terminal else ""))
 
 
+def try_it_cells(prose: Prose) -> list[str]:
+    """The page's "Try it": its words as markdown, each snippet as a code cell to run and change,
+    and what the page shows it printing."""
+    text = prose.body("Try it")
+    cells, words = [], ["## Try it"]
+    for snippet in SNIPPET.finditer(text):
+        words.append(text[:snippet.start()] if not cells else "")
+        cells += [markdown("\n\n".join(w.strip() for w in words if w.strip())), code(snippet["code"].rstrip("\n")),
+                  markdown(f"The lesson page shows it printing:\n\n```text\n{snippet['output']}```")]
+        text, words = text[snippet.end():], []
+    return cells
+
+
 def exercise_cells(stage: Path) -> list[str]:
     n = int(stage.stem[5:7])
     if n not in EXERCISES:
@@ -250,6 +263,7 @@ def percent_text(stage: Path, out_dir: Path = NOTEBOOKS_DIR, lessons_dir: Path =
     prose = Prose(read_lesson(stage.stem, lessons_dir), out_dir, {p.stem for p in stage_files()}, lessons_dir)
     set_up = SET_UP.format(repository=COURSE_REPOSITORY, no_course=NO_COURSE)
     cells = [prose.opening(docstring), code(set_up), *prose.section("What changes"), *prose.section("Why"),
+             *try_it_cells(prose),
              *stage_cells(stage, docstring, sections),
              run_text(stage, prose), code(RUN_CODE.format(stem=stage.stem, args=RUN_ARGS)),
              *prose.section("What to look at"), *prose.section("Fine print"), *exercise_cells(stage),
