@@ -119,7 +119,7 @@ def evaluate(model, device, test_loader):
 def choose_device(name):
     """auto: this machine's accelerator (CUDA, MPS, XPU, ...) if it has one, else the CPU."""
     if name == "auto":
-        name = getattr(torch.accelerator.current_accelerator(check_available=True), "type", "cpu")
+        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
     return torch.device(name)
 
 

@@ -1,9 +1,8 @@
 """Stage 12: mixed precision: the forward and the loss run under autocast, in bfloat16.
 
 Changes from stage 11:
-- `with autocast:` around `criterion(model(x), y)`: convolutions and matrix products compute in
-  bfloat16 (float32's range, half its bits), the loss in float32; the weights, their gradients
-  and the step stay float32.
+- `with autocast:` around `criterion(model(x), y)`: convolutions and matrix products in bfloat16
+  (float32's range, half its bits), the loss in float32; the weights and the step stay float32.
 - `torch.amp.GradScaler` scales the loss before `backward()`; it acts only with float16 (GPUs
   without bfloat16), whose small range would round tiny gradients to zero.
 - `--amp off` is stage 11 exactly; a float64 run never autocasts.
@@ -136,10 +135,10 @@ def autocast_dtype(device):
 
 
 def choose_device(name):
-    """auto: this machine's accelerator (CUDA, MPS, XPU, ...) if it has one, else the CPU; an
-    accelerator without a number is the one numbered LOCAL_RANK: one device per process."""
+    """auto: the accelerator if any, else the CPU; with no number: this process's, LOCAL_RANK."""
     if name == "auto":
-        name = getattr(torch.accelerator.current_accelerator(check_available=True), "type", "cpu")
+        accelerator = torch.accelerator.current_accelerator(check_available=True)
+        name = accelerator.type if accelerator is not None else "cpu"
     if name == "cpu" or ":" in name:
         return torch.device(name)
     return torch.device(name, int(os.environ.get("LOCAL_RANK", "0")))

@@ -142,10 +142,10 @@ def can_compile(device):
 
 
 def choose_device(name):
-    """auto: this machine's accelerator (CUDA, MPS, XPU, ...) if it has one, else the CPU; an
-    accelerator without a number is the one numbered LOCAL_RANK: one device per process."""
+    """auto: the accelerator if any, else the CPU; with no number: this process's, LOCAL_RANK."""
     if name == "auto":
-        name = getattr(torch.accelerator.current_accelerator(check_available=True), "type", "cpu")
+        accelerator = torch.accelerator.current_accelerator(check_available=True)
+        name = accelerator.type if accelerator is not None else "cpu"
     if name == "cpu" or ":" in name:
         return torch.device(name)
     return torch.device(name, int(os.environ.get("LOCAL_RANK", "0")))

@@ -38,6 +38,15 @@ from tests.helpers import (SMOKE, TINY_TEST, TINY_TRAIN, Computations, npy_data_
                            tiny)
 
 
+def pytest_configure(config):
+    """A marker per stage, found by its file name as everything else finds the stages: `-m stage9`
+    selects one stage's tests, and a new stage gets its marker without an edit here."""
+    from common.harness import stage_files, stage_number
+
+    for path in stage_files():
+        config.addinivalue_line("markers", f"stage{stage_number(path.stem)}: tests of {path.stem}")
+
+
 @pytest.fixture(scope="session")
 def params():
     """The reference weights, seed 0, as float64 arrays (read only)."""
