@@ -404,8 +404,9 @@ def free_port() -> int:
 
 # ---------------------------------------------------------------- the make targets, in a copy
 def copy_of_the_course(dest: Path) -> Path:
-    """What the Makefile targets need, copied, so that they write into `dest`, not the real work/."""
-    for folder in ("common", "stages"):
+    """What the Makefile targets need, copied, so that they write into `dest`, not the real work/:
+    the code, and the lesson pages (the exercises are written there)."""
+    for folder in ("common", "stages", "docs"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("Makefile", "requirements.txt"):
         shutil.copy(ROOT / name, dest)

@@ -2,7 +2,7 @@
 
 A lesson page is a `# Stage N: <title>` line, one paragraph, and the level-2 sections
 `## What changes`, `## Why`, `## Try it`, `## Run it`, `## What to look at`, `## Fine print`,
-`## Next`. "Try it" holds runnable snippets: a ```python block, then the ```text block of what it
+`## Do it yourself` (the exercise: common/tools/exercises/catalog.py reads it), `## Next`. "Try it" holds runnable snippets: a ```python block, then the ```text block of what it
 prints (`...` there stands for text that differs from run to run); the tests run every one.
 `read_lesson` splits it there (a `##` inside a fenced code block is code, not a heading), so
 that the site and the notebooks can put their own parts between the sections: the diff after
@@ -22,7 +22,7 @@ from typing import Callable
 from common.harness import ROOT
 
 LESSONS_DIR = ROOT / "docs" / "stages"
-SECTIONS = ("What changes", "Why", "Try it", "Run it", "What to look at", "Fine print", "Next")
+SECTIONS = ("What changes", "Why", "Try it", "Run it", "What to look at", "Fine print", "Do it yourself", "Next")
 SNIPPET = re.compile(r"^```python\n(?P<code>.*?)^```\n(?:(?!```).)*?^```text\n(?P<output>.*?)^```$",
                      re.DOTALL | re.MULTILINE)
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")

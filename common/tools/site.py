@@ -478,6 +478,8 @@ def lesson_parts(site: Site, lesson: Lesson | None, inserts: dict[str, str]) -> 
     section the lesson page lacks comes before "Next", or at the end."""
     body, pending = [], dict(inserts)
     for heading, markdown in ({} if lesson is None else lesson.sections).items():
+        if heading == "Do it yourself":  # the exercise box says it (exercise_box)
+            continue
         if heading == "Next":
             body += list(pending.values())
             pending.clear()

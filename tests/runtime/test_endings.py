@@ -64,8 +64,9 @@ def losses_written(out: Path) -> int:
 
 
 # ---------------------------------------------------------------- signals
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
-@pytest.mark.parametrize("name", ["stages.stage01_numpy", "stages.stage08_train_eval"])
+@pytest.mark.parametrize("name, sig", [("stages.stage01_numpy", signal.SIGINT),
+                                       ("stages.stage08_train_eval", signal.SIGTERM)],
+                         ids=["Ctrl-C to the numpy stage", "SIGTERM to a torch stage"])
 def test_a_signal_while_training_is_one_line_and_keeps_the_record(name, sig, tmp_path):
     out = tmp_path / "runs"
     run = Background(["-m", name, *ONE_EPOCH, "--out", str(out)], tmp_path)

@@ -31,6 +31,8 @@ See `[not a link](../x.md)` in code, [an address](https://pytorch.org/docs), [ab
 
 ## Fine print
 
+## Do it yourself
+
 ## Next
 """
 

@@ -4,9 +4,9 @@
     make check STAGE=3      # checks your file, function by function, then as a whole
     make solution STAGE=3   # the diff from your file to the course's stage 3
 
-`EXERCISES` (catalog.py) is the one place that says, per stage, which functions an exercise blanks
-(and, in stages 10-13, which lines of main()), why those, and the hint over each: what the blank
-must do and what its check looks at. A blanked body becomes `raise NotImplementedError` under its
+`EXERCISES` (catalog.py, read from each lesson page's "Do it yourself") says, per stage, which
+functions an exercise blanks (and, in stages 10-13, which lines of main()), why those, and the hint
+over each: what the blank must do and what its check looks at. A blanked body becomes `raise NotImplementedError` under its
 hint; the signature and the function's own docstring stay.
 
 The checker runs your code in a child process (sandbox.py), each check within a time limit
