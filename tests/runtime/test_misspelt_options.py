@@ -2,13 +2,11 @@
 common/cli.py's OneLineParser): `--bach-size` -> "did you mean --batch-size?"."""
 from __future__ import annotations
 
-import subprocess
-import sys
+import importlib
 
 import pytest
 
 from common.errors import BAD_INPUT
-from tests.helpers import EVENT_TIMEOUT, ROOT
 
 MISSPELT = {  # the program, what was typed, the suggestion
     "a stage's option": ("stages.stage06_optim", ["--bach-size", "4"], "; did you mean --batch-size?"),
@@ -21,17 +19,23 @@ MISSPELT = {  # the program, what was typed, the suggestion
 }
 
 
+def refused(module: str, argv: list[str], capsys) -> list[str]:
+    """The lines main(argv) of the program `module` wrote before it exited with code 2 (in this
+    process: the parser answers before any work; test_command_line.py runs a real process)."""
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == BAD_INPUT and "Traceback" not in err, err[-800:]
+    return err.strip().splitlines()
+
+
 @pytest.mark.parametrize("module,argv,suggestion", MISSPELT.values(), ids=MISSPELT.keys())
-def test_a_misspelt_option_names_the_nearest_one(module, argv, suggestion):
-    result = subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT, capture_output=True, text=True,
-                            timeout=EVENT_TIMEOUT)
-    assert result.returncode == BAD_INPUT and "Traceback" not in result.stderr, result.stderr[-800:]
-    [line] = result.stderr.strip().splitlines()
+def test_a_misspelt_option_names_the_nearest_one(module, argv, suggestion, capsys):
+    [line] = refused(module, argv, capsys)
     assert line.endswith(f"{suggestion} (see --help)")
 
 
-def test_an_option_like_none_suggests_nothing():
-    result = subprocess.run([sys.executable, "-m", "stages.stage06_optim", "--zzz"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=EVENT_TIMEOUT)
-    assert result.returncode == BAD_INPUT
-    assert result.stderr.strip() == "python -m stages.stage06_optim: error: unrecognized arguments: --zzz (see --help)"
+def test_an_option_like_none_suggests_nothing(capsys):
+    assert refused("stages.stage06_optim", ["--zzz"], capsys) == [
+        "python -m stages.stage06_optim: error: unrecognized arguments: --zzz (see --help)"]

@@ -13,8 +13,8 @@ from common.harness import stage_file
 from tests.helpers import EVENT_TIMEOUT, ROOT, SMOKE
 
 
-@pytest.mark.parametrize("stage", [1, 6], ids=["the numpy stage", "a torch stage"])
-@pytest.mark.parametrize("where", ["course", "elsewhere"], ids=["from the course folder", "from another folder"])
+@pytest.mark.parametrize("stage, where", [(1, "course"), (6, "elsewhere")],
+                         ids=["the numpy stage from the course folder", "a torch stage from another folder"])
 def test_a_stage_run_as_a_file_runs(stage, where, tmp_path):
     path = stage_file(stage)
     result = subprocess.run([sys.executable, str(path.relative_to(ROOT) if where == "course" else path), *SMOKE,

@@ -147,12 +147,25 @@ def open_page(browser, path: Path, width: int = 1280):
     return page, problems
 
 
-def test_every_page_loads_in_a_browser_without_errors(browser, site):
+@pytest.fixture(scope="module")
+def every_page(browser, site) -> dict[str, dict]:
+    """Each page of the site, visited once at 1280 px: its problems while loading, its title, and
+    its text with the lesson page's prose hidden (which may quote the docstring)."""
+    seen = {}
     for path in sorted(site.glob("*.html")):
         page, problems = open_page(browser, path)
-        assert page.title(), path.name
-        assert problems == [], f"{path.name}: {problems}"
+        title = page.title()
+        page.add_style_tag(content=".prose { display: none; }")
+        seen[path.stem] = {"problems": problems, "title": title, "text": page.locator("body").inner_text()}
         page.close()
+    return seen
+
+
+def test_every_page_loads_in_a_browser_without_errors(every_page):
+    assert len(every_page) == len(STAGES) + 1, "every stage's page and the index"
+    for name, seen in every_page.items():
+        assert seen["title"], name
+        assert seen["problems"] == [], f"{name}: {seen['problems']}"
 
 
 def test_the_browser_shows_optim_sgd_as_added_in_the_5_to_6_diff(browser, site):
@@ -217,14 +230,11 @@ def test_long_code_lines_wrap_between_words_never_inside_one(browser, site, tmp_
     assert wrapped > 20, "the check saw lines that wrap"
 
 
-def test_each_page_shows_its_docstring_once(browser, site):
+def test_each_page_shows_its_docstring_once(every_page):
     for stage in STAGES:
         docstring = stage_files()[STAGES.index(stage)].read_text().split('"""')[1]
         lines = [line.strip() for line in docstring.splitlines() if len(line.strip()) >= 30]
-        page, _ = open_page(browser, site / f"{stage}.html")
-        page.add_style_tag(content=".prose { display: none; }")  # the lesson page may quote the docstring
-        text = page.locator("body").inner_text()
-        page.close()
+        text = every_page[stage]["text"]
         twice = [line for line in lines if text.count(line) != docstring.count(line)]  # most lines: once
         assert lines and twice == [], f"{stage}: shown more often than the docstring has it: {twice[:3]}"
         if stage != STAGES[0]:

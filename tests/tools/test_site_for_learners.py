@@ -106,22 +106,50 @@ def opened(browser, path: Path, width: int):
     return page
 
 
-# ---------------------------------------------------------------- no page wider than the screen
-# Elements whose content is wider than their box: what a reader would have to scroll sideways to see.
-CUT = """() => [...document.querySelectorAll('body *')]
-  .filter(e => e.getClientRects().length && e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0
-               && getComputedStyle(e).overflowX !== 'visible')
-  .map(e => `${e.tagName.toLowerCase()}.${e.className}: ${e.scrollWidth} in ${e.clientWidth}`)"""
+# ---------------------------------------------------------------- every page, once at each width
+# What the tests below read of every page, gathered in one visit per page and width (a page of
+# diffs takes a browser most of a second to lay out). `cut`: elements whose content is wider than
+# their box, what a reader would have to scroll sideways to see.
+PROBE = """() => {
+  const shown = e => !!e && e.checkVisibility();
+  const lesson = document.querySelector('a.lesson-page'), next = document.querySelector('nav.pager a.next');
+  const exercise = document.querySelector('#exercise'), pager = document.querySelector('nav.pager');
+  return {
+    scrollWidth: document.documentElement.scrollWidth,
+    cut: [...document.querySelectorAll('body *')]
+      .filter(e => e.getClientRects().length && e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0
+                   && getComputedStyle(e).overflowX !== 'visible')
+      .map(e => `${e.tagName.toLowerCase()}.${e.className}: ${e.scrollWidth} in ${e.clientWidth}`),
+    captions: [...document.querySelectorAll('figcaption')].map(e => e.innerText),
+    text: document.body.innerText,
+    lesson: lesson && {href: lesson.getAttribute('href'), shown: shown(lesson)},
+    exercise: exercise && exercise.innerText,
+    exerciseLink: shown(document.querySelector('a[href="#exercise"]')),
+    next: next && {href: next.getAttribute('href'), shown: shown(next)},
+    pager: pager ? pager.innerText : '',
+  };
+}"""
+
+
+@pytest.fixture(scope="module")
+def every_page(browser, site) -> dict[int, dict[str, dict]]:
+    """every_page[width][page name]: what PROBE read of it."""
+    seen = {}
+    for width in WIDTHS.values():
+        seen[width] = {}
+        for path in sorted(site.glob("*.html")):
+            page = opened(browser, path, width)
+            seen[width][path.stem] = page.evaluate(PROBE)
+            page.close()
+    return seen
 
 
 @pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
-def test_no_page_scrolls_sideways_and_nothing_is_hidden_in_a_box_that_would(browser, site, width):
-    for path in sorted(site.glob("*.html")):
-        page = opened(browser, path, width)
-        assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{path.name} is wider than {width} px"
-        cut = page.evaluate(CUT)
-        page.close()
-        assert cut == [], f"{path.name} at {width} px: {cut[:4]}"
+def test_no_page_scrolls_sideways_and_nothing_is_hidden_in_a_box_that_would(every_page, width):
+    assert len(every_page[width]) == len(STAGES) + 1, "every stage's page and the index"
+    for name, seen in every_page[width].items():
+        assert seen["scrollWidth"] <= width, f"{name} is wider than {width} px"
+        assert seen["cut"] == [], f"{name} at {width} px: {seen['cut'][:4]}"
 
 
 # ---------------------------------------------------------------- the diff, side by side or stacked
@@ -189,21 +217,17 @@ def test_every_figure_is_a_link_to_itself_at_full_size(browser, site, width):
     page.close()
 
 
-def test_every_caption_and_the_stage_table_name_the_data(browser, site):
+def test_every_caption_and_the_stage_table_name_the_data(browser, site, every_page):
     page = opened(browser, site / "index.html", WIDTHS["desktop"])
     header = page.locator("table.stages th").last.inner_text()
     rows = page.locator("table.stages td.accuracy").all_inner_texts()
-    captions = page.locator("figcaption").all_inner_texts()
     notes = page.locator("p.note").all_inner_texts()
     page.close()
     assert "synthetic shapes, not CIFAR-10" in header and rows == ["95.60 %"] * len(STAGES)
     assert any("53-56 %" in note for note in notes) and any("DistributedSampler" in note for note in notes)
-    assert captions and all("synthetic shapes, not CIFAR-10" in c for c in captions), captions
-    for stage in STAGES:
-        page = opened(browser, site / f"{stage}.html", WIDTHS["desktop"])
-        captions = page.locator("figcaption").all_inner_texts()
-        page.close()
-        assert captions and all("synthetic shapes, not CIFAR-10" in c for c in captions), (stage, captions)
+    for name, seen in every_page[WIDTHS["desktop"]].items():
+        captions = seen["captions"]
+        assert captions and all("synthetic shapes, not CIFAR-10" in c for c in captions), (name, captions)
 
 
 # ---------------------------------------------------------------- the lesson page, rendered
@@ -237,26 +261,23 @@ def test_the_lesson_pages_links_point_from_the_site(browser, site):
 
 # ---------------------------------------------------------------- the way on from every stage page
 @pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
-def test_every_stage_page_leads_to_its_lesson_page_its_exercise_and_the_next_stage(browser, site, width):
+def test_every_stage_page_leads_to_its_lesson_page_its_exercise_and_the_next_stage(every_page, site, width):
     for k, stage in enumerate(STAGES):
-        number = k + 1
-        page = opened(browser, site / f"{stage}.html", width)
-        lesson = page.locator("a.lesson-page")
-        assert lesson.is_visible() and (site / lesson.get_attribute("href")).resolve() == \
+        number, seen = k + 1, every_page[width][stage]
+        lesson = seen["lesson"]
+        assert lesson["shown"] and (site / lesson["href"]).resolve() == \
             (site.parent / "docs" / "stages" / f"{stage}.md").resolve()
-        text = page.locator("body").inner_text()
         if number in EXERCISES:
-            assert f"Do it yourself: make exercise STAGE={number}" in text, stage
-            assert f"make check STAGE={number}" in text and page.locator('a[href="#exercise"]').is_visible()
-            assert all(name in page.locator("#exercise").inner_text() for name in EXERCISES[number].blanks)
+            assert f"Do it yourself: make exercise STAGE={number}" in seen["text"], stage
+            assert f"make check STAGE={number}" in seen["text"] and seen["exerciseLink"]
+            assert all(name in seen["exercise"] for name in EXERCISES[number].blanks)
         else:
-            assert "no exercise yet" in page.locator("#exercise").inner_text()
-        following = page.locator("nav.pager a.next")
+            assert "no exercise yet" in seen["exercise"]
+        following = seen["next"]
         if k + 1 < len(STAGES):
-            assert following.get_attribute("href") == f"{STAGES[k + 1]}.html" and following.is_visible()
+            assert following["href"] == f"{STAGES[k + 1]}.html" and following["shown"]
         else:
-            assert following.count() == 0 and "last stage" in page.locator("nav.pager").inner_text()
-        page.close()
+            assert following is None and "last stage" in seen["pager"]
 
 
 def test_the_index_calls_the_learner_to_the_first_stage_and_its_exercise(browser, site):
