@@ -30,11 +30,13 @@ class OneLineParser(argparse.ArgumentParser):
     option or choice to a misspelt one (argparse's own suggest_on_error is Python 3.14's)."""
 
     def error(self, message: str) -> None:
-        self.exit(BAD_INPUT, f"{self.prog}: error: {printable(message)}{self._nearest(message)} (see --help)\n")
+        nearest = self._nearest(message)
+        self.exit(BAD_INPUT, f"{self.prog}: error: {printable(message)}{nearest} (see --help)\n")
 
     def _nearest(self, message: str) -> str:
         if message.startswith("unrecognized arguments: "):
-            typed = [word.split("=")[0] for word in message.split(": ", 1)[1].split() if word.startswith("-")]
+            words = message.split(": ", 1)[1].split()
+            typed = [word.split("=")[0] for word in words if word.startswith("-")]
             known = [option for option in self._option_string_actions if option.startswith("--")]
         else:
             choice = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)$", message)
@@ -68,14 +70,15 @@ def number(kind, low=None, high=None, *, above=None, below=None):
         inside = (low is None or value >= low) and (high is None or value <= high) \
             and (above is None or value > above) and (below is None or value < below)
         if not inside or value != value or abs(value) == float("inf"):
-            bounds = [f"at least {low}" if low is not None else "", f"at most {high}" if high is not None else "",
-                      f"above {above}" if above is not None else "", f"below {below}" if below is not None else ""]
-            raise argparse.ArgumentTypeError(f"must be {' and '.join(b for b in bounds if b)}, got {text}")
+            bounds = [f"{words} {bound}" for words, bound in (("at least", low), ("at most", high),
+                      ("above", above), ("below", below)) if bound is not None]
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(bounds)}, got {text}")
         return value
     return parse
 
 
-positive_int, non_negative_int, positive_float = number(int, 1), number(int, 0), number(float, above=0)
+positive_int, non_negative_int = number(int, 1), number(int, 0)
+positive_float = number(float, above=0)
 batch_size = number(int, 1, sys.maxsize)  # DataLoader's BatchSampler takes no more
 seed = number(int, 0, MAX_SEED)
 probability = number(float, 0, below=1)
@@ -88,29 +91,31 @@ def device_name(text: str) -> str:
     try:
         device = torch.device(text) if text != "auto" else None
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"must be auto, cpu or an accelerator such as cuda, cuda:1 or mps, "
-                                         f"got {text!r}") from None
+        raise argparse.ArgumentTypeError("must be auto, cpu or an accelerator such as cuda, "
+                                         f"cuda:1 or mps, got {text!r}") from None
     if device is None or device.type == "cpu":
         return text
     here = torch.accelerator.current_accelerator(check_available=True)
     if here is None or here.type != device.type:
         has = f"its accelerator is {here.type}" if here is not None else "it has no accelerator"
-        raise argparse.ArgumentTypeError(f"{text}: no such device on this machine ({has}); use --device auto or cpu")
+        raise argparse.ArgumentTypeError(f"{text}: no such device on this machine ({has}); use "
+                                         "--device auto or cpu")
     if (device.index or 0) >= torch.accelerator.device_count():
-        raise argparse.ArgumentTypeError(f"{text}: no such {device.type} device here "
-                                         f"({torch.accelerator.device_count()} visible); use --device auto or cpu")
+        visible = torch.accelerator.device_count()
+        raise argparse.ArgumentTypeError(f"{text}: no such {device.type} device here ({visible} "
+                                         "visible); use --device auto or cpu")
     return text
 
 
-GROUP_DEVICES = "cuda (nccl), xpu (xccl) or cpu (gloo)"  # where a process group's backends all-reduce
+GROUP_DEVICES = "cuda (nccl), xpu (xccl) or cpu (gloo)"  # where a process group can all-reduce
 
 
 def process_device_name(text: str) -> str:
     """device_name(), for a process group (checked again once auto is known: check_together)."""
     kind = device_name(text).partition(":")[0]
     if kind not in ("auto", "cpu", "cuda", "xpu"):
-        raise argparse.ArgumentTypeError(f"{text}: a process group all-reduces on {GROUP_DEVICES}, "
-                                         f"not on {kind}; use --device cpu")
+        raise argparse.ArgumentTypeError(f"{text}: a process group all-reduces on "
+                                         f"{GROUP_DEVICES}, not on {kind}; use --device cpu")
     return text
 
 
@@ -118,22 +123,23 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
     """The shared options; a stage adds its own (--device, ...) in its add_options(parser)."""
     stem = Path(stage_file).stem
     first_line = (description or "").strip().splitlines()[0] if description else None
+    where = f"\nWhat changed, and why: the top of stages/{stem}.py and docs/stages/{stem}.md."
     parser = OneLineParser(prog=f"python -m stages.{stem}", usage="%(prog)s [options]",
-                           description=first_line and f"{first_line}\nWhat changed, and why: the top of "
-                                                      f"stages/{stem}.py and docs/stages/{stem}.md.",
-                           epilog="Exit codes: 0 done, 2 bad input, 3 diverged, 4 a write failed (disk full), "
-                                  "5 out of memory, 6 another process failed, 130 interrupted.",
+                           description=first_line and first_line + where,
+                           epilog="Exit codes: 0 done, 2 bad input, 3 diverged, 4 a write failed "
+                                  "(disk full), 5 out of memory, 6 another process failed, 130 "
+                                  "interrupted, 141 stdout's reader went away.",
                            formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--epochs", type=positive_int, default=2, help="passes over the training set")
     add("--batch-size", type=batch_size, default=4, help="images per training step")
     add("--lr", type=positive_float, default=0.001, help="learning rate")
-    add("--momentum", type=probability, default=0.9, help="SGD momentum (below 1: the step must decay)")
-    add("--seed", type=seed, default=0, help="seed of the weights, data order, synthetic data, dropout")
+    add("--momentum", type=probability, default=0.9, help="SGD momentum (below 1, so it decays)")
+    add("--seed", type=seed, default=0, help="seed of weights, data order, synthetic set, dropout")
     add("--dtype", choices=DTYPES, default="float32", help="floating-point precision")
-    add("--data", choices=SOURCES, default="auto", help="auto: --data-dir, else ./data, else synthetic")
-    add("--data-dir", default=None, metavar="DIR", help="a torchvision CIFAR-10 root or a folder of .npy files")
-    add("--max-steps", type=positive_int, default=None, metavar="N", help="stop after N steps (a quick try)")
+    add("--data", choices=SOURCES, default="auto", help="auto: --data-dir, ./data, else synthetic")
+    add("--data-dir", default=None, metavar="DIR", help="a torchvision CIFAR-10 root or .npy files")
+    add("--max-steps", type=positive_int, default=None, metavar="N", help="stop after N steps")
     add("--out", default="runs", metavar="DIR", help="folder of the run records")
     add("--threads", type=number(int, 1, MAX_THREADS), default=DEFAULT_THREADS,
         help="CPU threads for torch's and numpy's maths")
@@ -141,7 +147,8 @@ def build_parser(stage_file: str, description: str | None) -> OneLineParser:
     return parser
 
 
-def parse_args(stage_file: str, description: str | None, argv=None, add_options=None) -> argparse.Namespace:
+def parse_args(stage_file: str, description: str | None, argv=None,
+               add_options=None) -> argparse.Namespace:
     """A stage's first line: `args = parse_args(__file__, __doc__, argv)`."""
     parser = build_parser(stage_file, description)
     if add_options is not None:
@@ -154,7 +161,7 @@ def parse_args(stage_file: str, description: str | None, argv=None, add_options=
 def check_together(parser: OneLineParser, args: argparse.Namespace) -> None:
     """What no single option can check alone."""
     for name in ("lr", "momentum"):
-        if getattr(args, name) > float(np.finfo(args.dtype).max):  # torch could not even pass it on
+        if getattr(args, name) > float(np.finfo(args.dtype).max):  # torch could not pass it on
             parser.error(f"argument --{name}: {getattr(args, name)} does not fit in {args.dtype}")
     if getattr(args, "device", None) is None:
         return
@@ -166,15 +173,17 @@ def check_together(parser: OneLineParser, args: argparse.Namespace) -> None:
         kind = here.type if here is not None else "cpu"
     joins_a_group = any(action.type is process_device_name for action in parser._actions)
     if joins_a_group and kind not in ("cpu", "cuda", "xpu"):
-        parser.error(f"argument --device: {args.device} is {kind} here, and a process group all-reduces on "
-                     f"{GROUP_DEVICES}; use --device cpu")
+        parser.error(f"argument --device: {args.device} is {kind} here, and a process group "
+                     f"all-reduces on {GROUP_DEVICES}; use --device cpu")
     if kind == "mps" and args.dtype == "float64":
         parser.error("argument --dtype: mps has no float64; use --dtype float32, or --device cpu")
-    if getattr(args, "data_parallel", False) and (kind not in ("cuda", "cpu") or kind == "cpu" and here):
+    not_cuda = kind not in ("cuda", "cpu") or kind == "cpu" and here is not None
+    if getattr(args, "data_parallel", False) and not_cuda:
         parser.error(f"argument --data-parallel: DataParallel splits batches over CUDA GPUs, and "
                      f"--device {args.device} is {kind} (drop --data-parallel)")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # under torchrun: one device per process
-    if kind != "cpu" and ":" not in args.device and local_rank >= torch.accelerator.device_count():
+    no_device_of_its_own = local_rank >= torch.accelerator.device_count()
+    if kind != "cpu" and ":" not in args.device and no_device_of_its_own:
         parser.error(f"argument --device: this is process LOCAL_RANK={local_rank}, but only "
                      f"{torch.accelerator.device_count()} {kind} device(s) are visible: start at "
                      "most that many processes per machine, or use --device cpu")

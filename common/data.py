@@ -43,7 +43,7 @@ from numpy.lib import format as npy_format
 from common.errors import CourseError, one_line
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CHANCE = 1 / len(CLASSES)  # the accuracy of a guess: one class in ten (the synthetic set has ten too)
+CHANCE = 1 / len(CLASSES)  # a guess's accuracy: one class in ten (the synthetic set has ten too)
 SOURCES = ("auto", "cifar10", "synthetic")
 DEFAULT_ROOT = Path("data")
 IMAGE_SHAPE = (32, 32, 3)
@@ -53,7 +53,8 @@ SHARD_NAME = re.compile(r"train_x_([0-9]+)\.npy")
 SYNTHETIC_SOURCE = "built-in synthetic set"  # how the `source` of make_synthetic's data begins
 # What figures, tables and captions call the data of a run: the synthetic shapes are far easier
 # than CIFAR-10's photographs, so a result on them must never pass for a CIFAR-10 result.
-SYNTHETIC_NAME, CIFAR10_NAME, UNKNOWN_NAME = "synthetic shapes, not CIFAR-10", "CIFAR-10", "data not recorded"
+SYNTHETIC_NAME, CIFAR10_NAME = "synthetic shapes, not CIFAR-10", "CIFAR-10"
+UNKNOWN_NAME = "data not recorded"
 
 
 @dataclass
@@ -63,8 +64,8 @@ class CifarArrays:
     test_x: np.ndarray
     test_y: np.ndarray
     source: str  # one line for the learner: where the data came from
-    classes: tuple[str, ...] = field(default=CLASSES)  # label k is classes[k]: CIFAR-10's, or the shapes
-    fallback: str | None = None  # why the real data was not used, in plain words ("not found and no network")
+    classes: tuple[str, ...] = field(default=CLASSES)  # label k is classes[k]
+    fallback: str | None = None  # why not the real data, in plain words ("not found and no network")
     details: str | None = None  # the technical reason behind `fallback`, for the run record
 
 
@@ -77,7 +78,7 @@ def data_name(source: str | None) -> str:
 
 
 def on_data(name: str) -> str:
-    """ "on synthetic shapes, not CIFAR-10" for a title, or what a record that names no data gets instead."""
+    """ "on synthetic shapes, not CIFAR-10" for a title, or what a record naming no data gets."""
     return "(the record names no data)" if name == UNKNOWN_NAME else f"on {name}"
 
 
@@ -103,8 +104,8 @@ def load_data(source: str = "auto", data_dir: str | os.PathLike | None = None, s
 def _announcement(data: CifarArrays) -> str:
     if data.fallback is None:
         return f"data: {data.source} ({len(data.train_y)} train, {len(data.test_y)} test images)"
-    return (f"data: CIFAR-10 {data.fallback}: using the {data.source}, {len(data.train_y)} train and "
-            f"{len(data.test_y)} test images; pass --data-dir DIR for the real one")
+    return (f"data: CIFAR-10 {data.fallback}: using the {data.source}, {len(data.train_y)} train "
+            f"and {len(data.test_y)} test images; pass --data-dir DIR for the real one")
 
 
 def _load_unchecked(source: str, data_dir, seed: int) -> CifarArrays:
@@ -144,8 +145,9 @@ def validate(data: CifarArrays) -> None:
             raise CourseError(f"{where}: images must be uint8, got {x.dtype}")
         if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
             raise CourseError(f"{where}: images must have shape (N, 32, 32, 3), got {x.shape}")
-        if y.ndim != 1 or y.dtype != np.int64:  # np.int64 is native order; a byte-swapped int64 differs
-            raise CourseError(f"{where}: labels must be a 1-D array of native int64, got {y.dtype.str} {y.shape}")
+        if y.ndim != 1 or y.dtype != np.int64:  # np.int64 is native order, unlike a swapped one
+            raise CourseError(f"{where}: labels must be a 1-D array of native int64, got "
+                              f"{y.dtype.str} {y.shape}")
         if len(x) != len(y):
             raise CourseError(f"{where}: {len(x)} images but {len(y)} labels")
         if len(x) == 0:
@@ -159,7 +161,8 @@ def load_npy(directory: Path) -> CifarArrays:
     """The offline layout: train_x.npy or its shards, train_y.npy, test_x.npy, test_y.npy."""
     train_x = np.concatenate([_read_images(f) for f in _train_files(directory)])
     return CifarArrays(train_x, _read_labels(directory / "train_y.npy"),
-                       _read_images(directory / "test_x.npy"), _read_labels(directory / "test_y.npy"),
+                       _read_images(directory / "test_x.npy"),
+                       _read_labels(directory / "test_y.npy"),
                        source=f"CIFAR-10 from the .npy files in {directory}")
 
 
@@ -169,10 +172,12 @@ def _train_files(directory: Path) -> list[Path]:
     if not shards:
         return [directory / "train_x.npy"]
     if (directory / "train_x.npy").exists():
-        raise CourseError(f"{directory}: holds both train_x.npy and shards (train_x_<number>.npy); keep one")
+        raise CourseError(f"{directory}: holds both train_x.npy and shards "
+                          "(train_x_<number>.npy); keep one")
     numbers = sorted(shards)
     if numbers[0] > 1 or numbers[-1] - numbers[0] + 1 != len(numbers):
-        raise CourseError(f"{directory}: the shards are numbered {_clip(', '.join(map(str, numbers)))}; "
+        shown = _clip(", ".join(map(str, numbers)))
+        raise CourseError(f"{directory}: the shards are numbered {shown}; "
                           "they must run from 0 or 1 without gaps (is one missing?)")
     return [directory / shards[n] for n in numbers]
 
@@ -185,11 +190,13 @@ def _shards(directory: Path) -> dict[int, str]:
             continue  # not a shard, and clearly not meant as one
         match = SHARD_NAME.fullmatch(name)
         if match is None:
-            raise CourseError(f"{directory / name}: neither train_x.npy nor a shard train_x_<number>.npy; "
+            raise CourseError(f"{directory / name}: neither train_x.npy nor a shard "
+                              "train_x_<number>.npy; "
                               "rename it or move it out of the folder")
         number = int(match[1])
         if number in shards:
-            raise CourseError(f"{directory}: {shards[number]} and {name} are both shard {number}; keep one")
+            raise CourseError(f"{directory}: {shards[number]} and {name} are both shard "
+                              f"{number}; keep one")
         shards[number] = name
     return shards
 
@@ -216,14 +223,16 @@ def _check_images(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
 
 def _check_labels(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
     if dtype.kind not in "iu" or len(shape) != 1:  # kind i: signed integers, u: unsigned
-        raise CourseError(f"{path}: labels must be a 1-D integer array, got {_clip(dtype.name)} {_clip(str(shape))}")
+        raise CourseError(f"{path}: labels must be a 1-D integer array, got {_clip(dtype.name)} "
+                          f"{_clip(str(shape))}")
 
 
 def _read_npy(path: Path, check) -> np.ndarray:
     """Read a .npy file's header, check what it claims, and only then read the data."""
     if not path.is_file():
         what = "not a file" if path.exists() else "missing"
-        raise CourseError(f"{path}: {what} (the .npy layout needs train_x*, train_y, test_x, test_y)")
+        raise CourseError(f"{path}: {what} (the .npy layout needs train_x*, train_y, test_x, "
+                          "test_y)")
     try:
         with open(path, "rb") as f:
             shape, dtype = _read_header(path, f)
@@ -240,17 +249,21 @@ def _read_header(path: Path, f) -> tuple[tuple[int, ...], np.dtype]:
     try:
         version = npy_format.read_magic(f)
         if version not in ((1, 0), (2, 0)):  # np.save writes 3.0 only for non-latin-1 field names
-            raise ValueError(f"format version {version[0]}.{version[1]}; np.save writes plain arrays as 1.0 or 2.0")
+            raise ValueError(f"format version {version[0]}.{version[1]}; np.save writes plain "
+                             "arrays as 1.0 or 2.0")
         _check_header_length(path, f, length_bytes=2 if version == (1, 0) else 4)
-        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        read_header = (npy_format.read_array_header_1_0 if version == (1, 0)
+                       else npy_format.read_array_header_2_0)
         shape, _, dtype = read_header(f)
     # numpy parses the header (at most 10000 characters) with ast.literal_eval. Malformed text
     # raises ValueError, TypeError (an unhashable key: "{[]: 1}"), tokenize.TokenError (open
     # brackets, from numpy's fallback for Python 2 headers), or, when nested too deeply for
     # Python's parser, MemoryError ("-" * 9000 + "1") or RecursionError ("a." * 4900 + "a"):
     # here these mean "malformed", not "out of memory". SyntaxError too, should numpy pass it on.
-    except (ValueError, TypeError, tokenize.TokenError, MemoryError, RecursionError, SyntaxError) as err:
-        raise CourseError(f"{path}: not a readable .npy file ({_clip(str(err) or type(err).__name__)})") from None
+    except (ValueError, TypeError, tokenize.TokenError, MemoryError, RecursionError,
+            SyntaxError) as err:
+        why = _clip(str(err) or type(err).__name__)
+        raise CourseError(f"{path}: not a readable .npy file ({why})") from None
     if dtype.hasobject:
         raise CourseError(f"{path}: holds Python objects, which would have to be unpickled; "
                           "only plain numeric arrays are read")
@@ -271,12 +284,14 @@ def _check_header_length(path: Path, f, length_bytes: int) -> None:
 def _check_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, data_bytes: int) -> None:
     """The header's promise against the file's size: this is what makes an absurd shape harmless."""
     if any(n < 0 for n in shape):
-        raise CourseError(f"{path}: not a readable .npy file (negative length in shape {_clip(str(shape))})")
+        raise CourseError(f"{path}: not a readable .npy file (negative length in shape "
+                          f"{_clip(str(shape))})")
     needed = dtype.itemsize
     for n in shape:
         needed *= n  # Python ints: no overflow, however absurd the shape
     if needed != data_bytes:
-        raise CourseError(f"{path}: not a readable .npy file (its header describes {_clip(str(shape))} "
+        raise CourseError(f"{path}: not a readable .npy file (its header describes "
+                          f"{_clip(str(shape))} "
                           f"{dtype.name}, {needed:,} bytes, but {data_bytes:,} bytes follow it)")
 
 
@@ -313,12 +328,13 @@ def load_torchvision(root: Path, download: bool) -> CifarArrays:
 
 
 def _why_unavailable(err: Exception, root: Path) -> str:
-    """What went wrong, in words a learner can act on (torchvision's own reason stays in `details`)."""
+    """What went wrong, in words a learner can act on (torchvision's reason stays in `details`)."""
     folder = root / TORCHVISION_FOLDER
     if folder.is_dir():
         damaged = _damaged_files(folder)
         if damaged:
-            return f"in {folder} is damaged ({', '.join(damaged)}: missing or failing torchvision's MD5 check)"
+            return (f"in {folder} is damaged ({', '.join(damaged)}: missing or failing "
+                    "torchvision's MD5 check)")
         return f"in {folder} could not be read"
     if _is_offline(err):
         return "not found and no network"
@@ -330,7 +346,8 @@ def _damaged_files(folder: Path) -> list[str]:
     from torchvision.datasets.cifar import CIFAR10  # its lists of file names and MD5 sums
     from torchvision.datasets.utils import check_integrity
 
-    expected = CIFAR10.train_list + CIFAR10.test_list + [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+    meta = [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+    expected = CIFAR10.train_list + CIFAR10.test_list + meta
     return [name for name, md5 in expected if not check_integrity(folder / name, md5)]
 
 
@@ -350,12 +367,13 @@ def _is_offline(err: Exception) -> bool:
 # background, with pixel noise. Colour and shape both carry the class, so the small convnet
 # learns it well above chance in one epoch, yet it is not trivial: colours are jittered and
 # the noise is strong.
-PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 250, 250]],
-                   dtype=np.int16)
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+                    [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
+                    [210, 245, 60], [250, 250, 250]], dtype=np.int16)
 
 
-def make_synthetic(seed: int = 0, n_train: int = SYNTHETIC_TRAIN, n_test: int = SYNTHETIC_TEST) -> CifarArrays:
+def make_synthetic(seed: int = 0, n_train: int = SYNTHETIC_TRAIN,
+                   n_test: int = SYNTHETIC_TEST) -> CifarArrays:
     """A deterministic, learnable, CIFAR-shaped stand-in: same seed, same images."""
     rng = np.random.default_rng([seed, 10])
     train_x, train_y = _synthetic_split(rng, n_train)
@@ -390,7 +408,8 @@ _SHAPES = {  # class name -> whether each pixel (dy, dx), in units of the shape'
     "triangle": lambda dy, dx: (dy > -1) & (dy < 1) & (abs(dx) < (dy + 1) / 2),
     "stripes": lambda dy, dx: (abs(dy) < 1.2) & (abs(dx) < 1.2) & (np.floor(dy * 2) % 2 == 0),
     "bars": lambda dy, dx: (abs(dy) < 1.2) & (abs(dx) < 1.2) & (np.floor(dx * 2) % 2 == 0),
-    "checks": lambda dy, dx: (abs(dy) < 1.2) & (abs(dx) < 1.2) & ((np.floor(dy * 2) + np.floor(dx * 2)) % 2 == 0),
+    "checks": lambda dy, dx: ((abs(dy) < 1.2) & (abs(dx) < 1.2)
+                              & ((np.floor(dy * 2) + np.floor(dx * 2)) % 2 == 0)),
     "diamond": lambda dy, dx: abs(dy) + abs(dx) < 1.2,
     "diagonal bar": lambda dy, dx: (abs(dy - dx) < 0.35) & (abs(dy) < 1.2),
 }

@@ -51,14 +51,16 @@ def describe(exc: BaseException) -> tuple[str, int] | None:
     if kinds & {"DistStoreError", "DistNetworkError"}:  # the group's rendezvous: a port, a peer
         return f"the process group could not form: {one_line(exc)}", BAD_INPUT
     if "DistError" in kinds or isinstance(exc, RuntimeError) and "/gloo/" in str(exc):  # gloo's own
-        why = re.sub(r"^\[.*?\] ", "", str(exc)).split(". ")[0]  # without gloo's file name and advice
-        return f"another process of the group failed, so this one stops ({one_line(why)})", GROUP_FAILED
+        why = re.sub(r"^\[.*?\] ", "", str(exc)).split(". ")[0]  # without gloo's file and advice
+        return f"another process of the group failed, so this one stops ({one_line(why)})", \
+            GROUP_FAILED
     if isinstance(exc, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({one_line(exc)})", BAD_INPUT
     if isinstance(exc, OSError) and exc.errno is not None:
         where = f"{exc.filename}: " if exc.filename is not None else ""
         if exc.errno in DISK_FULL:
-            return f"cannot write {where}{exc.strerror}; what was written before is intact", WRITE_FAILED
+            return f"cannot write {where}{exc.strerror}; what was written before is intact", \
+                WRITE_FAILED
         return f"{where}{exc.strerror}", BAD_INPUT
     return None
 

@@ -8,10 +8,10 @@
         run.save_params(model.state_dict())    # params.npz, and model.pt for tensors
     return run.summary                         # summary.json, also written with curves.png
 
-That is all it does. The record is a folder, runs/<stage>/<time>/: options.json, losses.csv,
-accuracy.csv, params.npz, model.pt, summary.json and curves.png, the last three written to a
-temporary name and renamed, so that a failed write never leaves half a file. With
-main_process=False (the other processes of a group, stage 11) it writes and prints nothing.
+That is all. The record is a folder, runs/<stage>/<time>/: options.json, losses.csv, accuracy.csv,
+params.npz, model.pt, summary.json and curves.png (those written whole go to a temporary name that
+is then renamed: never half a file). With main_process=False (stage 11's other processes) it
+writes and prints nothing.
 
 A run that ends early says why in one line with an exit code (common/errors.py), never a
 traceback, and keeps what it wrote; its summary.json says it is incomplete, and why: a loss
@@ -42,7 +42,8 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from common.data import CHANCE, data_name, on_data
-from common.errors import DIVERGED, INTERRUPTED, READER_GONE, CourseError, describe, flush_stdout, printable
+from common.errors import (DIVERGED, INTERRUPTED, READER_GONE, CourseError, describe, flush_stdout,
+                           printable)
 
 READ_EVERY = 50  # steps whose losses are read back at once: a GPU then waits once, not every step
 RUNNING_LOSS_STEPS = 100  # the epoch's line and the figure average the loss over this many steps
@@ -112,7 +113,8 @@ class StageRun:
         self._write_losses()
         self._accuracy, self._data = int(correct) / len(data.test_y), data
         seconds = time.perf_counter() - self._start
-        self._append("accuracy.csv", [(self.epoch, self.steps, f"{self._accuracy:.6f}", f"{seconds:.2f}")])
+        row = (self.epoch, self.steps, f"{self._accuracy:.6f}", f"{seconds:.2f}")
+        self._append("accuracy.csv", [row])
         self._say(f"{self.stage} epoch {self.epoch}: running loss {self.running_loss:.4f}, "
                   f"test accuracy {100 * self._accuracy:.2f}% ({seconds:.1f}s)")
         return self._accuracy
@@ -137,12 +139,17 @@ class StageRun:
     # ---------------------------------------------------------------- around the run
     def __enter__(self) -> "StageRun":
         self._start = time.perf_counter()
-        self._handlers = {}
-        if threading.current_thread() is threading.main_thread():  # signal handlers live there
-            self._handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in SIGNALS}
         self._threads = use_threads(self.args.threads)
         self._quiet = np.errstate(over="ignore", invalid="ignore")  # numpy's warnings on the way to
         self._quiet.__enter__()  # a NaN: the run says it once, in its own line (a loss of NaN)
+        self._handlers = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there
+            self._handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in SIGNALS}
+        try:  # a folder that cannot be made is said now, not after the set-up
+            if self.main_process:
+                self._stage_folder = stage_folder(Path(self.args.out) / self.stage)
+        except CourseError as err:
+            self.__exit__(type(err), err, err.__traceback__)  # its one line, and its exit code
         self._say(f"threads: {self.args.threads}, for torch's and numpy's maths (--threads)")
         return self
 
@@ -166,9 +173,10 @@ class StageRun:
 
     # ---------------------------------------------------------------- the parts
     def _begin(self, epoch: int, steps: int) -> None:
-        """The first epoch: the record folder, the progress bar, and signals answered from now on."""
+        """The first epoch: the record folder, the progress bar, and signals answered from now on
+        with the run's one line."""
         if self.main_process:
-            self.folder = new_record_folder(Path(self.args.out) / self.stage)
+            self.folder = new_record_folder(self._stage_folder)
             write_whole(self.folder / "options.json", json_writer(vars(self.args)))
             self._append("losses.csv", [("step", "epoch", "loss")])
             self._append("accuracy.csv", [("epoch", "step", "test_accuracy", "seconds")])
@@ -198,7 +206,8 @@ class StageRun:
         first = self.steps - len(losses) + 1
         bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
         kept = losses if bad is None else losses[:bad + 1]
-        self._append("losses.csv", [(first + i, self.epoch, repr(loss)) for i, loss in enumerate(kept)])
+        self._append("losses.csv", [(first + i, self.epoch, repr(loss))  # repr: every bit
+                                    for i, loss in enumerate(kept)])
         self.recent_losses.extend(losses if bad is None else losses[:bad])
         self._bar.set_postfix(loss=f"{self.running_loss:.4f}", refresh=False)
         if bad is not None:
@@ -219,9 +228,9 @@ class StageRun:
                   f"{len(self.recent_losses)} steps), test accuracy {100 * self._accuracy:.2f}%, "
                   f"time {self.summary['seconds']:.1f}s, record {self.folder}")
         if self.steps == self.args.max_steps and self._accuracy < 2 * CHANCE:
-            self._say(f"{self.stage}: {self.steps} steps were too few to learn: the test accuracy, "
-                      f"{100 * self._accuracy:.2f}%, is below twice chance ({200 * CHANCE:.0f}%); drop "
-                      "--max-steps to train whole epochs")
+            self._say(f"{self.stage}: {self.steps} steps were too few to learn: the test "
+                      f"accuracy, {100 * self._accuracy:.2f}%, is below twice chance "
+                      f"({200 * CHANCE:.0f}%); drop --max-steps to train whole epochs")
         flush_stdout()
 
     def _ending(self, exc: BaseException) -> tuple[str | None, int]:
@@ -235,7 +244,8 @@ class StageRun:
         elif code != READER_GONE:
             line = f"error: {line}"
         if self.folder is not None:
-            incomplete = {"stage": self.stage, "complete": False, "ended": line, "steps": self.steps}
+            incomplete = {"stage": self.stage, "complete": False, "ended": line,
+                          "steps": self.steps}
             line += f"; the record so far is in {self.folder}"
             try:
                 write_whole(self.folder / "summary.json", json_writer(incomplete))
@@ -294,13 +304,18 @@ def use_threads(threads: int):
 
 
 # ---------------------------------------------------------------- files
+def stage_folder(folder: Path) -> Path:
+    """runs/<stage>/, made if it is not there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CourseError(f"--out {folder.parent}: cannot make a folder there ({err.strerror})")
+    return folder
+
+
 def new_record_folder(stage_folder: Path) -> Path:
     """runs/<stage>/<time>[-N]/, a new folder every time, so that no earlier record is lost."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    try:
-        stage_folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CourseError(f"--out {stage_folder.parent}: cannot make a folder there ({err.strerror})")
     for n in range(1000):
         try:
             folder = stage_folder / (stamp if n == 0 else f"{stamp}-{n}")
@@ -333,7 +348,8 @@ def json_writer(value: dict):
 def read_csv(path: Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {column: np.array([float(row[column]) for row in rows]) for column in (rows[0] if rows else ())}
+    columns = rows[0] if rows else ()
+    return {column: np.array([float(row[column]) for row in rows]) for column in columns}
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -363,10 +379,11 @@ def draw_curves(folder: Path, source: str | None):
     if losses:
         loss_axes.plot(losses["step"], losses["loss"], color="0.75", lw=0.6, label="per step")
         window = max(1, min(RUNNING_LOSS_STEPS, len(losses["step"]) // 4))
-        loss_axes.plot(losses["step"][window - 1:], moving_average(losses["loss"], window), color="C0",
-                       label=f"mean of {window} steps")
+        loss_axes.plot(losses["step"][window - 1:], moving_average(losses["loss"], window),
+                       color="C0", label=f"mean of {window} steps")
         loss_axes.legend(loc="upper right")
-    accuracy_axes.set(ylim=(0, 100), xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    accuracy_axes.set(ylim=(0, 100), xlabel="epoch", ylabel="test accuracy (%)",
+                      title="test accuracy")
     if accuracy:
         accuracy_axes.set(xticks=accuracy["epoch"], xlim=(0.5, accuracy["epoch"][-1] + 0.5))
         accuracy_axes.plot(accuracy["epoch"], 100 * accuracy["test_accuracy"], "o-", color="C1")

@@ -33,7 +33,7 @@ def fan_in(layer: str) -> int:
 
 
 def reference_params(seed: int = 0) -> dict[str, np.ndarray]:
-    """Float64 weights from PyTorch's default initialisation distributions, under canonical names."""
+    """Float64 weights from PyTorch's default initialisation distributions, canonical names."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in PARAM_SHAPES.items():

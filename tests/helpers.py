@@ -44,15 +44,21 @@ def stage_marker(name: str):
     return getattr(pytest.mark, f"stage{stage_number(name)}")
 
 
+def stage_marks(name: str) -> list:
+    """`stageN`; and `slow` for a stage that compiles with inductor (seconds for each new graph),
+    so that make test-quick leaves it to make test."""
+    return [stage_marker(name)] + ([pytest.mark.slow] if hasattr(load_stage(name), "can_compile") else [])
+
+
 def stage_param(name: str):
     """A stage's module name as a test parameter, id "stage03_autograd", marked `stage3` (-m stage3)."""
-    return pytest.param(name, id=name.split(".")[1], marks=stage_marker(name))
+    return pytest.param(name, id=name.split(".")[1], marks=stage_marks(name))
 
 
 def stage_pair_param(previous: str, current: str):
     """Two consecutive stages, id "2->3", marked with the later stage: its lesson is the change."""
     return pytest.param(previous, current, id=f"{stage_number(previous)}->{stage_number(current)}",
-                        marks=stage_marker(current))
+                        marks=stage_marks(current))
 
 
 ALL_STAGES = [stage_param(name) for name in STAGES]

@@ -112,16 +112,19 @@ def pytest_target(fixed: list[str] = ()):
 
 # The suite is one CPU-bound process (its runs take --threads 1), so a second core runs a second
 # worker (pytest-xdist); --dist loadfile keeps each file's tests on one worker, so what a module's
-# tests share is made once. ARGS='-n 0' runs them in this one process.
-WORKERS = ["-n", "2", "--dist", "loadfile"] if (os.cpu_count() or 1) >= 2 else []
+# tests share is made once. The quick tests share little: each goes to the worker that is free
+# (--dist load), which halves their time. ARGS='-n 0' runs them in this one process.
+TWO_CORES = (os.cpu_count() or 1) >= 2
+WORKERS = ["-n", "2", "--dist", "loadfile"] if TWO_CORES else []
 
 # The equivalence proofs, the claims and the rule of the rooms, by folder of tests/, without the
 # tests marked slow or fuzz: a check in a minute rather than the full suite's minutes.
 QUICK_FOLDERS = ["equivalence", "claims", "layout"]
 QUICK = ["-m", "not slow and not fuzz", *(f"tests/{name}" for name in QUICK_FOLDERS)]
+QUICK_WORKERS = ["-n", "2", "--dist", "load"] if TWO_CORES else []
 TARGETS = {
     "run": run, "smoke": smoke, "diff": diff, "ddp": ddp,
-    "test": pytest_target(WORKERS), "test-quick": pytest_target([*WORKERS, *QUICK]),
+    "test": pytest_target(WORKERS), "test-quick": pytest_target([*QUICK_WORKERS, *QUICK]),
     "gradcheck": module("common.tools.gradcheck"), "bench": module("benchmarks.bench"),
     "compare": module("common.tools.compare"), "site": module("common.tools.site"),
     "batch-experiment": module("common.tools.batch_experiment"),

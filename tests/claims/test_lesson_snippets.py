@@ -13,9 +13,10 @@ import torch
 
 from common.harness import stage_files
 from common.tools.lessons import read_lesson, snippets
-from tests.helpers import stage_marker
+from tests.helpers import stage_marks
 
-CASES = [pytest.param(path.stem, i, code, output, id=f"{path.stem}-{i + 1}", marks=stage_marker(path.stem))
+CASES = [pytest.param(path.stem, i, code, output, id=f"{path.stem}-{i + 1}",
+                      marks=stage_marks(f"stages.{path.stem}"))
          for path in stage_files() if (lesson := read_lesson(path.stem)) is not None
          for i, (code, output) in enumerate(snippets(lesson))]
 

@@ -97,6 +97,7 @@ def test_one_random_projection_per_tensor_can_miss_a_wrong_element(monkeypatch):
     assert abs(difference - true[index]) < 1e-6 * abs(true[index]), "along its own coordinate it is found"
 
 
+@pytest.mark.slow  # a process of its own: seconds
 @pytest.mark.parametrize("stage_name", stages_where(lambda stage: not loads_torch(stage)))
 def test_the_numpy_stage_runs_without_loading_torch(stage_name, tmp_path):
     """In a process of its own: this test process has torch loaded already."""

@@ -77,6 +77,7 @@ for n in (32768, 65536):
 """
 
 
+@pytest.mark.slow  # a process of its own, or compiling: seconds
 @pytest.mark.stage2
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's per-thread CPU clocks")
 def test_an_element_wise_operator_of_up_to_32768_elements_runs_on_one_thread():

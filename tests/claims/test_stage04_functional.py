@@ -59,6 +59,7 @@ F.conv2d(torch.rand(4, 3, 32, 32), torch.rand(6, 3, 5, 5))
 """
 
 
+@pytest.mark.slow  # a process of its own, or compiling: seconds
 @pytest.mark.stage4
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a PyTorch built without oneDNN")
 def test_float32_convolutions_run_onednns_direct_algorithm_and_float64_ones_unfold_the_windows():

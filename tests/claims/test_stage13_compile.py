@@ -23,6 +23,7 @@ def test_module_compile_compiles_in_place_so_the_state_dict_keeps_the_nets_names
     assert wrapper is not model and all(name.startswith("_orig_mod.") for name in wrapper.state_dict())
 
 
+@pytest.mark.slow  # a process of its own, or compiling: seconds
 def test_without_a_cpp_compiler_the_stage_says_so_and_runs_eager(tmp_path, monkeypatch):
     stage = load_stage(13)
     monkeypatch.setattr(stage.shutil, "which", lambda name: None)

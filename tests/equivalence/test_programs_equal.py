@@ -45,6 +45,7 @@ def test_every_program_in_a_group_writes_the_same_params(group, tmp_path, tiny_d
 BEFORE_NN_MODULE = [n for n in STAGES if not has_module_net(load_stage(n))]
 
 
+@pytest.mark.slow  # a process of its own, or compiling: seconds
 def test_the_course_runner_gives_every_stage_before_nn_module_the_same_float32_losses(tmp_path, tiny_data):
     """With one seed, the numpy stage and the torch stages after it see the same weights and batches,
     so in float32 too, run one after the other by the course runner, they end at the same loss."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 RECORDER_LINES, RUNTIME_LINES = 400, 1_200
@@ -24,6 +26,7 @@ def test_everything_a_stage_imports_is_at_most_1200_lines():
     assert sum(lines(path) for path in (ROOT / "common").glob("*.py")) <= RUNTIME_LINES
 
 
+@pytest.mark.slow  # a process of its own, or compiling: seconds
 def test_importing_every_stage_changes_no_signal_handler():
     code = ("import signal; before = {s: signal.getsignal(s) for s in signal.Signals}\n"
             "import importlib, pathlib\n"

@@ -166,7 +166,7 @@ def test_ctrl_c_while_waiting_for_a_peer_that_never_comes_ends_at_once(rank, tmp
     run.process.wait(timeout=60)  # at once: otherwise torch's 30 minutes
     assert run.process.returncode == -signal.SIGINT, run.stderr.read_text()[-800:]
     assert "Traceback" not in run.stderr.read_text()
-    assert not list((tmp_path / "runs").glob("*/*")), "nothing was written: nothing was trained"
+    assert not list((tmp_path / "runs").glob("*/*")), "no record: nothing was trained"
 
 
 def catches_ctrl_c(pid: int) -> bool:

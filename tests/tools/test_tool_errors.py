@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.errors import BAD_INPUT, WRITE_FAILED
+from common.errors import BAD_INPUT
 from common.tools import make as make_py
-from tests.helpers import EVENT_TIMEOUT, ROOT, copy_of_the_course, make, outside_make
+from tests.helpers import EVENT_TIMEOUT, ROOT, copy_of_the_course, make
 
 
 def tool_code(result) -> int | None:
