@@ -111,13 +111,13 @@ def limited_file_size(limit: int):
 
 @pytest.mark.parametrize("name", ["stages.stage01_numpy", "stages.stage06_optim"])
 def test_a_full_disk_while_training_keeps_every_row_written_before(name, tmp_path):
-    result = stage(name, *SMOKE, "--max-steps", "900", out=tmp_path, preexec_fn=limited_file_size(8_000))
+    result = stage(name, *SMOKE, "--max-steps", "400", out=tmp_path, preexec_fn=limited_file_size(3_000))
     assert result.returncode == WRITE_FAILED and "Traceback" not in result.stderr, result.stderr[-800:]
     [line] = said(result.stderr)
     assert "losses.csv: File too large; what was written before is intact" in line
     record = record_of(tmp_path)
     whole_rows(record / "losses.csv")
-    assert 0 < len(rows(record / "losses.csv")) < 900, "the limit was reached mid-run"
+    assert 0 < len(rows(record / "losses.csv")) < 400, "the limit was reached mid-run"
     assert summary_of(tmp_path)["complete"] is False
 
 

@@ -7,6 +7,7 @@ import pytest
 from common.tools import make as make_py
 from tests.helpers import ROOT, copy_of_the_course, make
 
+
 def test_make_diff_shows_the_lesson():
     result = make(ROOT, "diff", "FROM=2", "TO=3")
     assert result.returncode == 0, result.stderr
@@ -18,16 +19,14 @@ def test_make_diff_shows_the_lesson():
 @pytest.mark.parametrize("arguments", [
     ["diff", "FROM=2; touch {marker}", "TO=3"],
     ["diff", "FROM=2", "TO=$(touch {marker})"],
-    ["test-quick", "ARGS=--collect-only -q tests/runtime/test_weights.py; touch {marker}"],
-    ["test-quick", "ARGS=--collect-only -q tests/runtime/test_weights.py `touch {marker}`"],
+    ["diff", "FROM=2", "TO=3", "ARGS=--full; touch {marker}"],
+    ["diff", "FROM=2", "TO=3", "ARGS=--full `touch {marker}`"],
 ], ids=["FROM with ;", "TO with $()", "ARGS with ;", "ARGS with backquotes"])
 def test_make_targets_never_run_user_text_as_a_command(arguments, tmp_path):
     marker = tmp_path / "ran"
     result = make(ROOT, *(a.format(marker=marker) for a in arguments))
     assert not marker.exists(), "the learner's text was run as a shell command"
     assert result.returncode != 0 and "Traceback" not in result.stderr
-
-
 
 
 def test_make_test_quick_names_folders_that_hold_tests():
